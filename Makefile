@@ -1,0 +1,42 @@
+# Every target runs from the repository root with the locked environment in .venv/.
+SHELL := /bin/bash
+UV ?= uv
+VENV := .venv
+PY := $(VENV)/bin/python
+OFFICIAL_VENV := .venv-official
+
+.PHONY: install lint typecheck test test-fast sandbox clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	$(UV) sync --frozen --extra dev
+	touch $@
+
+# The official client pins click==8.1.3, which must not enter our environment: it gets its own venv,
+# used only by the compatibility tests.
+$(OFFICIAL_VENV)/.installed:
+	python3 -m venv $(OFFICIAL_VENV)
+	$(OFFICIAL_VENV)/bin/pip install --quiet autoretouch==0.3.0
+	touch $@
+
+install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check retouch_pipeline retouch_pipeline_tests
+	$(VENV)/bin/ruff format --check retouch_pipeline retouch_pipeline_tests
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+test: install lint typecheck
+	$(VENV)/bin/pytest -q
+
+# Day-to-day: tests only.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -x
+
+# A local AutoRetouch on 127.0.0.1:8765; the first line printed is the JSON with URLs and a refresh token.
+sandbox: $(VENV)/.installed
+	$(VENV)/bin/retouch-pipeline sandbox --port 8765 --auto-approve
+
+clean:
+	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache

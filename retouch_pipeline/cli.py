@@ -1,0 +1,304 @@
+"""The `retouch-pipeline` command line.
+
+Every command that talks to AutoRetouch takes `--api-url` and `--auth-url` (also read from
+`AUTORETOUCH_API_URL` / `AUTORETOUCH_AUTH_URL`), so that the same commands work against the sandbox.
+Where neither is given, the URLs saved by `login` are used, then the production defaults. Errors exit
+with status 1 and one line on stderr; secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from retouch_pipeline.autoretouch import (
+    DEFAULT_API_URL,
+    DEFAULT_AUTH_URL,
+    AutoRetouchClient,
+    AutoRetouchError,
+    CredentialStore,
+    DeviceFlow,
+    NotLoggedInError,
+    revoke,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Connection:
+    """What a command needs to reach AutoRetouch, resolved from options, environment and saved login."""
+
+    api_url: str | None
+    auth_url: str | None
+    organization_id: str | None
+    store: CredentialStore
+
+    def resolved_api_url(self) -> str:
+        saved = self.store.load_saved()
+        return self.api_url or (saved.api_url if saved else None) or DEFAULT_API_URL
+
+    def resolved_auth_url(self) -> str:
+        saved = self.store.load_saved()
+        return self.auth_url or (saved.auth_url if saved else None) or DEFAULT_AUTH_URL
+
+    def client(self) -> AutoRetouchClient:
+        saved = self.store.load_saved()
+        refresh_token = self.store.load_refresh_token()
+        if refresh_token is None:
+            raise NotLoggedInError(self.store.describe_sources())
+        organization_id = self.organization_id or (saved.organization_id if saved else None)
+        return AutoRetouchClient(
+            self.resolved_api_url(),
+            self.resolved_auth_url(),
+            refresh_token=refresh_token,
+            organization_id=organization_id,
+        )
+
+
+def connection_options(func: F) -> F:
+    """The options shared by every command that talks to AutoRetouch."""
+    options = [
+        click.option(
+            "--api-url", envvar="AUTORETOUCH_API_URL", default=None, help="AutoRetouch API base URL."
+        ),
+        click.option(
+            "--auth-url", envvar="AUTORETOUCH_AUTH_URL", default=None, help="OAuth server base URL."
+        ),
+        click.option(
+            "--organization",
+            "organization_id",
+            envvar="AUTORETOUCH_ORGANIZATION_ID",
+            default=None,
+            help="Organization id (default: the one saved at login, else the account's selected one).",
+        ),
+        click.option(
+            "--credentials-file",
+            envvar="RETOUCH_PIPELINE_CREDENTIALS",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Credentials file (default ~/.config/retouch-pipeline/credentials.json).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_connection(
+    api_url: str | None, auth_url: str | None, organization_id: str | None, credentials_file: Path | None
+) -> Connection:
+    return Connection(api_url, auth_url, organization_id, CredentialStore(credentials_file))
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit status 1, as a shell user expects."""
+    try:
+        yield
+    except AutoRetouchError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+@click.group()
+@click.version_option(package_name="retouch-pipeline")
+def main() -> None:
+    """Run an e-commerce image catalog through AutoRetouch, with every credit accounted for."""
+
+
+@main.command()
+@connection_options
+@click.option("--no-browser", is_flag=True, help="Only print the activation URL.")
+def login(
+    api_url: str | None,
+    auth_url: str | None,
+    organization_id: str | None,
+    credentials_file: Path | None,
+    no_browser: bool,
+) -> None:
+    """Log in with the OAuth device flow and store the refresh token (file mode 0600)."""
+    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
+    with clear_errors():
+        flow = DeviceFlow(conn.resolved_auth_url())
+        code = flow.start()
+        click.echo(f"Your confirmation code: {code.user_code}", err=True)
+        click.echo(f"Open {code.verification_uri_complete} to confirm this device.", err=True)
+        if not no_browser and sys.stdin.isatty():
+            click.launch(code.verification_uri_complete)
+        started = time.monotonic()
+
+        def on_pending() -> None:
+            waited = int(time.monotonic() - started)
+            click.echo(f"\rWaiting for confirmation... {waited}s (Ctrl-C to abort)", nl=False, err=True)
+
+        tokens = flow.poll(code, on_pending=on_pending)
+        click.echo("", err=True)
+        path = conn.store.save(
+            tokens.refresh_token_value(),
+            api_url=conn.resolved_api_url(),
+            auth_url=conn.resolved_auth_url(),
+            organization_id=organization_id,
+        )
+        click.echo(f"Logged in. Credentials stored in {path} (mode 0600).")
+
+
+@main.command()
+@connection_options
+def logout(
+    api_url: str | None, auth_url: str | None, organization_id: str | None, credentials_file: Path | None
+) -> None:
+    """Revoke the stored refresh token and delete the credentials file."""
+    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
+    with clear_errors():
+        token = conn.store.load_file_refresh_token()
+        if token is None:
+            click.echo("Not logged in: nothing to do.")
+            return
+        revoke(conn.resolved_auth_url(), token)
+        conn.store.delete()
+        click.echo("Logged out: refresh token revoked and credentials deleted.")
+
+
+@main.command()
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def organizations(
+    api_url: str | None,
+    auth_url: str | None,
+    organization_id: str | None,
+    credentials_file: Path | None,
+    as_json: bool,
+) -> None:
+    """List the organizations this account belongs to."""
+    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
+    with clear_errors(), conn.client() as client:
+        rows = [{"id": o.id, "name": o.name, "members": len(o.members)} for o in client.iter_organizations()]
+    emit(rows, as_json, ["id", "name", "members"])
+
+
+@main.command()
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def workflows(
+    api_url: str | None,
+    auth_url: str | None,
+    organization_id: str | None,
+    credentials_file: Path | None,
+    as_json: bool,
+) -> None:
+    """List the organization's workflows with their price in credits."""
+    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
+    with clear_errors(), conn.client() as client:
+        rows = [
+            {"id": w.id, "name": w.name, "version": w.version, "executionPrice": w.execution_price}
+            for w in client.iter_workflows()
+        ]
+    emit(rows, as_json, ["id", "name", "version", "executionPrice"])
+
+
+@main.command()
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def balance(
+    api_url: str | None,
+    auth_url: str | None,
+    organization_id: str | None,
+    credentials_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the organization's credit balance (1 credit = 1 euro cent excl. VAT)."""
+    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
+    with clear_errors(), conn.client() as client:
+        credits = client.get_balance()
+    if as_json:
+        click.echo(json.dumps({"balance": credits}))
+    else:
+        click.echo(f"{credits} credits")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port (0 picks a free one).")
+@click.option("--processing-seconds", default=2.0, show_default=True, type=float, help="Time per execution.")
+@click.option("--workers", default=4, show_default=True, type=int, help="Executions processed in parallel.")
+@click.option("--balance", "balance_credits", default=100_000, show_default=True, type=int, help="Credits.")
+@click.option("--auto-approve", is_flag=True, help="Approve device-flow logins without the /activate page.")
+@click.option("--access-token-ttl", default=86400, show_default=True, type=int, help="Access token lifetime.")
+@click.option("--qa-seconds", default=None, type=float, help="Auto-approve IN_QA after this many seconds.")
+@click.option("--error-rate", default=0.0, type=float, help="Fraction of API calls answered 500/503.")
+@click.option("--rate-limit-rate", default=0.0, type=float, help="Fraction of API calls answered 429.")
+@click.option("--retry-after", default=1.0, type=float, help="Retry-After seconds sent with 429s.")
+@click.option("--latency", default=0.0, type=float, help="Seconds added to every API call.")
+@click.option("--drop-rate", default=0.0, type=float, help="Fraction of API calls whose connection drops.")
+@click.option("--lose-create-rate", default=0.0, type=float, help="Fraction of creates whose answer is lost.")
+@click.option("--failure-rate", default=0.0, type=float, help="Fraction of executions that end FAILED.")
+@click.option("--seed", default=0, type=int, help="Seed for the fault dice.")
+def sandbox(
+    host: str,
+    port: int,
+    processing_seconds: float,
+    workers: int,
+    balance_credits: int,
+    auto_approve: bool,
+    access_token_ttl: int,
+    qa_seconds: float | None,
+    error_rate: float,
+    rate_limit_rate: float,
+    retry_after: float,
+    latency: float,
+    drop_rate: float,
+    lose_create_rate: float,
+    failure_rate: float,
+    seed: int,
+) -> None:
+    """Run a local AutoRetouch. The first stdout line is JSON with URLs, ids and a refresh token."""
+    from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, run_foreground
+
+    faults = FaultConfig(
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        retry_after_seconds=retry_after,
+        latency_seconds=latency,
+        drop_rate=drop_rate,
+        lose_create_rate=lose_create_rate,
+        execution_failure_rate=failure_rate,
+    )
+    config = SandboxConfig(
+        host=host,
+        port=port,
+        processing_seconds=processing_seconds,
+        workers=workers,
+        balance=balance_credits,
+        auto_approve=auto_approve,
+        access_token_ttl=access_token_ttl,
+        qa_seconds=qa_seconds,
+        seed=seed,
+        faults=faults,
+    )
+    run_foreground(config)
+
+
+if __name__ == "__main__":
+    main()
