@@ -1,0 +1,139 @@
+"""The command line, run as a user runs it: the installed console script in a subprocess, against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, sandbox: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORETOUCH_", "RETOUCH_PIPELINE_"))}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        AUTORETOUCH_API_URL=sandbox.api_url,
+        AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+    )
+    return env
+
+
+def credentials_path(env: dict[str, str]) -> Path:
+    return Path(env["HOME"]) / ".config" / "retouch-pipeline" / "credentials.json"
+
+
+def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, tmp_path: Path) -> None:
+    sandbox = sandbox_factory(auto_approve=True, device_poll_interval=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORETOUCH_", "RETOUCH_PIPELINE_"))}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        AUTORETOUCH_API_URL=sandbox.api_url,
+        AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+    )
+    result = run_cli(["login", "--no-browser"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Logged in" in result.stdout
+    assert "/activate" in result.stderr  # the user is told where to confirm
+
+    path = credentials_path(env)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    stored = json.loads(path.read_text())
+    refresh_token = stored["refresh_token"]
+    assert refresh_token and refresh_token not in result.stdout + result.stderr
+
+    # Later commands need no URL: the saved login carries it.
+    bare_env = {k: v for k, v in env.items() if not k.startswith("AUTORETOUCH_")}
+    orgs = run_cli(["organizations", "--json"], bare_env)
+    assert orgs.returncode == 0, orgs.stderr
+    assert sandbox.organization_id in {o["id"] for o in json.loads(orgs.stdout)}
+
+    workflows = run_cli(["workflows", "--json"], bare_env)
+    assert workflows.returncode == 0, workflows.stderr
+    listed = {w["id"]: w["executionPrice"] for w in json.loads(workflows.stdout)}
+    assert listed == {w["id"]: w["executionPrice"] for w in sandbox.workflows}
+
+    balance = run_cli(["balance", "--json"], bare_env)
+    assert balance.returncode == 0, balance.stderr
+    assert json.loads(balance.stdout)["balance"] == sandbox.state.balance
+
+    table = run_cli(["workflows"], bare_env)
+    assert "Background Removal" in table.stdout and "EXECUTIONPRICE" in table.stdout
+
+    # Logout revokes the token at the auth server, then forgets it.
+    out = run_cli(["logout"], bare_env)
+    assert out.returncode == 0, out.stderr
+    assert not path.exists()
+    refreshed = requests.post(
+        f"{sandbox.auth_url}/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "x"},
+        timeout=10,
+    )
+    assert refreshed.status_code == 403
+    assert refreshed.json()["error"] == "invalid_grant"
+
+    after = run_cli(["balance"], bare_env)
+    assert after.returncode == 1
+    assert after.stderr.count("\n") == 1 and "login" in after.stderr
+
+
+def test_refresh_token_from_environment(cli_env: dict[str, str], sandbox: Any) -> None:
+    cli_env["AUTORETOUCH_REFRESH_TOKEN"] = sandbox.refresh_token
+    result = run_cli(["balance"], cli_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{sandbox.state.balance} credits"
+
+
+def test_revoked_token_fails_with_one_clear_line(cli_env: dict[str, str], sandbox: Any) -> None:
+    cli_env["AUTORETOUCH_REFRESH_TOKEN"] = "not-a-valid-token"
+    result = run_cli(["workflows"], cli_env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "login" in lines[0]
+    assert "not-a-valid-token" not in result.stderr
+
+
+def test_unreachable_api_fails_clearly(cli_env: dict[str, str], sandbox: Any) -> None:
+    cli_env["AUTORETOUCH_REFRESH_TOKEN"] = sandbox.refresh_token
+    cli_env["AUTORETOUCH_API_URL"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    result = run_cli(["balance"], cli_env, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0]
+
+
+def test_sandbox_command_prints_json_first_line(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [CLI, "sandbox", "--port", "0", "--processing-seconds", "0.01"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert {"api_url", "auth_url", "organization_id", "workflows", "refresh_token"} <= set(info)
+        assert info["api_url"].startswith("http://127.0.0.1:")
+        assert requests.get(f"{info['api_url']}/health", timeout=5).status_code == 200
+        assert {w["name"] for w in info["workflows"]} >= {"Background Removal", "Export Only"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
