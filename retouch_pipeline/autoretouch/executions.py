@@ -1,0 +1,359 @@
+"""Workflow executions: idempotent create, lookup, waiting, results, retry and feedback.
+
+Idempotent create
+-----------------
+E1/E2 are not idempotent and every execution costs credits, so a create whose response got lost must not be
+resent blindly. Every create carries the label `retouch_pipeline_idempotency_key` (the caller's key, or a
+fresh uuid4). When an attempt fails in a way where the request may have reached the server (connection broken
+after sending, read timeout, 5xx), the client waits a backoff delay, then looks the key up among the
+workflow's recent executions (E3, newest first, paging back only to a few minutes before the first attempt):
+found → that execution id is returned; not found → the create is resent with the same key; the lookup itself
+failed → `AmbiguousCreateError`, never a blind resend. 429 and never-connected errors are resent directly
+(nothing happened on the server). Crash recovery: a pipeline that persisted its key calls
+`find_execution_by_idempotency_key()` before creating at all.
+
+Residual risk (documented, not solvable client-side without server support): a server still processing the
+lost create when the lookup runs, i.e. slower than the backoff delay, is not seen and the resend duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mimetypes
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote
+
+import requests
+
+from ._base import BodyFactory, ClientBase, Params
+from .constants import IDEMPOTENCY_LABEL
+from .errors import AmbiguousCreateError, APIConnectionError, APITimeoutError, AutoRetouchError, ServerError
+from .models import ExecutionStatus, ImageRef, Page, WorkflowExecution
+from .streams import DownloadResult, MultipartBody, UploadSource, write_response
+
+log = logging.getLogger("retouch_pipeline.autoretouch")
+
+CREATE_PATH = "/v1/workflow/execution/create"
+EXECUTIONS_PATH = "/v1/workflow/execution"
+#: How far before the first create attempt the idempotency lookup pages back (clock skew + queueing).
+LOOKUP_SKEW = timedelta(minutes=5)
+
+
+def multipart_factory(
+    src: UploadSource, filename: str, content_type: str | None, fields: dict[str, str] | None = None
+) -> BodyFactory:
+    """A body factory that reopens the source for every attempt (retries resend from the first byte)."""
+    ctype = content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+    @contextlib.contextmanager
+    def body() -> Iterator[dict[str, Any]]:
+        with src.open() as fh:
+            mp = MultipartBody(fh, src.size, filename=filename, content_type=ctype, fields=fields)
+            yield {"data": mp, "headers": {"Content-Type": mp.content_type}}
+
+    return body
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _older(created_at: datetime | None, cutoff: datetime) -> bool:
+    aware = _aware(created_at)
+    return aware is not None and aware < cutoff
+
+
+def _status_of(payload: Any) -> ExecutionStatus | None:
+    """Lenient SSE `data:` parsing: an execution object, `{"status": ...}`, or a bare status string."""
+    if isinstance(payload, dict):
+        value = payload.get("status")
+        if value is None and isinstance(payload.get("content"), dict):
+            value = payload["content"].get("status")
+        return ExecutionStatus(value) if isinstance(value, str) else None
+    if isinstance(payload, str) and payload.strip():
+        return ExecutionStatus(payload.strip().strip('"').upper())
+    return None
+
+
+class ExecutionsMixin(ClientBase):
+    """Endpoints E1 to E9."""
+
+    # -- create -------------------------------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        workflow_id: str,
+        *,
+        image: ImageRef,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        webhooks: Sequence[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """E1: start `workflow_id` on an uploaded image; returns the execution id. Never double-creates."""
+        key = idempotency_key or str(uuid.uuid4())
+        payload: dict[str, Any] = {
+            "image": image.to_json(),
+            "labels": {**(labels or {}), IDEMPOTENCY_LABEL: key},
+        }
+        if webhooks is not None:
+            payload["webhooks"] = list(webhooks)
+        if settings is not None:
+            payload["settings"] = dict(settings)
+        encoded = json.dumps(payload).encode()
+
+        @contextlib.contextmanager
+        def body() -> Iterator[dict[str, Any]]:
+            yield {"data": encoded, "headers": {"Content-Type": "application/json"}}
+
+        params: Params = [("workflow", workflow_id)] + ([("version", version)] if version else [])
+        return self._create(workflow_id, key, params, body)
+
+    def create_execution_with_upload(
+        self,
+        workflow_id: str,
+        source: str | os.PathLike[str] | bytes | BinaryIO,
+        *,
+        filename: str,
+        content_type: str | None = None,
+        version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """E2: upload and start in one call (labels travel as `label[key]=value` query parameters)."""
+        key = idempotency_key or str(uuid.uuid4())
+        params: Params = [("workflow", workflow_id)] + ([("version", version)] if version else [])
+        params += [(f"label[{k}]", v) for k, v in {**(labels or {}), IDEMPOTENCY_LABEL: key}.items()]
+        with UploadSource(source) as src:
+            return self._create(workflow_id, key, params, multipart_factory(src, filename, content_type))
+
+    def _create(self, workflow_id: str, key: str, params: Params, body: BodyFactory) -> str:
+        since = datetime.now(UTC)
+        config = self.transport.retry
+        attempt = 0
+        while True:
+            try:
+                response = self.transport.retrying(
+                    lambda: self._attempt("POST", CREATE_PATH, params=self._params(params), body=body),
+                    idempotent=False,
+                )
+                execution_id = response.text.strip().strip('"')
+                log.info("created execution %s of workflow %s (key %s)", execution_id, workflow_id, key)
+                return execution_id
+            except (ServerError, APIConnectionError) as exc:
+                if isinstance(exc, APIConnectionError) and not exc.may_have_reached_server:
+                    raise  # never sent; the transport already retried these
+                log.warning(
+                    "create of workflow %s (key %s) may have reached the server: %s", workflow_id, key, exc
+                )
+                self.transport.sleep(config.backoff(attempt))
+                try:
+                    found = self.find_execution_by_idempotency_key(workflow_id, key, since=since)
+                except AutoRetouchError as lookup_exc:
+                    raise AmbiguousCreateError(workflow_id, key, lookup_exc) from exc
+                if found is not None:
+                    log.warning("the lost create had succeeded: execution %s (key %s)", found.id, key)
+                    return found.id
+                if attempt >= config.max_retries:
+                    raise
+                attempt += 1
+                log.info(
+                    "no execution with key %s: resending the create (%d/%d)", key, attempt, config.max_retries
+                )
+
+    def find_execution_by_idempotency_key(
+        self, workflow_id: str, key: str, since: datetime | None = None
+    ) -> WorkflowExecution | None:
+        """The execution of `workflow_id` labelled with `key`, or None.
+
+        With `since`, pages stop once a whole page is older than `since` minus a few minutes (E3 lists newest
+        first); without it every page is scanned.
+        """
+        cutoff = None if since is None else (_aware(since) or since) - LOOKUP_SKEW
+        params: Params = [("workflow", workflow_id)]
+        offset = 0
+        while True:
+            page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
+            page = Page[WorkflowExecution].model_validate(self._get_json(EXECUTIONS_PATH, page_params))
+            for execution in page.entries:
+                if execution.labels.get(IDEMPOTENCY_LABEL) == key:
+                    return execution
+            offset += len(page.entries)
+            if not page.entries or offset >= page.total:
+                return None
+            if cutoff is not None and all(_older(e.created_at, cutoff) for e in page.entries):
+                return None
+
+    # -- read -----------------------------------------------------------------------------------------------
+
+    def iter_executions(self, workflow_id: str | None = None) -> Iterator[WorkflowExecution]:
+        """E3: every execution (of one workflow), newest first, across all pages."""
+        params: Params = [("workflow", workflow_id)] if workflow_id else []
+        return self._paginate(WorkflowExecution, EXECUTIONS_PATH, params)
+
+    def get_execution(self, execution_id: str) -> WorkflowExecution:
+        """E4."""
+        return self._get_model(WorkflowExecution, f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}")
+
+    def wait_for_status(
+        self, execution_id: str, *, timeout: float | None = None, poll_interval: float = 2.0
+    ) -> WorkflowExecution:
+        """Block until the execution leaves CREATED/ACTIVE (COMPLETED, FAILED, PAYMENT_REQUIRED or IN_QA).
+
+        Listens to E5's event stream, reading `data: {json}` lines leniently; whatever the stream does
+        (ends, breaks, is not SSE at all), E4 is the source of truth afterwards. Raises `APITimeoutError` at
+        `timeout`.
+        """
+        clock = self.transport.clock
+        deadline = None if timeout is None else clock() + timeout
+        path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/status"
+        while True:
+            started = clock()
+            read = self.transport.timeout[1]
+            if deadline is not None:
+                read = max(0.1, min(read, deadline - started))
+            with contextlib.suppress(APIConnectionError, ServerError):
+                self._stream(
+                    "GET",
+                    path,
+                    self._consume_status_stream,
+                    params=self._params(),
+                    headers={"Accept": "text/event-stream"},
+                    timeout=(self.transport.timeout[0], read),
+                )
+            execution = self.get_execution(execution_id)
+            if not execution.status.is_processing:
+                return execution
+            now = clock()
+            if deadline is not None and now >= deadline:
+                raise APITimeoutError(
+                    f"GET {path}", f"execution still {execution.status.value} after {timeout} s"
+                )
+            pause = poll_interval - (now - started)
+            if pause > 0:
+                self.transport.sleep(pause if deadline is None else min(pause, max(0.0, deadline - now)))
+
+    @staticmethod
+    def _consume_status_stream(response: requests.Response) -> ExecutionStatus | None:
+        """Read until a non-processing status arrives or the stream ends; return the last status seen."""
+        last: ExecutionStatus | None = None
+        if "text/event-stream" not in response.headers.get("Content-Type", ""):
+            try:
+                return _status_of(response.json())
+            except ValueError:
+                return _status_of(response.text)
+        for line in response.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            try:
+                status = _status_of(json.loads(data))
+            except ValueError:
+                status = _status_of(data)
+            if status is not None:
+                last = status
+                if not status.is_processing:
+                    break
+        return last
+
+    # -- results ---------------------------------------------------------------------------------------
+
+    def _download(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | BinaryIO,
+        *,
+        expected_hash: str | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> DownloadResult:
+        resumable = isinstance(dest, str | os.PathLike) or _seekable(dest)
+        start = None if isinstance(dest, str | os.PathLike) or not resumable else dest.tell()
+
+        def once() -> DownloadResult:
+            if start is not None:
+                dest.seek(start)  # type: ignore[union-attr]
+                dest.truncate()  # type: ignore[union-attr]
+            return self._stream(
+                "GET",
+                path,
+                lambda r: write_response(r, dest, expected_hash=expected_hash),
+                params=self._params(),
+                **({"timeout": timeout} if timeout else {}),
+            )
+
+        # A stream we cannot rewind must not get a second copy appended: no resend once bytes may be written.
+        return self.transport.retrying(once, idempotent=resumable)
+
+    def download_blocking_result(
+        self, execution_id: str, dest: str | os.PathLike[str] | BinaryIO, *, timeout: float | None = None
+    ) -> DownloadResult:
+        """E6: waits server-side until the result exists, then streams it (`timeout` caps the read wait)."""
+        path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/result/default"
+        read = max(self.transport.timeout[1], timeout or 0.0)
+        return self._download(path, dest, timeout=(self.transport.timeout[0], read))
+
+    def download_result(
+        self, execution_or_result_path: WorkflowExecution | str, dest: str | os.PathLike[str] | BinaryIO
+    ) -> DownloadResult:
+        """E7: `/v1` + resultPath, with the file name URL-quoted; verified against the result's hash."""
+        if isinstance(execution_or_result_path, WorkflowExecution):
+            ex = execution_or_result_path
+            if not (ex.result_content_hash and ex.result_file_name):
+                raise ValueError(f"execution {ex.id} has no result yet (status {ex.status.value})")
+            content_hash, name = ex.result_content_hash, ex.result_file_name
+        else:
+            parts = execution_or_result_path.strip("/").split("/")
+            if parts[:1] == ["v1"]:
+                parts = parts[1:]
+            if len(parts) < 3 or parts[0] != "image":
+                raise ValueError(f"not a result path: {execution_or_result_path!r}")
+            content_hash, name = parts[1], unquote("/".join(parts[2:]))
+        return self._download(
+            f"/v1/image/{quote(content_hash, safe='')}/{quote(name, safe='')}",
+            dest,
+            expected_hash=content_hash,
+        )
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def retry_execution(self, execution_id: str) -> None:
+        """E8: rerun a FAILED or PAYMENT_REQUIRED execution. A lost response is settled via E4, not resent."""
+        path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/retry"
+        for attempt in range(self.transport.retry.max_retries + 1):
+            try:
+                self._request("POST", path, params=self._params(), idempotent=False)
+                return
+            except (ServerError, APIConnectionError) as exc:
+                if attempt >= self.transport.retry.max_retries:
+                    raise
+                self.transport.sleep(self.transport.retry.backoff(attempt))
+                status = self.get_execution(execution_id).status
+                if status not in (ExecutionStatus.FAILED, ExecutionStatus.PAYMENT_REQUIRED):
+                    log.info("retry of %s took effect despite %s (now %s)", execution_id, exc, status.value)
+                    return
+
+    def send_feedback(self, execution_id: str, thumbs_up: bool, expected_images: Sequence[str] = ()) -> None:
+        """E9: thumbs up/down, optionally with the content hashes of images that would have been right."""
+        self._request(
+            "POST",
+            f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/feedback",
+            params=self._params(),
+            json={"thumbsUp": thumbs_up, "expectedImages": list(expected_images)},
+            idempotent=True,
+        )
+
+
+def _seekable(stream: Any) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
