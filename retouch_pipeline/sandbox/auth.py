@@ -1,0 +1,236 @@
+"""The auth server half of the sandbox: JWT access tokens, refresh tokens, device flow (RFC 8628).
+
+It mirrors what the Auth0 tenant of AutoRetouch answers, in particular the exact key sets of the
+token responses the official client parses strictly (an extra key crashes it): the device grant
+returns `access_token, refresh_token, scope, expires_in, token_type`; the refresh grant the same
+without `refresh_token` (no rotation: a refresh token stays valid until revoked).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from retouch_pipeline.sandbox.catalog import AUDIENCE, CLIENT_ID, ORGANIZATION_ID, SELECTED_ORG_CLAIM, USER_ID
+from retouch_pipeline.sandbox.config import SandboxConfig
+
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+SLOW_DOWN_TOLERANCE = 0.2
+"""Seconds a poll may come early before it is answered `slow_down` (network jitter)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenError(Exception):
+    """An access token that must be answered 401."""
+
+
+class OAuthError(Exception):
+    """An OAuth error response `{"error", "error_description"}` with its HTTP status."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+@dataclass
+class DeviceAuthorization:
+    device_code: str
+    user_code: str
+    expires_at: float
+    interval: int
+    state: str = "pending"
+    """pending, approved, denied or consumed."""
+    last_poll: float | None = None
+    polls: int = 0
+
+
+class AuthService:
+    """All auth state behind one lock. `issuer` is set once the server knows its URL."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.issuer = "https://auth.autoretouch.com/"
+        self._secret = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        self._refresh_tokens: dict[str, bool] = {}
+        """refresh token -> revoked?"""
+        self._issued_jti: set[str] = set()
+        self._revoked_jti: set[str] = set()
+        self._devices: dict[str, DeviceAuthorization] = {}
+        self._by_user_code: dict[str, str] = {}
+
+    # ---- tokens ---------------------------------------------------------------------------
+
+    def mint_access_token(self, organization_id: str = ORGANIZATION_ID) -> str:
+        now = int(time.time())
+        jti = uuid.uuid4().hex
+        claims = {
+            "iss": self.issuer,
+            "sub": USER_ID,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + self.config.access_token_ttl,
+            "scope": "offline_access",
+            "azp": CLIENT_ID,
+            "jti": jti,
+            SELECTED_ORG_CLAIM: organization_id,
+        }
+        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signature = _b64(hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        with self._lock:
+            self._issued_jti.add(jti)
+        return f"{header}.{payload}.{signature}"
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Claims of a valid, unexpired, unrevoked token issued by this server."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise TokenError("Malformed access token")
+        header_b64, payload_b64, signature_b64 = parts
+        expected = hmac.new(self._secret, f"{header_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
+        try:
+            valid_signature = hmac.compare_digest(expected, _unb64(signature_b64))
+            header = json.loads(_unb64(header_b64))
+            claims = json.loads(_unb64(payload_b64))
+        except ValueError as exc:
+            raise TokenError("Malformed access token") from exc
+        if not valid_signature or not isinstance(header, dict) or header.get("alg") != "HS256":
+            raise TokenError("Invalid access token signature")
+        if not isinstance(claims, dict) or claims.get("aud") != AUDIENCE:
+            raise TokenError("Access token has the wrong audience")
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or time.time() >= exp:
+            raise TokenError("Jwt expired")
+        with self._lock:
+            if claims.get("jti") in self._revoked_jti:
+                raise TokenError("Jwt expired")
+        return claims
+
+    def expire_access_tokens(self) -> int:
+        """Invalidate every access token issued so far (simulates all of them expiring now)."""
+        with self._lock:
+            self._revoked_jti |= self._issued_jti
+            self._issued_jti = set()
+            return len(self._revoked_jti)
+
+    def mint_refresh_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._refresh_tokens[token] = False
+        return token
+
+    def revoke_refresh_token(self, token: str) -> bool:
+        with self._lock:
+            if token not in self._refresh_tokens:
+                return False
+            self._refresh_tokens[token] = True
+            return True
+
+    def _token_response(self, refresh_token: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"access_token": self.mint_access_token()}
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        body.update(
+            {"scope": "offline_access", "expires_in": self.config.access_token_ttl, "token_type": "Bearer"}
+        )
+        return body
+
+    # ---- grants -----------------------------------------------------------------------------
+
+    @staticmethod
+    def check_client(client_id: str | None) -> None:
+        """client_id must be present; its value is not checked (the sandbox serves any client)."""
+        if not client_id:
+            raise OAuthError(400, "invalid_request", "Missing required parameter: client_id")
+
+    def refresh_grant(self, refresh_token: str | None) -> dict[str, Any]:
+        """A3: a new access token; the response carries no refresh token (no rotation)."""
+        if not refresh_token:
+            raise OAuthError(400, "invalid_request", "Missing required parameter: refresh_token")
+        with self._lock:
+            revoked = self._refresh_tokens.get(refresh_token)
+        if revoked is None or revoked:
+            raise OAuthError(403, "invalid_grant", "Unknown or invalid refresh token.")
+        return self._token_response(None)
+
+    def start_device_authorization(self, verification_uri: str) -> dict[str, Any]:
+        """A1: a new device code/user code pair."""
+        device_code = secrets.token_urlsafe(32)
+        user_code = "-".join("".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(4)) for _ in range(2))
+        device = DeviceAuthorization(
+            device_code,
+            user_code,
+            time.monotonic() + self.config.device_code_ttl,
+            self.config.device_poll_interval,
+        )
+        with self._lock:
+            self._devices[device_code] = device
+            self._by_user_code[user_code] = device_code
+        return {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": verification_uri,
+            "verification_uri_complete": f"{verification_uri}?user_code={user_code}",
+            "expires_in": self.config.device_code_ttl,
+            "interval": self.config.device_poll_interval,
+        }
+
+    def device_grant(self, device_code: str | None) -> dict[str, Any]:
+        """A2: answer one poll of the device grant, following RFC 8628 section 3.5."""
+        if not device_code:
+            raise OAuthError(400, "invalid_request", "Missing required parameter: device_code")
+        now = time.monotonic()
+        with self._lock:
+            device = self._devices.get(device_code)
+            if device is None or device.state == "consumed":
+                raise OAuthError(403, "invalid_grant", "Invalid or expired device code.")
+            if now >= device.expires_at:
+                raise OAuthError(403, "expired_token", "The device code has expired.")
+            previous, device.last_poll = device.last_poll, now
+            device.polls += 1
+            if previous is not None and now - previous < device.interval - SLOW_DOWN_TOLERANCE:
+                device.interval += 5
+                raise OAuthError(429, "slow_down", f"Polling too fast; interval is now {device.interval} s.")
+            if device.state == "denied":
+                raise OAuthError(403, "access_denied", "User has denied the authorization request.")
+            if device.state == "pending":
+                if self.config.auto_approve:
+                    device.state = "approved"
+                raise OAuthError(403, "authorization_pending", "User has yet to authorize device code.")
+            device.state = "consumed"
+        return self._token_response(self.mint_refresh_token())
+
+    def decide(self, user_code: str, approve: bool) -> bool:
+        """The user approving or denying a device on the /activate page."""
+        with self._lock:
+            device = self._devices.get(self._by_user_code.get(user_code.strip().upper(), ""))
+            if device is None or device.state != "pending" or time.monotonic() >= device.expires_at:
+                return False
+            device.state = "approved" if approve else "denied"
+            return True
+
+    def device_state(self, user_code: str) -> str | None:
+        with self._lock:
+            device = self._devices.get(self._by_user_code.get(user_code.strip().upper(), ""))
+            return device.state if device else None

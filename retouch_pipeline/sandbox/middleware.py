@@ -1,0 +1,180 @@
+"""The outermost ASGI layer: path normalisation, call counting and fault injection.
+
+It sits outside Starlette so that it receives uvicorn's raw `send`, a bound method of the
+protocol's request cycle, whose `transport` can be closed to drop a connection without any
+response (what a client sees when a load balancer or the network gives up mid-request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retouch_pipeline.sandbox.state import SandboxState
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_PATH = "sandbox.original_path"
+ENDPOINT = "sandbox.endpoint"
+
+_API_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (method, re.compile(pattern), endpoint)
+    for method, pattern, endpoint in (
+        ("GET", r"/organization", "O1"),
+        ("GET", r"/organization/balance", "O3"),
+        ("GET", r"/organization/[^/]+", "O2"),
+        ("GET", r"/workflow", "W1"),
+        ("GET", r"/workflow/execution", "E3"),
+        ("POST", r"/workflow/execution/create", "E1"),
+        ("GET", r"/workflow/execution/[^/]+/status", "E5"),
+        ("GET", r"/workflow/execution/[^/]+/result/[^/]+", "E6"),
+        ("POST", r"/workflow/execution/[^/]+/retry", "E8"),
+        ("POST", r"/workflow/execution/[^/]+/feedback", "E9"),
+        ("GET", r"/workflow/execution/[^/]+", "E4"),
+        ("GET", r"/workflow/[^/]+", "W2"),
+        ("POST", r"/upload", "I1"),
+        ("HEAD", r"/upload", "I3"),
+        ("GET", r"/image/(?P<hash>[^/]+)/.+", "I4"),
+        ("GET", r"/batch", "B1"),
+    )
+)
+
+
+def retry_after_value(seconds: float) -> str:
+    """Integral seconds as RFC 9110 wants; a fraction stays a decimal (only for fast tests)."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def normalise_path(path: str) -> str:
+    """Accept every route with and without `/v1` and with trailing slashes."""
+    path = path.rstrip("/") or "/"
+    if path == "/v1":
+        return "/"
+    return path[3:] if path.startswith("/v1/") else path
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+class SandboxMiddleware:
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    def classify(self, scope: Scope) -> tuple[str, str | None]:
+        """(kind, endpoint id): kind is api, auth, control, health or other."""
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/_sandbox"):
+            return "control", None
+        if path == "/health":
+            return "health", "H1"
+        if path.startswith("/oauth/") or path == "/activate":
+            return "auth", None
+        lookup = "GET" if method == "HEAD" and path != "/upload" else method
+        for route_method, pattern, endpoint in _API_ROUTES:
+            match = pattern.fullmatch(path)
+            if route_method == lookup and match:
+                content_type = _header(scope, b"content-type").lower()
+                if endpoint == "E1" and content_type.startswith("multipart/"):
+                    endpoint = "E2"
+                elif endpoint == "I1" and content_type.startswith("application/json"):
+                    endpoint = "I2"
+                elif endpoint == "I4":
+                    stored = self.state.store.get(match.group("hash"))
+                    endpoint = "E7" if stored is not None and stored.origin == "result" else "I4"
+                return "api", endpoint
+        return "api", None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope = dict(scope)
+        scope[ORIGINAL_PATH] = scope["path"]
+        scope["path"] = normalise_path(scope["path"])
+        kind, endpoint = self.classify(scope)
+        scope[ENDPOINT] = endpoint
+        if kind == "api":
+            self.state.accounting.count_call(endpoint or "unknown")
+        faults = self.state.faults
+        if kind == "api" or (kind == "auth" and faults.include_auth):
+            injector = self.state.injector
+            if faults.latency_seconds > 0:
+                await asyncio.sleep(faults.latency_seconds)
+            if injector.hit("drop", faults.drop_rate):
+                await drop_connection(send)
+                return
+            if injector.hit("rate_limit", faults.rate_limit_rate):
+                await self._send_error(
+                    scope, send, 429, [(b"retry-after", retry_after_value(faults.retry_after_seconds))]
+                )
+                return
+            if injector.hit("error", faults.error_rate):
+                await self._send_error(scope, send, injector.choice((500, 503)), [])
+                return
+            if endpoint in ("E1", "E2") and faults.lose_create_rate > 0:
+                await self._lose_create(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _lose_create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let the create happen, then maybe swallow its 201 and drop the connection."""
+        dropping = False
+
+        async def maybe_swallow(message: Message) -> None:
+            nonlocal dropping
+            if message["type"] == "http.response.start" and message["status"] == 201:
+                dropping = self.state.injector.hit("lose_create", self.state.faults.lose_create_rate)
+            if not dropping:
+                await send(message)
+
+        await self.app(scope, receive, maybe_swallow)
+        if dropping:
+            await drop_connection(send)
+
+    @staticmethod
+    async def _send_error(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, str]]) -> None:
+        reasons = {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+        body = json.dumps(
+            {
+                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "status": status,
+                "error": reasons[status],
+                "message": "Injected fault",
+                "path": scope[ORIGINAL_PATH],
+            }
+        ).encode()
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *[(k, v.encode()) for k, v in headers],
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def drop_connection(send: Send) -> None:
+    """Close the client's TCP connection without writing a response.
+
+    Works with uvicorn's h11 and httptools protocols: `send` is `RequestResponseCycle.send`, whose
+    owner holds the asyncio transport. Marking the cycle disconnected stops uvicorn from trying to
+    write its own 500 afterwards.
+    """
+    cycle: Any = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("cannot drop the connection: send is not uvicorn's request cycle")
+    cycle.disconnected = True
+    transport.close()
+    await asyncio.sleep(0)

@@ -1,0 +1,157 @@
+"""Running the sandbox: in a background thread (tests) or in the foreground (the CLI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from retouch_pipeline.sandbox.app import create_app
+from retouch_pipeline.sandbox.config import SandboxConfig
+from retouch_pipeline.sandbox.state import SandboxState
+
+log = logging.getLogger(__name__)
+
+
+def _bind(config: SandboxConfig) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class SandboxServer:
+    """A faithful local AutoRetouch API + auth server on one loopback port.
+
+    Usage: `with SandboxServer(SandboxConfig(processing_seconds=0.05)) as sandbox: ...`;
+    `sandbox.state` is the live state (accounting, faults, executions) for in-process tests.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.state = SandboxState(self.config)
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._refresh_token = ""
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _prepare(self) -> uvicorn.Server:
+        self._socket = _bind(self.config)
+        self.state.start(self.base_url)
+        self._refresh_token = self.state.auth.mint_refresh_token()
+        uv_config = uvicorn.Config(
+            create_app(self.state),
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(uv_config)
+        return self._server
+
+    def start(self) -> SandboxServer:
+        server = self._prepare()
+        assert self._socket is not None
+        sockets = [self._socket]
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("sandbox server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True
+                self._thread.join(timeout=5)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self.state.stop()
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ---- what clients need -------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self._socket is None:
+            raise RuntimeError("sandbox server is not started")
+        host, port = self._socket.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """Unversioned API base, like https://api.autoretouch.com; add "/v1" for current routes."""
+        return self.base_url
+
+    @property
+    def auth_url(self) -> str:
+        """Auth server base (same port as the API), like https://auth.autoretouch.com."""
+        return self.base_url
+
+    @property
+    def organization_id(self) -> str:
+        return self.state.organization_id
+
+    @property
+    def workflows(self) -> list[dict[str, Any]]:
+        """[{id, name, version, executionPrice}] of the three sandbox workflows."""
+        return self.state.workflows()
+
+    @property
+    def refresh_token(self) -> str:
+        """A valid refresh token of the sandbox user, minted at start."""
+        return self._refresh_token
+
+    def announcement(self) -> dict[str, Any]:
+        return {
+            "api_url": self.api_url,
+            "auth_url": self.auth_url,
+            "organization_id": self.organization_id,
+            "workflows": [{k: w[k] for k in ("id", "name", "executionPrice")} for w in self.workflows],
+            "refresh_token": self.refresh_token,
+        }
+
+
+def run_foreground(config: SandboxConfig | None = None) -> None:
+    """Serve until interrupted. The FIRST stdout line is one JSON object (urls, org, workflows,
+    refresh token) so wrappers can parse it; logs go to stderr."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    sandbox = SandboxServer(config)
+    server = sandbox._prepare()
+    assert sandbox._socket is not None
+    print(json.dumps(sandbox.announcement()), flush=True)
+    log.info("AutoRetouch sandbox listening on %s (Ctrl-C to stop)", sandbox.api_url)
+    try:
+        server.run(sockets=[sandbox._socket])
+    finally:
+        sandbox._server = None
+        sandbox.stop()

@@ -1,0 +1,73 @@
+"""The live state of one sandbox server, shared by the HTTP handlers, the workers and tests."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retouch_pipeline.sandbox.accounting import Accounting
+from retouch_pipeline.sandbox.auth import AuthService
+from retouch_pipeline.sandbox.catalog import ORGANIZATION_ID, WORKFLOWS
+from retouch_pipeline.sandbox.config import FaultConfig, SandboxConfig
+from retouch_pipeline.sandbox.content import ContentStore
+from retouch_pipeline.sandbox.executions import ExecutionEngine
+from retouch_pipeline.sandbox.faults import FaultInjector
+from retouch_pipeline.sandbox.webhooks import WebhookDispatcher
+
+
+class SandboxState:
+    """Everything the fake service knows; in-process tests read and poke it directly.
+
+    Useful attributes: `accounting` (balance, ledger, call counters), `engine` (executions),
+    `auth` (tokens, device codes), `store` (content), `faults` (the live `FaultConfig`).
+    """
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self._own_dir = config.data_dir is None
+        self.data_dir = config.data_dir or Path(tempfile.mkdtemp(prefix="ar-sandbox-"))
+        self.accounting = Accounting(config.balance)
+        self.injector = FaultInjector(config.faults, config.seed, self.accounting)
+        self.store = ContentStore(self.data_dir / "content")
+        self.webhooks = WebhookDispatcher(config.allow_remote_fetch)
+        self.engine = ExecutionEngine(config, self.store, self.accounting, self.injector, self.webhooks)
+        self.auth = AuthService(config)
+        self.base_url = ""
+        self.organization_id = ORGANIZATION_ID
+
+    @property
+    def faults(self) -> FaultConfig:
+        return self.config.faults
+
+    @property
+    def balance(self) -> int:
+        return self.accounting.balance
+
+    def start(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.auth.issuer = base_url + "/"
+        self.webhooks.start()
+        self.engine.start()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.webhooks.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def workflows(self) -> list[dict[str, Any]]:
+        return [w.summary() for w in WORKFLOWS]
+
+    def snapshot(self) -> dict[str, Any]:
+        """What GET /_sandbox/state answers."""
+        return {
+            **self.accounting.snapshot(),
+            "executionsByStatus": self.engine.counts_by_status(),
+            "faults": self.faults.to_dict(),
+            "webhookDeliveries": self.webhooks.deliveries(),
+            "contentCount": self.store.count(),
+            "organizationId": self.organization_id,
+            "workflows": self.workflows(),
+        }
