@@ -51,7 +51,7 @@ def describe_request(method: str, url: str) -> str:
     parts = urlsplit(url)
     query = [(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in parse_qsl(parts.query, True)]
     path = parts.path or "/"
-    return f"{method.upper()} {path}" + (f"?{urlencode(query, safe='[]/:')}" if query else "")
+    return f"{method.upper()} {path}" + (f"?{urlencode(query, safe='[]/:*')}" if query else "")
 
 
 class AutoRetouchError(Exception):
