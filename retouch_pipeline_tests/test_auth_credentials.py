@@ -1,4 +1,4 @@
-"""CredentialStore: lookup order, 0600/0700 from creation, atomic writes, deletion, clear not-logged-in errors."""
+"""CredentialStore: lookup order, 0600/0700 from creation, atomic writes, deletion, not-logged-in errors."""
 
 from __future__ import annotations
 
