@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -18,6 +19,18 @@ from retouch_pipeline.sandbox.config import SandboxConfig
 from retouch_pipeline.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
+
+
+class _QuickServer(uvicorn.Server):
+    """Notices `should_exit` within 10 ms instead of 100 ms: test suites start and stop many servers."""
+
+    async def main_loop(self) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864_000
+            await asyncio.sleep(0.01)
+            should_exit = await self.on_tick(counter)
 
 
 def _bind(config: SandboxConfig) -> socket.socket:
@@ -59,7 +72,7 @@ class SandboxServer:
             access_log=False,
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(uv_config)
+        self._server = _QuickServer(uv_config)
         return self._server
 
     def start(self) -> SandboxServer:
