@@ -177,7 +177,7 @@ def build_catalog_sensor(
 
     @dg.sensor(
         name=name,
-        target=selection,
+        asset_selection=selection,  # not target=: backfill requests are only accepted with asset_selection
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={s3_resource_key},
@@ -185,7 +185,10 @@ def build_catalog_sensor(
         f"as partitions of '{partitions_def.name}' and requests them in batches of {config.batch_size}.",
     )
     def catalog_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        s3_client = getattr(context.resources, s3_resource_key).get_client()
+        # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
+        # resources are built once per evaluation, so this is one S3 client per tick.
+        resource = getattr(context.resources, s3_resource_key)
+        s3_client = resource.get_client() if hasattr(resource, "get_client") else resource
         scanner = make_scanner(config, s3_client, sqs_client_factory)
         store = StateStore(context.instance.run_storage, namespace=name)
         cursor = CatalogCursor.parse(context.cursor, scanner.source)

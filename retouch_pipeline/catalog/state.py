@@ -35,10 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dagster_shared.record import record
-from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
+from retouch_pipeline.catalog.cursor import CURSOR_VERSION, CatalogCursor
 
-CURSOR_VERSION = 1
 PARITY_BIT = 1 << 31
 ETAG_MASK = PARITY_BIT - 1
 _CHUNK_CHARS = 48_000  # below MySQL's 64 KB TEXT limit, should the instance run on MySQL
@@ -113,39 +111,6 @@ class ScanState:
 def encoded_state_size(state: ScanState) -> int:
     """Characters the state takes in the key-value store (zlib + base64)."""
     return len(base64.b64encode(state.to_bytes()))
-
-
-@whitelist_for_serdes
-@record
-class CatalogCursor:
-    """The sensor cursor: a pointer to the stored :class:`ScanState` plus figures shown in the UI."""
-
-    version: int
-    source: str
-    """``scanner:s3://bucket/prefix``; a cursor for another source resets the state."""
-    slot: int
-    generation: int
-    chunks: int
-    crc: int
-    known: int
-    passes: int
-    start_after: str | None
-
-    def serialize(self) -> str:
-        return serialize_value(self)
-
-    @staticmethod
-    def parse(raw: str | None, source: str) -> CatalogCursor | None:
-        """The cursor, or ``None`` (start afresh) when absent, unreadable, outdated or for another source."""
-        if not raw:
-            return None
-        try:
-            cursor = deserialize_value(raw, CatalogCursor)
-        except Exception:
-            return None
-        if cursor.version != CURSOR_VERSION or cursor.source != source:
-            return None
-        return cursor
 
 
 class KeyValueStore(Protocol):
