@@ -74,15 +74,16 @@ class AuthService:
         self._lock = threading.Lock()
         self._refresh_tokens: dict[str, bool] = {}
         """refresh token -> revoked?"""
-        self._issued_jti: set[str] = set()
-        self._revoked_jti: set[str] = set()
+        self._expiry: dict[str, float] = {}
+        """jti -> exact expiry (epoch seconds); the JWT's integer `exp` is for clients only."""
         self._devices: dict[str, DeviceAuthorization] = {}
         self._by_user_code: dict[str, str] = {}
 
     # ---- tokens ---------------------------------------------------------------------------
 
     def mint_access_token(self, organization_id: str = ORGANIZATION_ID) -> str:
-        now = int(time.time())
+        issued = time.time()
+        now = int(issued)
         jti = uuid.uuid4().hex
         claims = {
             "iss": self.issuer,
@@ -99,11 +100,15 @@ class AuthService:
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
         with self._lock:
-            self._issued_jti.add(jti)
+            self._expiry[jti] = issued + self.config.access_token_ttl
         return f"{header}.{payload}.{signature}"
 
     def verify(self, token: str) -> dict[str, Any]:
-        """Claims of a valid, unexpired, unrevoked token issued by this server."""
+        """Claims of a valid, unexpired token issued by this server.
+
+        Expiry is checked against the exact issue time + ttl kept server-side, so a token lives
+        exactly `access_token_ttl` seconds (an integer `exp` alone would be off by up to 1 s).
+        """
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("Malformed access token")
@@ -119,20 +124,18 @@ class AuthService:
             raise TokenError("Invalid access token signature")
         if not isinstance(claims, dict) or claims.get("aud") != AUDIENCE:
             raise TokenError("Access token has the wrong audience")
-        exp = claims.get("exp")
-        if not isinstance(exp, int) or time.time() >= exp:
-            raise TokenError("Jwt expired")
         with self._lock:
-            if claims.get("jti") in self._revoked_jti:
-                raise TokenError("Jwt expired")
+            expiry = self._expiry.get(str(claims.get("jti")), 0.0)
+        if time.time() >= expiry:
+            raise TokenError("Jwt expired")
         return claims
 
     def expire_access_tokens(self) -> int:
         """Invalidate every access token issued so far (simulates all of them expiring now)."""
         with self._lock:
-            self._revoked_jti |= self._issued_jti
-            self._issued_jti = set()
-            return len(self._revoked_jti)
+            count = len(self._expiry)
+            self._expiry = dict.fromkeys(self._expiry, 0.0)
+            return count
 
     def mint_refresh_token(self) -> str:
         token = secrets.token_urlsafe(32)

@@ -34,6 +34,12 @@ class FaultConfig:
     include_auth: bool = False
     """Whether error/rate-limit/latency/drop faults also hit the auth routes (/oauth/*)."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update (from the control route), validating names and types."""
         known = {f.name: f for f in dataclasses.fields(self)}
@@ -51,7 +57,7 @@ class FaultConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
             elif float(value) < 0:
                 raise ValueError(f"{name} must not be negative")
-            setattr(self, name, type(current)(value))
+            setattr(self, name, value if isinstance(current, bool) else float(value))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
