@@ -227,7 +227,7 @@ class TokenManager:
         except InvalidGrantError as exc:
             self._fatal = exc
             self._access = None
-            log.error("refresh token rejected by the auth server: run `retouch-pipeline login` again")
+            log.info("refresh token rejected by the auth server (invalid_grant): not retrying")
             raise
         tokens = TokenResponse.model_validate(response.json())
         if tokens.refresh_token is not None and tokens.refresh_token != self._refresh_token:

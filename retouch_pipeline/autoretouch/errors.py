@@ -46,11 +46,17 @@ _SECRET_KEYS = frozenset(
 )
 
 
-def describe_request(method: str, url: str) -> str:
-    """`GET /v1/workflow?organization=…`: the method, path and query with secret values masked."""
+def describe_request(method: str, url: str, *, with_host: bool = False) -> str:
+    """`GET /v1/workflow?organization=…`: the method, path and query with secret values masked.
+
+    `with_host` prefixes scheme and host (for connection errors, where the host is the likely culprit).
+    """
     parts = urlsplit(url)
     query = [(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in parse_qsl(parts.query, True)]
     path = parts.path or "/"
+    if with_host and parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[-1]  # never userinfo
+        path = f"{parts.scheme}://{host}{path}"
     return f"{method.upper()} {path}" + (f"?{urlencode(query, safe='[]/:*')}" if query else "")
 
 

@@ -46,6 +46,8 @@ from .errors import (
 __all__ = ["USER_AGENT", "RetryConfig", "Transport", "parse_retry_after", "translate_request_exception"]
 
 log = logging.getLogger("retouch_pipeline.autoretouch")
+# A library must not print through logging's last-resort stderr handler: the application decides.
+log.addHandler(logging.NullHandler())
 
 T = TypeVar("T")
 
@@ -119,7 +121,7 @@ def _never_sent(exc: BaseException) -> bool:
 
 def translate_request_exception(exc: BaseException, method: str, url: str) -> APIConnectionError:
     """Map a requests/urllib3 exception (also one raised while streaming a body) into our hierarchy."""
-    request = describe_request(method, url)
+    request = describe_request(method, url, with_host=True)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return APITimeoutError(request, "connect timeout", may_have_reached_server=False)
     if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
@@ -263,7 +265,7 @@ class Transport:
                 with self._rand_lock:
                     delay = config.delay_for(attempt, getattr(exc, "retry_after", None), self._rand.random)
                 if self.clock() + delay > deadline:
-                    log.warning(
+                    log.info(
                         "giving up on %s: the retry budget of %.0fs is spent",
                         exc.request,
                         config.total_timeout,
