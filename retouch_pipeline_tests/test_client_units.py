@@ -398,3 +398,59 @@ def test_sse_status_parsing_is_lenient() -> None:
             ]
 
     assert ExecutionsMixin._consume_status_stream(Resp()) is ExecutionStatus.COMPLETED  # type: ignore[arg-type]
+
+
+def test_headers_and_organization_parameter_on_the_wire() -> None:
+    """User-Agent on every call, bearer token on API calls only, `organization=` on every API call."""
+    import http.server
+    import threading
+
+    from retouch_pipeline.autoretouch import USER_AGENT, AutoRetouchClient
+
+    seen: list[tuple[str, str, str | None, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            seen.append(("GET", self.path, self.headers.get("User-Agent"), self.headers.get("Authorization")))
+            if self.path.startswith("/v1/workflow"):
+                self._answer(json.dumps({"entries": [WORKFLOW_JSON], "total": 1}).encode())
+            else:
+                self._answer(b"1990")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(
+                ("POST", self.path, self.headers.get("User-Agent"), self.headers.get("Authorization"))
+            )
+            self._answer(
+                json.dumps({"access_token": "at", "expires_in": 3600, "token_type": "Bearer"}).encode()
+            )
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with AutoRetouchClient(base, base, refresh_token="rt", organization_id="org-9") as client:
+            assert client.health()
+            assert client.get_balance() == 1990
+            assert [w.name for w in client.iter_workflows()] == ["Background Removal"]
+    finally:
+        httpd.shutdown()
+    assert USER_AGENT.startswith("retouch-pipeline/") and all(ua == USER_AGENT for _, _, ua, _ in seen)
+    by_path = {path.split("?")[0]: (path, auth) for _, path, _, auth in seen}
+    assert by_path["/health"][1] is None
+    assert by_path["/oauth/token"][1] is None
+    for api_path in ("/v1/organization/balance", "/v1/workflow"):
+        full, auth = by_path[api_path]
+        assert auth == "Bearer at" and "organization=org-9" in full
+    assert "limit=50" in by_path["/v1/workflow"][0] and "offset=0" in by_path["/v1/workflow"][0]

@@ -33,7 +33,14 @@ import requests
 
 from ._base import BodyFactory, ClientBase, Params
 from .constants import IDEMPOTENCY_LABEL
-from .errors import AmbiguousCreateError, APIConnectionError, APITimeoutError, AutoRetouchError, ServerError
+from .errors import (
+    AmbiguousCreateError,
+    APIConnectionError,
+    APITimeoutError,
+    AutoRetouchError,
+    RateLimitError,
+    ServerError,
+)
 from .models import ExecutionStatus, ImageRef, Page, WorkflowExecution
 from .streams import DownloadResult, MultipartBody, UploadSource, write_response
 
@@ -221,7 +228,7 @@ class ExecutionsMixin(ClientBase):
             read = self.transport.timeout[1]
             if deadline is not None:
                 read = max(0.1, min(read, deadline - started))
-            with contextlib.suppress(APIConnectionError, ServerError):
+            with contextlib.suppress(APIConnectionError, ServerError, RateLimitError):
                 self._stream(
                     "GET",
                     path,
