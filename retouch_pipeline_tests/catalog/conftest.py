@@ -36,7 +36,9 @@ def source_image() -> None:
     """Stand-in for the pipeline's uploaded-image asset."""
 
 
-@dg.asset(partitions_def=catalog_images, deps=[source_image], backfill_policy=dg.BackfillPolicy.multi_run(100))
+@dg.asset(
+    partitions_def=catalog_images, deps=[source_image], backfill_policy=dg.BackfillPolicy.multi_run(100)
+)
 def retouched_image() -> None:
     """Stand-in for the pipeline's retouched-image asset."""
 
@@ -152,7 +154,9 @@ class SensorHarness:
             assert isinstance(subset, AssetGraphSubset)
             assert subset.non_partitioned_asset_keys == set()
             assert subset.asset_keys == {source_image.key, retouched_image.key}
-            tick.requested_batches.append(list(subset.get_partitions_subset(source_image.key).get_partition_keys()))
+            tick.requested_batches.append(
+                list(subset.get_partitions_subset(source_image.key).get_partition_keys())
+            )
             tick.tags.append(dict(run_request.tags))
             self.instance.add_backfill(
                 PartitionBackfill.from_asset_graph_subset(
