@@ -358,3 +358,31 @@ def test_control_state_and_balance(api: Any, completed: dict[str, Any], sandbox:
     assert faults["latency_seconds"] == 0.01 and sandbox.state.faults.latency_seconds == 0.01
     assert requests.put(f"{api.base}/_sandbox/faults", json={"nope": 1}, timeout=5).status_code == 400
     assert requests.put(f"{api.base}/_sandbox/faults", json={"error_rate": 2}, timeout=5).status_code == 400
+
+
+def test_upload_from_urls_fetches_loopback_only(api: Any, make_image: Any, tmp_path: Any) -> None:
+    import functools
+    import hashlib
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    data = make_image()
+    (tmp_path / "p.png").write_bytes(data)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        resp = api.post("/v1/upload", json={"urls": {"p.png": f"{base}/p.png"}})
+        assert resp.status_code == 200
+        assert resp.json() == {"urls": {"p.png": hashlib.sha256(data).hexdigest()}}
+        assert api.state()["calls"]["I2"] == 1
+        assert api.post("/upload", json={"urls": {"b": f"{base}/bad.png"}}).status_code == 422
+        assert api.post("/upload", json={"urls": {"m": f"{base}/missing.png"}}).status_code == 422
+        assert api.post("/upload", json={"urls": {"r": "http://192.0.2.1/p.png"}}).status_code == 422
+        assert api.post("/upload", json={"urls": ["x"]}).status_code == 400
+    finally:
+        server.shutdown()
+        server.server_close()

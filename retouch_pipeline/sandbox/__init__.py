@@ -39,7 +39,11 @@ Decisions on the contract's open questions:
 - `settings` of E1 are per-component overrides keyed by component label; the sandbox honours
   `{"export": {"targetFormat", "targetMode"}}` and ignores the rest.
 - Unknown content hash in E1 -> 404 "Image not found"; unknown version -> 404.
-- Refresh tokens do not rotate; revoked/unknown ones -> 403 `invalid_grant`.
+- Refresh tokens do not rotate; revoked/unknown ones -> 403 `invalid_grant`. `client_id` must
+  be present on auth calls but any value is accepted. Access tokens live exactly
+  `access_token_ttl` seconds (checked server-side; the JWT `exp` is `iat + ttl` in whole seconds).
+- 429 faults carry `Retry-After: <retry_after_seconds>`, an integer when integral, else a decimal
+  (not RFC-valid, only meant for fast tests).
 - Auth calls are counted as A1-A4 by the handlers; API calls by the middleware before any
   fault (E2 = multipart create, I2 = JSON upload, E7 = image route serving a result).
 

@@ -269,8 +269,10 @@ async def create_execution(request: Request) -> Response:
 async def list_executions(request: Request) -> Response:
     state, org = context(request)
     workflow_id = request.query_params.get("workflow")
-    found = state.engine.list_executions(workflow_id.lower() if workflow_id else None)
-    return page(request, [e.to_json() for e in found if e.organization_id == org])
+    with state.engine.lock:  # consistent snapshots while workers move executions along
+        found = state.engine.list_executions(workflow_id.lower() if workflow_id else None)
+        entries = [e.to_json() for e in found if e.organization_id == org]
+    return page(request, entries)
 
 
 async def get_execution(request: Request) -> Response:
