@@ -1,4 +1,4 @@
-"""retouch-pipeline: an e-commerce image catalog through AutoRetouch and back to S3, every credit accounted for."""
+"""retouch-pipeline: a product-image catalog through AutoRetouch and back to S3, every credit counted."""
 
 from importlib.metadata import PackageNotFoundError, version
 

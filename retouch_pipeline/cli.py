@@ -239,7 +239,7 @@ def balance(
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback).")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port (0 picks a free one).")
 @click.option("--processing-seconds", default=2.0, show_default=True, type=float, help="Time per execution.")
 @click.option("--workers", default=4, show_default=True, type=int, help="Executions processed in parallel.")

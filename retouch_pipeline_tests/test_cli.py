@@ -1,4 +1,4 @@
-"""The command line, run as a user runs it: the installed console script in a subprocess, against the sandbox."""
+"""The command line as a user runs it: the installed console script in a subprocess, against the sandbox."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
 def run_cli(
     args: list[str], env: dict[str, str], timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin
-    )
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
 @pytest.fixture
