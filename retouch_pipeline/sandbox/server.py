@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +26,20 @@ log = logging.getLogger(__name__)
 
 class _QuickServer(uvicorn.Server):
     """Notices `should_exit` within 10 ms instead of 100 ms: test suites start and stop many servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Like uvicorn's, minus re-raising the signal afterwards, which would kill the process
+        (SIGTERM) or raise KeyboardInterrupt (SIGINT) before `run_foreground` has cleaned up."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     async def main_loop(self) -> None:
         counter = 0
@@ -168,3 +185,4 @@ def run_foreground(config: SandboxConfig | None = None) -> None:
     finally:
         sandbox._server = None
         sandbox.stop()
+        log.info("AutoRetouch sandbox stopped")

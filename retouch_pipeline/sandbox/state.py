@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class SandboxState:
         self.config = config
         self._own_dir = config.data_dir is None
         self.data_dir = config.data_dir or Path(tempfile.mkdtemp(prefix="ar-sandbox-"))
+        # A temporary data dir also goes away if stop() is never called (GC or interpreter exit).
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.data_dir, True) if self._own_dir else None
         self.accounting = Accounting(config.balance)
         self.injector = FaultInjector(config.faults, config.seed, self.accounting)
         self.store = ContentStore(self.data_dir / "content")
@@ -54,8 +57,8 @@ class SandboxState:
     def stop(self) -> None:
         self.engine.stop()
         self.webhooks.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()
 
     def workflows(self) -> list[dict[str, Any]]:
         return [w.summary() for w in WORKFLOWS]
