@@ -23,29 +23,16 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
+from retouch_pipeline_tests.catalog.standin_assets import (
+    catalog_images,
+    cost_report,
+    retouched_image,
+    source_image,
+)
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
 PREFIX = "incoming"
-
-catalog_images = dg.DynamicPartitionsDefinition(name="catalog_images")
-
-
-@dg.asset(partitions_def=catalog_images, backfill_policy=dg.BackfillPolicy.multi_run(100))
-def source_image() -> None:
-    """Stand-in for the pipeline's uploaded-image asset."""
-
-
-@dg.asset(
-    partitions_def=catalog_images, deps=[source_image], backfill_policy=dg.BackfillPolicy.multi_run(100)
-)
-def retouched_image() -> None:
-    """Stand-in for the pipeline's retouched-image asset."""
-
-
-@dg.asset(deps=[retouched_image])
-def cost_report() -> None:
-    """Unpartitioned roll-up: selected by the target, never put into a catalog backfill."""
 
 
 @dataclass(frozen=True)
