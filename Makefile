@@ -12,10 +12,11 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	touch $@
 
 # The official client pins click==8.1.3, which must not enter our environment: it gets its own venv,
-# used only by the compatibility tests.
+# used only by the compatibility tests. Its setup.py writes into ~/.config and ~/.bashrc when installed:
+# a throw-away HOME keeps it out of the user's.
 $(OFFICIAL_VENV)/.installed:
 	python3 -m venv $(OFFICIAL_VENV)
-	$(OFFICIAL_VENV)/bin/pip install --quiet autoretouch==0.3.0
+	HOME=$$(mktemp -d) $(OFFICIAL_VENV)/bin/pip install --quiet autoretouch==0.3.0
 	touch $@
 
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed

@@ -26,7 +26,6 @@ from retouch_pipeline.autoretouch import (
     AutoRetouchError,
     CredentialStore,
     DeviceFlow,
-    NotLoggedInError,
     revoke,
 )
 
@@ -43,24 +42,20 @@ class Connection:
     store: CredentialStore
 
     def resolved_api_url(self) -> str:
-        saved = self.store.load_saved()
+        saved = self.store.load_file()
         return self.api_url or (saved.api_url if saved else None) or DEFAULT_API_URL
 
     def resolved_auth_url(self) -> str:
-        saved = self.store.load_saved()
+        saved = self.store.load_file()
         return self.auth_url or (saved.auth_url if saved else None) or DEFAULT_AUTH_URL
 
     def client(self) -> AutoRetouchClient:
-        saved = self.store.load_saved()
-        refresh_token = self.store.load_refresh_token()
-        if refresh_token is None:
-            raise NotLoggedInError(self.store.describe_sources())
-        organization_id = self.organization_id or (saved.organization_id if saved else None)
-        return AutoRetouchClient(
-            self.resolved_api_url(),
-            self.resolved_auth_url(),
-            refresh_token=refresh_token,
-            organization_id=organization_id,
+        """A client from the stored login; options and environment win over what `login` saved."""
+        return AutoRetouchClient.from_credentials(
+            self.store,
+            api_url=self.resolved_api_url(),
+            auth_url=self.resolved_auth_url(),
+            organization_id=self.organization_id,
         )
 
 
@@ -172,11 +167,11 @@ def logout(
     """Revoke the stored refresh token and delete the credentials file."""
     conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors():
-        token = conn.store.load_file_refresh_token()
-        if token is None:
+        saved = conn.store.load_file()
+        if saved is None:
             click.echo("Not logged in: nothing to do.")
             return
-        revoke(conn.resolved_auth_url(), token)
+        revoke(conn.resolved_auth_url(), saved.refresh_token)
         conn.store.delete()
         click.echo("Logged out: refresh token revoked and credentials deleted.")
 

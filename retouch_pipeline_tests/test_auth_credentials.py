@@ -60,14 +60,15 @@ def test_env_var_wins_over_file_and_path_env_var_is_honoured(tmp_path: Path) -> 
     store = CredentialStore(environ=env)
     assert store.path == path
     store.save("from-file", api_url="http://api")
-    assert store.load_refresh_token() == Secret("from-file")
+    from_file = store.load()
+    assert from_file is not None and from_file.refresh_token == Secret("from-file")
     env["AUTORETOUCH_REFRESH_TOKEN"] = "from-env"
     creds = store.load()
     assert creds is not None and creds.refresh_token == Secret("from-env")
     assert creds.source == "$AUTORETOUCH_REFRESH_TOKEN"
-    assert store.load_file_refresh_token() == Secret("from-file")  # what logout revokes
-    saved = store.load_saved()
-    assert saved is not None and saved.api_url == "http://api"
+    saved = store.load_file()  # what logout revokes, and where the saved URLs are
+    assert saved is not None and saved.refresh_token == Secret("from-file")
+    assert saved.api_url == "http://api"
 
 
 def test_default_location() -> None:

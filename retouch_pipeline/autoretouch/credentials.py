@@ -131,24 +131,6 @@ class CredentialStore:
             raise NotLoggedInError(self.checked)
         return creds
 
-    def load_saved(self) -> StoredCredentials | None:
-        """What `login` saved in the file (URLs, organization), ignoring the environment variable."""
-        return self.load_file()
-
-    def load_refresh_token(self) -> Secret | None:
-        """The refresh token to use: environment variable first, else the file."""
-        creds = self.load()
-        return creds.refresh_token if creds else None
-
-    def load_file_refresh_token(self) -> Secret | None:
-        """The refresh token stored in the file only (what `logout` revokes)."""
-        creds = self.load_file()
-        return creds.refresh_token if creds else None
-
-    def describe_sources(self) -> list[str]:
-        """Where a refresh token is looked for, for `NotLoggedInError`."""
-        return self.checked
-
     def save(
         self,
         credentials: StoredCredentials | Secret | str,
