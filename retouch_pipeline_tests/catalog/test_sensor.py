@@ -151,7 +151,7 @@ def test_5000_objects_registered_within_the_tick_bound(make_harness: Any, bucket
             break
     assert len(ticks) > 1, "the bound should have split the pass"
     # The scan stops before the bound; the rest of a tick (state, partitions, requests) is small.
-    assert max(t.seconds for t in ticks) < bound + 0.5, [round(t.seconds, 2) for t in ticks]
+    assert max(t.seconds for t in ticks) < bound + 1.0, [round(t.seconds, 2) for t in ticks]
     assert sorted(requested) == sorted(pk(k) for k in keys)  # none missed, none twice
     assert len(h.partitions()) == 5000
     assert h.tick().requested == []  # steady state
