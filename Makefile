@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OFFICIAL_VENV := .venv-official
 
-.PHONY: install lint typecheck test test-fast sandbox clean
+.PHONY: install lint typecheck test test-fast sandbox dev clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
@@ -38,6 +38,11 @@ test-fast: $(VENV)/.installed
 # A local AutoRetouch on 127.0.0.1:8765; the first line printed is the JSON with URLs and a refresh token.
 sandbox: $(VENV)/.installed
 	$(VENV)/bin/retouch-pipeline sandbox --port 8765 --auto-approve
+
+# The embedded default stack: sandbox AutoRetouch (8765), local S3 with a sample catalog (9000), Dagster UI
+# (3000) with the sensors running. Ctrl-C stops everything. Ports and names: RETOUCH_DEV_* (README).
+dev: $(VENV)/.installed
+	$(VENV)/bin/retouch-pipeline dev
 
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache

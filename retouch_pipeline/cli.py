@@ -295,5 +295,45 @@ def sandbox(
     run_foreground(config)
 
 
+@main.command()
+@click.option("--dagster/--no-dagster", default=True, help="--no-dagster: only sandbox, S3 and the seed.")
+@click.option("--seed/--no-seed", default=True, help="Put the sample catalog under the source prefix.")
+@click.option("--keep-state", is_flag=True, help="Keep Dagster's run history from the previous start.")
+@click.option("--sandbox-port", type=int, default=None, help="Default RETOUCH_DEV_SANDBOX_PORT or 8765.")
+@click.option("--s3-port", type=int, default=None, help="Default RETOUCH_DEV_S3_PORT or 9000.")
+@click.option("--dagster-port", type=int, default=None, help="Default RETOUCH_DEV_DAGSTER_PORT or 3000.")
+def dev(
+    dagster: bool,
+    seed: bool,
+    keep_state: bool,
+    sandbox_port: int | None,
+    s3_port: int | None,
+    dagster_port: int | None,
+) -> None:
+    """Run the embedded stack: sandbox AutoRetouch, local S3 with a sample catalog, Dagster. Ctrl-C stops it.
+
+    Every address and name is read from RETOUCH_DEV_* and the pipeline's variables (README, configuration).
+    """
+    import dataclasses
+
+    from retouch_pipeline.devstack import DevSettings, run_dev
+
+    settings = DevSettings.from_env()
+    settings = dataclasses.replace(
+        settings,
+        sandbox_port=settings.sandbox_port if sandbox_port is None else sandbox_port,
+        s3_port=settings.s3_port if s3_port is None else s3_port,
+        dagster_port=settings.dagster_port if dagster_port is None else dagster_port,
+    )
+    try:
+        status = run_dev(
+            settings, dagster=dagster, seed=seed, keep_state=keep_state, echo=lambda m: click.echo(m)
+        )
+    except (RuntimeError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
     main()

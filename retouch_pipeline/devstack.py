@@ -1,0 +1,485 @@
+"""The embedded default stack behind `make dev` and `retouch-pipeline dev`.
+
+One foreground process owns everything: the sandbox AutoRetouch and moto's S3 server run as threads in it,
+`dagster dev` runs as a child in its own process group. Why this shape:
+
+- Threads for the sandbox and S3 cannot outlive the process, so the only thing that could leak is Dagster.
+  `dagster dev` is started with `process_group=0`; its webserver, daemon, code server and run workers inherit
+  that group (Dagster's `open_ipc_subprocess` does not detach on POSIX). Stopping sends SIGINT to the whole
+  group, which is exactly what a terminal Ctrl-C does to a plain `dagster dev`, then escalates to SIGTERM and
+  SIGKILL, and waits until the group is empty.
+- Because Dagster is not in the terminal's foreground group, a Ctrl-C reaches only us, and we decide the
+  order: Dagster first (its runs may still talk to S3 and the sandbox), then S3, then the sandbox.
+- S3 and the sandbox are in memory, so they start empty every time. Dagster's instance storage in
+  `DAGSTER_HOME` is therefore reset at each start (unless `--keep-state`): a kept instance would remember
+  partitions whose objects no longer exist, and the catalog sensor's baseline pass would adopt the freshly
+  seeded images silently instead of processing them. Only a folder this module created (marker file) is reset.
+
+Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `PIPELINE_ENV` (the variables the
+Dagster definitions read; bucket and prefixes are read from them too, so one override moves both sides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read. Kept in one
+# place so that aligning with the definitions is a one-line change.
+PIPELINE_ENV: dict[str, str] = {
+    "api_url": "AUTORETOUCH_API_URL",
+    "auth_url": "AUTORETOUCH_AUTH_URL",
+    "organization_id": "AUTORETOUCH_ORGANIZATION_ID",
+    "refresh_token": "AUTORETOUCH_REFRESH_TOKEN",
+    "workflow_id": "AUTORETOUCH_WORKFLOW_ID",
+    "s3_endpoint_url": "RETOUCH_S3_ENDPOINT_URL",
+    "source_bucket": "RETOUCH_SOURCE_BUCKET",
+    "source_prefix": "RETOUCH_SOURCE_PREFIX",
+    "output_bucket": "RETOUCH_OUTPUT_BUCKET",
+    "output_prefix": "RETOUCH_OUTPUT_PREFIX",
+}
+
+# Credentials of the local S3: moto accepts anything, and explicit dummies keep a developer's real AWS profile
+# (and its SSO prompts) out of the child processes.
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+REMOVED_AWS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+MARKER = ".retouch-dev-home"
+DAGSTER_YAML = """\
+# Written by `retouch-pipeline dev` at every start; edit devstack.py instead.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+# The same code location name as the repository's workspace.yaml and [tool.dagster], whatever the cwd.
+WORKSPACE_YAML = """\
+# Written by `retouch-pipeline dev` at every start.
+load_from:
+  - python_module:
+      module_name: retouch_pipeline.definitions
+      location_name: retouch_pipeline
+"""
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def _env_str(environ: Mapping[str, str], name: str, default: str) -> str:
+    return environ.get(name, "").strip() or default
+
+
+@dataclass(frozen=True)
+class DevSettings:
+    """Every address and name of the dev stack; `from_env` documents the variable of each."""
+
+    host: str = "127.0.0.1"
+    sandbox_port: int = 8765
+    s3_port: int = 9000
+    dagster_port: int = 3000
+    dagster_home: Path = Path(".dagster_home")
+    source_bucket: str = "catalog"
+    source_prefix: str = "incoming/"
+    output_bucket: str = "catalog"
+    output_prefix: str = "retouched/"
+    processing_seconds: float = 2.0
+    workers: int = 8
+    balance: int = 100_000
+    workflow_name: str = "Background Removal"
+    collections: tuple[str, ...] = ("spring-2026", "summer-2026")
+    images_per_collection: int = 6
+    dagster_stop_seconds: float = 20.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DevSettings:
+        env = os.environ if environ is None else environ
+        d = cls()
+        bucket = _env_str(env, PIPELINE_ENV["source_bucket"], d.source_bucket)
+        collections = tuple(
+            c.strip() for c in _env_str(env, "RETOUCH_DEV_COLLECTIONS", ",".join(d.collections)).split(",")
+        )
+        return cls(
+            host=_env_str(env, "RETOUCH_DEV_HOST", d.host),
+            sandbox_port=_env_int(env, "RETOUCH_DEV_SANDBOX_PORT", d.sandbox_port),
+            s3_port=_env_int(env, "RETOUCH_DEV_S3_PORT", d.s3_port),
+            dagster_port=_env_int(env, "RETOUCH_DEV_DAGSTER_PORT", d.dagster_port),
+            dagster_home=Path(_env_str(env, "RETOUCH_DEV_DAGSTER_HOME", str(d.dagster_home))),
+            source_bucket=bucket,
+            source_prefix=_env_str(env, PIPELINE_ENV["source_prefix"], d.source_prefix),
+            output_bucket=_env_str(env, PIPELINE_ENV["output_bucket"], bucket),
+            output_prefix=_env_str(env, PIPELINE_ENV["output_prefix"], d.output_prefix),
+            processing_seconds=_env_float(env, "RETOUCH_DEV_PROCESSING_SECONDS", d.processing_seconds),
+            workers=_env_int(env, "RETOUCH_DEV_WORKERS", d.workers),
+            balance=_env_int(env, "RETOUCH_DEV_BALANCE", d.balance),
+            workflow_name=_env_str(env, "RETOUCH_DEV_WORKFLOW", d.workflow_name),
+            collections=tuple(c for c in collections if c),
+            images_per_collection=_env_int(env, "RETOUCH_DEV_IMAGES_PER_COLLECTION", d.images_per_collection),
+        )
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.host}:{self.dagster_port}"
+
+
+def check_ports_free(host: str, ports: Mapping[str, int]) -> None:
+    """Fail early with the variable to change; moto's server would otherwise hang on a taken port."""
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the servers themselves do: a TIME_WAIT left by the last run must not count as taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as error:
+                raise RuntimeError(
+                    f"{host}:{port} is already in use ({error.strerror}); "
+                    f"is another `make dev` running? Otherwise set RETOUCH_DEV_{name}_PORT."
+                ) from error
+
+
+def s3_client(endpoint_url: str) -> Any:
+    """A boto3 S3 client for the local S3, with dummy credentials whatever the developer's AWS setup."""
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+        region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+    ).client("s3", endpoint_url=endpoint_url)
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=bucket)
+
+
+def seed_catalog(
+    client: Any, bucket: str, prefix: str, collections: Mapping[str, int]
+) -> tuple[list[str], list[str]]:
+    """Put the deterministic sample photos under `prefix`; returns (written, unchanged) keys.
+
+    Idempotent by content: an object whose ETag is already the MD5 of the sample is left alone, so re-seeding
+    neither duplicates nor bumps LastModified (which a sensor could take for a change).
+    """
+    from retouch_pipeline.samples import sample_catalog
+
+    base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    written: list[str] = []
+    unchanged: list[str] = []
+    for photo in sample_catalog(dict(collections)):
+        key = base + photo.relative_key
+        digest = hashlib.md5(photo.data, usedforsecurity=False).hexdigest()
+        try:
+            etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        except client.exceptions.ClientError:
+            etag = None
+        if etag == digest:
+            unchanged.append(key)
+            continue
+        client.put_object(Bucket=bucket, Key=key, Body=photo.data, ContentType=photo.content_type)
+        written.append(key)
+    return written, unchanged
+
+
+def start_s3(host: str, port: int) -> Any:
+    """moto's S3 as a thread of this process (stops with it); werkzeug's access log is kept quiet."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    return server
+
+
+def prepare_dagster_home(path: Path, *, keep_state: bool) -> Path:
+    """Create DAGSTER_HOME with its dagster.yaml; reset its storage unless keep_state (see module doc)."""
+    home = path.expanduser().resolve()
+    marker = home / MARKER
+    if home.exists() and any(home.iterdir()) and not marker.exists():
+        raise RuntimeError(
+            f"{home} exists and was not created by `retouch-pipeline dev`; "
+            "choose another RETOUCH_DEV_DAGSTER_HOME (it would be reset at each start)."
+        )
+    if home.exists() and not keep_state:
+        for entry in home.iterdir():
+            if entry.name != MARKER:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    home.mkdir(parents=True, exist_ok=True)
+    marker.write_text("Created by `retouch-pipeline dev`; reset at each start unless --keep-state.\n")
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "workspace.yaml").write_text(WORKSPACE_YAML)
+    return home
+
+
+def pipeline_environment(
+    settings: DevSettings, sandbox: Any, dagster_home: Path | None, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment of `dagster dev`: the pipeline's variables pointed at the embedded services."""
+    workflow = next((w for w in sandbox.workflows if w["name"] == settings.workflow_name), None)
+    if workflow is None:
+        names = ", ".join(w["name"] for w in sandbox.workflows)
+        raise RuntimeError(f"no sandbox workflow named {settings.workflow_name!r} (have: {names})")
+    env = {k: v for k, v in base.items() if k not in REMOVED_AWS}
+    env.update(DUMMY_AWS)
+    values = {
+        "api_url": sandbox.api_url,
+        "auth_url": sandbox.auth_url,
+        "organization_id": sandbox.organization_id,
+        "refresh_token": sandbox.refresh_token,
+        "workflow_id": workflow["id"],
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "source_bucket": settings.source_bucket,
+        "source_prefix": settings.source_prefix,
+        "output_bucket": settings.output_bucket,
+        "output_prefix": settings.output_prefix,
+    }
+    env.update({PIPELINE_ENV[name]: value for name, value in values.items()})
+    # boto3's own override: any S3 client in the child that was not given an endpoint still hits moto.
+    env["AWS_ENDPOINT_URL_S3"] = settings.s3_endpoint_url
+    if dagster_home is not None:
+        env["DAGSTER_HOME"] = str(dagster_home)
+    env.update(settings.extra_env)
+    return env
+
+
+def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """`dagster dev` in a new process group (see module doc), output straight to our terminal."""
+    command = [
+        sys.executable, "-m", "dagster", "dev",
+        "-h", settings.host, "-p", str(settings.dagster_port),
+        "-w", str(home / "workspace.yaml"),
+    ]  # fmt: skip
+    # S603: our own interpreter with fixed arguments; no shell.
+    return subprocess.Popen(command, env=dict(env), process_group=0, stdin=subprocess.DEVNULL)  # noqa: S603
+
+
+def wait_for_webserver(
+    url: str, process: subprocess.Popen[bytes], stop: threading.Event, timeout: float = 180.0
+) -> bool:
+    """Wait until the UI answers (the banner then follows Dagster's start-up logs); False if it never does."""
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.error("dagster dev exited during start-up (status %s)", process.returncode)
+            return False
+        try:
+            with urllib.request.urlopen(url + "/server_info", timeout=2) as response:  # noqa: S310 - http
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        stop.wait(0.5)
+    if not stop.is_set():
+        log.error("Dagster's webserver did not answer on %s within %.0f s", url, timeout)
+    return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    """SIGINT the whole group (a terminal Ctrl-C), then SIGTERM, then SIGKILL; wait until it is empty.
+
+    Members that outlive `dagster dev` itself (a run worker mid-step) are in the same group and get the
+    same treatment.
+    """
+    pgid = process.pid
+    steps = ((signal.SIGINT, grace_seconds), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
+    for sig, wait_seconds in steps:
+        if process.poll() is not None and not _group_alive(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+        if sig != signal.SIGKILL:
+            log.warning("Dagster processes still running after %s; sending the next signal", sig.name)
+    process.wait(timeout=5)
+
+
+def banner(settings: DevSettings, sandbox: Any, dagster: bool, seeded: tuple[int, int] | None) -> str:
+    endpoint = settings.s3_endpoint_url
+    out = f"s3://{settings.output_bucket}/{settings.output_prefix}"
+    port_env = "" if settings.s3_port == DevSettings.s3_port else f"RETOUCH_DEV_S3_PORT={settings.s3_port} "
+    lines = ["", "retouch-pipeline dev stack is up", ""]
+    if dagster:
+        lines.append(f"  Dagster UI        {settings.dagster_url}   (sensors start by themselves)")
+    lines += [
+        f"  AutoRetouch       {sandbox.api_url}   (sandbox; GET /_sandbox/state shows credits)",
+        f"  S3 (moto)         {endpoint}   sources s3://{settings.source_bucket}/{settings.source_prefix}"
+        f"  results {out}",
+    ]
+    if seeded is not None:
+        lines.append(f"  sample catalog    {seeded[0]} photos written, {seeded[1]} already there")
+    lines += [
+        "",
+        "  Look at the results:",
+        f"    {port_env}{sys.executable} -m retouch_pipeline.devstack ls {settings.output_prefix}",
+        f"    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws --endpoint-url {endpoint} "
+        f"s3 ls --recursive {out}",
+        f"    {endpoint}/moto-api/   (moto's dashboard)",
+        "",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP set one event instead of raising mid-startup; restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_dev(
+    settings: DevSettings,
+    *,
+    dagster: bool = True,
+    seed: bool = True,
+    keep_state: bool = False,
+    echo: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> int:
+    """Start the stack, serve until a stop signal (or `stop` is set), stop everything; the exit status."""
+    from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
+
+    ports = {"SANDBOX": settings.sandbox_port, "S3": settings.s3_port}
+    if dagster:
+        ports["DAGSTER"] = settings.dagster_port
+    check_ports_free(settings.host, ports)
+    stop_event = stop if stop is not None else threading.Event()
+    with _StopSignals(stop_event), contextlib.ExitStack() as stack:
+        sandbox_config = SandboxConfig(
+            host=settings.host,
+            port=settings.sandbox_port,
+            processing_seconds=settings.processing_seconds,
+            workers=settings.workers,
+            balance=settings.balance,
+            auto_approve=True,
+        )
+        stack.callback(echo, "Sandbox AutoRetouch stopped.")  # callbacks run last-in first-out
+        sandbox = stack.enter_context(SandboxServer(sandbox_config))
+        s3_server = start_s3(settings.host, settings.s3_port)
+        stack.callback(s3_server.stop)
+        client = s3_client(settings.s3_endpoint_url)
+        for bucket in {settings.source_bucket, settings.output_bucket}:
+            ensure_bucket(client, bucket)
+        seeded: tuple[int, int] | None = None
+        if seed:
+            counts = dict.fromkeys(settings.collections, settings.images_per_collection)
+            written, unchanged = seed_catalog(client, settings.source_bucket, settings.source_prefix, counts)
+            seeded = (len(written), len(unchanged))
+        process: subprocess.Popen[bytes] | None = None
+        if dagster and not stop_event.is_set():
+            home = prepare_dagster_home(settings.dagster_home, keep_state=keep_state)
+            env = pipeline_environment(settings, sandbox, home, os.environ)
+            process = start_dagster(settings, home, env)
+            stack.callback(echo, "Dagster stopped.")
+            stack.callback(stop_process_group, process, settings.dagster_stop_seconds)
+            if not wait_for_webserver(settings.dagster_url, process, stop_event):
+                return 0 if stop_event.is_set() else 1
+        echo(banner(settings, sandbox, dagster, seeded))
+        while not stop_event.wait(0.5):
+            if process is not None and process.poll() is not None:
+                echo(f"dagster dev exited on its own (status {process.returncode}); stopping the rest.")
+                return 1
+        echo("Stopping: Dagster first, then S3, then the sandbox...")
+    return 0
+
+
+def list_objects(settings: DevSettings, prefix: str) -> list[tuple[str, int]]:
+    """(key, size) of every object under `prefix` in the dev bucket (the banner's `ls`)."""
+    client = s3_client(settings.s3_endpoint_url)
+    rows: list[tuple[str, int]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.output_bucket, Prefix=prefix
+    ):
+        rows += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m retouch_pipeline.devstack ls [PREFIX]`: list the dev S3 without the AWS CLI."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "ls" or len(args) > 2:
+        print("usage: python -m retouch_pipeline.devstack ls [PREFIX]", file=sys.stderr)
+        return 2
+    settings = DevSettings.from_env()
+    for key, size in list_objects(settings, args[1] if len(args) == 2 else ""):
+        print(f"{size:>10}  s3://{settings.output_bucket}/{key}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "PIPELINE_ENV",
+    "DevSettings",
+    "list_objects",
+    "pipeline_environment",
+    "run_dev",
+    "seed_catalog",
+]
