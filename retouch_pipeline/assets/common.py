@@ -1,0 +1,143 @@
+"""Shared pieces of the catalog assets: asset keys, the per-image work item, previews, event-log reads.
+
+Why the event log is the memory: every fact the pipeline must not forget (which execution an image got, what
+it was charged, where its output went) is metadata of a materialization, so the UI shows it and re-runs,
+sensors and the cost roll-up read it back from the same place instead of from a second database.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+
+UPLOADED = dg.AssetKey("uploaded_image")
+EXECUTION = dg.AssetKey("autoretouch_execution")
+RETOUCHED = dg.AssetKey("retouched_image")
+COSTS = dg.AssetKey("autoretouch_costs")
+PIPELINE_KEYS = (UPLOADED, EXECUTION, RETOUCHED)
+
+THUMBNAIL_SIDE = 96
+
+
+class PartitionFailure(Exception):
+    """One image failed at one stage; `reason` is what the UI and the step failure show for it."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"{stage}: {reason}")
+
+
+@dataclass
+class WorkItem:
+    """Everything known about one partition while a step processes it."""
+
+    partition_key: str
+    relative_key: str
+    collection: str
+    source_key: str
+    source_etag: str | None = None
+    source_size: int = 0
+    input_hash: str | None = None
+    input_format: str | None = None
+    width: int = 0
+    height: int = 0
+    uploaded: bool = False
+    preview_before: str | None = None
+    idempotency_key: str | None = None
+    execution_id: str | None = None
+    execution_status: str | None = None
+    execution_created_at: str | None = None
+    action: str | None = None  # "create", "reuse" or "retry"
+    batch_id: str | None = None
+    failure: PartitionFailure | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, stage: str, reason: str) -> None:
+        self.failure = PartitionFailure(stage, reason)
+
+
+def thumbnail_data_uri(image: Image.Image) -> str:
+    """A small PNG of `image` as a `data:` URI: the Dagster UI renders it inside `MetadataValue.md`."""
+    thumb = image.copy()
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    if thumb.mode not in ("RGB", "RGBA", "L", "LA"):
+        thumb = thumb.convert("RGBA" if "A" in thumb.getbands() else "RGB")
+    buf = io.BytesIO()
+    thumb.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def preview_markdown(before: str | None, after: str | None = None) -> dg.MetadataValue:
+    """A before/after table of thumbnails (markdown with embedded images)."""
+    cells = [f"![before]({before})" if before else "–"]
+    header = "| before |"
+    if after is not None:
+        cells.append(f"![after]({after})")
+        header += " after |"
+    sep = "|---" * len(cells) + "|"
+    return dg.MetadataValue.md(f"{header}\n{sep}\n| {' | '.join(cells)} |")
+
+
+def metadata_value(record_metadata: Mapping[str, dg.MetadataValue], name: str) -> Any:
+    """The plain value of one metadata entry of a stored event (None when absent)."""
+    entry = record_metadata.get(name)
+    return None if entry is None else entry.value
+
+
+def latest_materializations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
+) -> dict[str, dg.EventLogRecord]:
+    """The newest materialization record of each partition in `partition_keys` (absent: never materialized)."""
+    found: dict[str, dg.EventLogRecord] = {}
+    for start in range(0, len(partition_keys), page):
+        chunk = list(partition_keys[start : start + page])
+        wanted = set(chunk)
+        cursor = None
+        while wanted:
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=chunk),
+                limit=page,
+                cursor=cursor,
+            )
+            for record in result.records:
+                pk = record.partition_key
+                if pk in wanted:
+                    found[pk] = record
+                    wanted.discard(pk)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return found
+
+
+def iter_materializations(
+    instance: dg.DagsterInstance,
+    asset_key: dg.AssetKey,
+    after_storage_id: int | None = None,
+    page: int = 1000,
+) -> Iterable[dg.EventLogRecord]:
+    """Every materialization of `asset_key` after a storage id, oldest first, page by page."""
+    cursor = None
+    while True:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after_storage_id),
+            limit=page,
+            cursor=cursor,
+            ascending=True,
+        )
+        yield from result.records
+        if not result.has_more:
+            return
+        cursor = result.cursor
+
+
+def materialization_metadata(record: dg.EventLogRecord) -> Mapping[str, dg.MetadataValue]:
+    materialization = record.asset_materialization
+    return materialization.metadata if materialization is not None else {}

@@ -1,0 +1,268 @@
+"""The catalog step: `uploaded_image`, `autoretouch_execution` and `retouched_image` of many partitions at once.
+
+Why one multi-asset step and not three assets with three steps
+    A backfill run holds many partitions (`BackfillPolicy.multi_run`). With three steps, one broken image would
+    make the first step fail (so the next steps are skipped for every image of the run) or the first step would
+    have to yield its output, which Dagster records as a materialization of *every* partition of the run,
+    broken ones included. Here each image flows through its stages independently in a thread pool, and the step
+    records each stage of each image as its own `AssetMaterialization(partition=...)` (the specs are
+    `skippable`, so no output is required). The compute is a generator: each event is yielded from the main
+    thread as soon as its work is done, which writes it to the event log at once (Dagster flushes user events
+    when the compute yields), so a crash loses nothing already recorded.
+
+Failed partitions
+    Dagster's partition status marks as failed the partitions that were planned in a failed run and not
+    materialized (`partition_status_cache.build_failed_and_in_progress_partition_subset`). So after the
+    successes are recorded the step raises one `dg.Failure` naming each failed partition and its reason: only
+    those show as failed, the others as materialized. Executions still IN_QA (or processing after
+    `max_wait_seconds`) are neither: the run succeeds and the pending-executions sensor finishes them.
+
+`can_subset=True`: the pending sensor and the daily refresh request `retouched_image` alone; the step then
+reads the execution of each partition from the event log and only downloads (nothing is paid again).
+"""
+
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from retouch_pipeline.assets.common import (
+    EXECUTION,
+    RETOUCHED,
+    UPLOADED,
+    PartitionFailure,
+    WorkItem,
+    latest_materializations,
+    materialization_metadata,
+    metadata_value,
+)
+from retouch_pipeline.assets.executions import (
+    PENDING_STATUSES,
+    execution_event,
+    parse_time,
+    read_statuses,
+)
+from retouch_pipeline.assets.retouched import retouched_event, write_output
+from retouch_pipeline.assets.spending import StepEnv, resolve_and_create
+from retouch_pipeline.assets.uploaded import prepare_and_upload, uploaded_event
+from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
+from retouch_pipeline.catalog.keys import collection_of, s3_key_from_partition_key
+from retouch_pipeline.partitions import catalog_images
+from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
+
+MAX_PARTITIONS_PER_RUN = 200
+GROUP = "catalog"
+
+SPECS = [
+    dg.AssetSpec(
+        UPLOADED,
+        description="Source image read from S3, validated with Pillow and uploaded to AutoRetouch "
+        "(skipped when HEAD /upload already knows its bytes).",
+        skippable=True,
+        group_name=GROUP,
+        kinds={"s3", "python"},
+    ),
+    dg.AssetSpec(
+        EXECUTION,
+        description="The AutoRetouch workflow execution of the image: one per (content, workflow version), "
+        "labelled with its collection's batch (order).",
+        deps=[UPLOADED],
+        skippable=True,
+        group_name=GROUP,
+    ),
+    dg.AssetSpec(
+        RETOUCHED,
+        description="The result in the output bucket, with a JSON provenance sidecar.",
+        deps=[EXECUTION],
+        skippable=True,
+        group_name=GROUP,
+        kinds={"s3"},
+    ),
+]
+
+
+def make_item(partition_key: str, catalog: CatalogResource) -> WorkItem:
+    try:
+        relative = s3_key_from_partition_key(partition_key)
+    except ValueError as exc:
+        item = WorkItem(partition_key, "", "", "")
+        item.fail("partition", f"InvalidPartitionKey: {exc}")
+        return item
+    return WorkItem(partition_key, relative, collection_of(relative), catalog.source_key(relative))
+
+
+def items_from_execution_records(env: StepEnv, items: list[WorkItem]) -> None:
+    """Retouched-only runs: what the execution stage recorded becomes the item's state."""
+    records = latest_materializations(
+        env.instance, EXECUTION, [i.partition_key for i in items if not i.failure]
+    )
+    for item in items:
+        if item.failure:
+            continue
+        record = records.get(item.partition_key)
+        meta = materialization_metadata(record) if record else {}
+        execution_id = metadata_value(meta, "execution_id")
+        if not execution_id:
+            item.fail("download", "NoExecution: materialize autoretouch_execution for this image first")
+            continue
+        item.execution_id = execution_id
+        item.idempotency_key = metadata_value(meta, "idempotency_key")
+        item.input_hash = metadata_value(meta, "input_hash")
+        item.source_etag = metadata_value(meta, "source_etag")
+        item.execution_created_at = metadata_value(meta, "created_at")
+
+
+def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Any]:
+    """Batched status passes until nothing is processing or `max_wait_seconds`; results written as they come."""
+    pending: dict[str, list[WorkItem]] = {}
+    for item in items:
+        if not item.failure and item.execution_id:
+            pending.setdefault(item.execution_id, []).append(item)
+    created = [t for t in (parse_time(i.execution_created_at) for i in items) if t is not None]
+    oldest = min(created) if created else None
+    deadline = time.monotonic() + env.autoretouch.max_wait_seconds
+    downloads: dict[Future[dict[str, Any]], tuple[WorkItem, WorkflowExecution]] = {}
+    passes = 0
+    last: dict[str, WorkflowExecution] = {}
+    while pending:
+        passes += 1
+        try:
+            last = read_statuses(
+                env.client,
+                env.workflow.id,
+                pending,
+                oldest=oldest,
+                max_pages=env.autoretouch.max_status_pages,
+            )
+        except AutoRetouchError as exc:
+            env.log.warning(f"Status pass {passes} failed ({exc}); trying again next pass.")
+        for execution_id, execution in last.items():
+            if execution_id not in pending:
+                continue
+            if execution.status is ExecutionStatus.COMPLETED:
+                for item in pending.pop(execution_id):
+                    future = pool.submit(
+                        write_output,
+                        item,
+                        execution,
+                        env.workflow,
+                        env.version,
+                        env.client,
+                        env.s3,
+                        env.catalog,
+                    )
+                    downloads[future] = (item, execution)
+            elif execution.status in (ExecutionStatus.FAILED, ExecutionStatus.PAYMENT_REQUIRED):
+                for item in pending.pop(execution_id):
+                    item.fail(
+                        "execution",
+                        f"Execution{execution.status.value.title().replace('_', '')}: execution {execution_id} "
+                        f"ended {execution.status.value}; re-materialize to retry it (E8, no new execution)",
+                    )
+        processing = [
+            eid
+            for eid in pending
+            if eid not in last or last[eid].status in (PENDING_STATUSES - {ExecutionStatus.IN_QA})
+        ]
+        yield from _drain(env, downloads, block=False)
+        if not processing or time.monotonic() >= deadline:
+            break
+        pause = min(env.autoretouch.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
+        if downloads:
+            wait(list(downloads), timeout=pause, return_when=FIRST_COMPLETED)
+            yield from _drain(env, downloads, block=False)
+        else:
+            time.sleep(pause)
+    yield from _drain(env, downloads, block=True)
+    if pending:
+        statuses = {eid: (last[eid].status.value if eid in last else "unknown") for eid in pending}
+        env.log.info(
+            f"{sum(len(v) for v in pending.values())} image(s) still pending after {passes} status pass(es) "
+            f"({statuses}); the pending-executions sensor will finish them."
+        )
+
+
+def _drain(
+    env: StepEnv, downloads: dict[Future[dict[str, Any]], tuple[WorkItem, WorkflowExecution]], block: bool
+) -> Iterator[dg.AssetMaterialization]:
+    done = list(as_completed(list(downloads))) if block else [f for f in list(downloads) if f.done()]
+    for future in done:
+        item, execution = downloads.pop(future)
+        try:
+            facts = future.result()
+        except PartitionFailure as failure:
+            item.failure = failure
+            continue
+        except Exception as exc:
+            item.fail("download", f"{type(exc).__name__}: {exc}")
+            continue
+        yield retouched_event(item, execution, env.workflow, facts, env.catalog.output_bucket)
+
+
+@dg.multi_asset(
+    name="catalog_pipeline",
+    specs=SPECS,
+    partitions_def=catalog_images,
+    can_subset=True,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
+    pool="autoretouch",
+)
+def catalog_pipeline(
+    context: dg.AssetExecutionContext,
+    autoretouch: AutoRetouchResource,
+    catalog: CatalogResource,
+    s3: S3Resource,
+) -> Iterator[Any]:
+    """Upload, execute and write back every partition of the run; see the module docstring."""
+    selected = context.selected_asset_keys
+    items = [make_item(pk, catalog) for pk in context.partition_keys]
+    started = time.monotonic()
+    with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
+        env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
+        if EXECUTION in selected or UPLOADED in selected:
+            futures = {
+                pool.submit(prepare_and_upload, i, env.s3, catalog, client, True): i
+                for i in items
+                if not i.failure
+            }
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    future.result()
+                except Exception as exc:
+                    item.fail("upload", f"{type(exc).__name__}: {exc}")
+                if not item.failure and UPLOADED in selected:
+                    yield uploaded_event(item, catalog)
+        if EXECUTION in selected:
+            for item, execution in resolve_and_create(env, items, pool):
+                yield execution_event(item, env.workflow, env.version, execution)
+        elif RETOUCHED in selected:
+            items_from_execution_records(env, items)
+        if RETOUCHED in selected:
+            yield from wait_and_download(env, items, pool)
+    failed = {i.partition_key: i.failure for i in items if i.failure}
+    context.log.info(
+        f"{len(items) - len(failed)} of {len(items)} image(s) without failure in "
+        f"{time.monotonic() - started:.1f}s ({env.summary()})"
+    )
+    if failed:
+        lines = [f"{pk}: [{f.stage}] {f.reason}" for pk, f in failed.items()]
+        permanent = all(f.stage in ("validate", "partition", "budget", "execution") for f in failed.values())
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(items)} image(s) failed; the others were recorded.\n"
+            + "\n".join(lines[:50])
+            + (f"\n... and {len(lines) - 50} more" if len(lines) > 50 else ""),
+            metadata={
+                "failed_partitions": dg.MetadataValue.json(
+                    {pk: f"[{f.stage}] {f.reason}" for pk, f in failed.items()}
+                ),
+                "failed_count": dg.MetadataValue.int(len(failed)),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+            allow_retries=not permanent,
+        )

@@ -1,0 +1,120 @@
+"""Dagster resources: configuration only, on the dagster-fivetran model.
+
+Why configuration only: a `ConfigurableResource` is built in the webserver, the daemon and every run; keeping
+HTTP out of it means loading definitions never calls AutoRetouch (dagster#14157 is what happens otherwise).
+`AutoRetouchResource.get_client()` hands out the plain `AutoRetouchClient`, which owns retries, token refresh
+and pooling and is testable without Dagster. Build one client per step and share it between the step's
+threads (it is thread-safe and shares one token manager, so the access token is refreshed once).
+
+The refresh token is meant to be passed as `dg.EnvVar("AUTORETOUCH_REFRESH_TOKEN")`: Dagster resolves it in
+the run process, so it appears neither in run config nor in the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from retouch_pipeline.autoretouch import DEFAULT_API_URL, DEFAULT_AUTH_URL, AutoRetouchClient, RetryConfig
+from retouch_pipeline.catalog.scanner import normalize_prefix
+
+__all__ = ["AutoRetouchResource", "CatalogResource"]
+
+
+class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Where AutoRetouch is, which workflow to run, and how patient and how thrifty to be."""
+
+    api_url: str = Field(default=DEFAULT_API_URL, description="AutoRetouch API base URL.")
+    auth_url: str = Field(default=DEFAULT_AUTH_URL, description="OAuth (Auth0) server base URL.")
+    organization_id: str | None = Field(
+        default=None,
+        description="Organization to bill; None uses the account's selected organization.",
+    )
+    workflow_id: str = Field(description="Workflow (UUID) every catalog image is processed with.")
+    workflow_version: str | None = Field(
+        default=None,
+        description="Pin a workflow version (UUID). None: the workflow's current version, resolved at run time "
+        "(part of the idempotency key, so a new version processes images again, once).",
+    )
+    refresh_token: str = Field(
+        description="OAuth refresh token; pass dg.EnvVar('AUTORETOUCH_REFRESH_TOKEN'), never a literal.",
+    )
+    max_retries: int = Field(default=5, ge=0, description="Retries of a failed API call (5xx, 429, drops).")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, description="TCP connect timeout per request.")
+    read_timeout_seconds: float = Field(default=60.0, gt=0, description="Read timeout per request.")
+    poll_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Pause between two batched status reads (one executions-list pass) while a step waits.",
+    )
+    max_wait_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="Longest a step waits for its executions; the rest is left to the pending-executions "
+        "sensor (IN_QA can take hours and must not hold a run).",
+    )
+    concurrency: int = Field(default=16, gt=0, description="Threads per step (uploads, creates, downloads).")
+    budget_credits: int | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse a run whose projected spend (new executions and retries x executionPrice) "
+        "exceeds this many credits. None: only the organization's balance limits it.",
+    )
+    max_status_pages: int = Field(
+        default=20,
+        gt=0,
+        description="Executions-list pages (100 each) read per status pass before single lookups.",
+    )
+
+    def get_client(self) -> AutoRetouchClient:
+        """A new client (own connection pool and token manager); share it within a step or a tick."""
+        return AutoRetouchClient(
+            self.api_url,
+            self.auth_url,
+            refresh_token=self.refresh_token,
+            organization_id=self.organization_id,
+            retry=RetryConfig(max_retries=self.max_retries),
+            connect_timeout=self.connect_timeout_seconds,
+            read_timeout=self.read_timeout_seconds,
+            pool_size=max(8, self.concurrency * 2),
+            page_size=100,
+        )
+
+
+class CatalogResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Where the catalog lives in S3 and where results go."""
+
+    source_bucket: str = Field(description="Bucket holding the source images.")
+    source_prefix: str = Field(
+        default="incoming/",
+        description="Prefix of the catalog; the first segment below it is the collection.",
+    )
+    output_bucket: str = Field(description="Bucket receiving retouched images and their JSON sidecars.")
+    output_prefix: str = Field(default="retouched/", description="Prefix of the outputs.")
+    keep_source_extension: bool = Field(
+        default=False,
+        description="Name outputs 'a.jpg.png' instead of 'a.png' (for catalogs holding both a.jpg and a.jpeg).",
+    )
+    max_image_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="Larger source objects fail before any download."
+    )
+    max_image_side: int = Field(
+        default=10_000, gt=0, description="Wider or taller images fail (AutoRetouch's documented limit)."
+    )
+    batch_size: int = Field(default=100, gt=0, description="Images per backfill launched by sensors.")
+
+    def source_key(self, relative_key: str) -> str:
+        """The S3 key of a catalog image from its key below the source prefix."""
+        return normalize_prefix(self.source_prefix) + relative_key
+
+    def output_prefix_normalized(self) -> str:
+        return normalize_prefix(self.output_prefix).rstrip("/")
+
+    def describe(self) -> dict[str, Any]:
+        """Locations for metadata (no secrets here)."""
+        return {
+            "source": f"s3://{self.source_bucket}/{normalize_prefix(self.source_prefix)}",
+            "output": f"s3://{self.output_bucket}/{normalize_prefix(self.output_prefix)}",
+        }

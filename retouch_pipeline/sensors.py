@@ -1,0 +1,161 @@
+"""The pending-executions sensor: finishes what a run did not wait for (IN_QA, slow executions).
+
+Why a sensor: IN_QA is a human review that can take hours; holding a run (and a worker) for it is waste. A
+step waits at most `max_wait_seconds`, then ends; its executions stay recorded in the event log. Each tick
+this sensor
+
+1. reads the `autoretouch_execution` and `retouched_image` materializations recorded since its cursor
+   (incremental: O(new events), not O(history)) and keeps a map partition -> execution of those without a
+   result;
+2. considers only entries whose recording run has finished (a running step is still downloading them itself);
+3. reads their statuses in ONE batched pass (executions list, E3), and
+4. requests `retouched_image` for the finished ones (COMPLETED: download; FAILED/PAYMENT_REQUIRED: the step
+   records an explained failure) as asset backfills, one collection per batch (the catalog's helper).
+
+The cursor is JSON (a typed pydantic model); an unreadable cursor restarts from the beginning of the event
+log, which only costs a longer first tick.
+"""
+
+
+import time
+
+import dagster as dg
+from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
+from pydantic import BaseModel, Field, ValidationError
+
+from retouch_pipeline.assets.common import (
+    EXECUTION,
+    RETOUCHED,
+    iter_materializations,
+    materialization_metadata,
+    metadata_value,
+)
+from retouch_pipeline.assets.executions import parse_time, read_statuses
+from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus
+from retouch_pipeline.catalog.sensor import batch_run_requests
+from retouch_pipeline.partitions import catalog_images
+from retouch_pipeline.resources import AutoRetouchResource
+
+TRIGGER_TAG = "retouch/trigger"
+REQUEST_AGAIN_SECONDS = 1800.0
+MAX_EVENTS_PER_TICK = 20_000
+
+
+class PendingEntry(BaseModel):
+    execution_id: str
+    run_id: str
+    created_at: str | None = None
+    requested_at: float | None = None
+
+
+class PendingCursor(BaseModel):
+    """Event-log positions read so far and the executions still without a result."""
+
+    after_execution: int | None = None
+    after_retouched: int | None = None
+    pending: dict[str, PendingEntry] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "PendingCursor":
+        if not raw:
+            return cls()
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError:
+            return cls()
+
+
+def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
+    count = 0
+    for record in iter_materializations(instance, EXECUTION, cursor.after_execution):
+        cursor.after_execution = record.storage_id
+        meta = materialization_metadata(record)
+        execution_id = metadata_value(meta, "execution_id")
+        if record.partition_key and execution_id:
+            cursor.pending[record.partition_key] = PendingEntry(
+                execution_id=execution_id, run_id=record.run_id, created_at=metadata_value(meta, "created_at")
+            )
+        count += 1
+        if count >= MAX_EVENTS_PER_TICK:
+            break
+    for record in iter_materializations(instance, RETOUCHED, cursor.after_retouched):
+        cursor.after_retouched = record.storage_id
+        entry = cursor.pending.get(record.partition_key or "")
+        if entry and entry.execution_id == metadata_value(materialization_metadata(record), "execution_id"):
+            del cursor.pending[record.partition_key or ""]
+
+
+def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -> dict[str, PendingEntry]:
+    run_ids = list({e.run_id for e in cursor.pending.values()})
+    finished: set[str] = set()
+    for start in range(0, len(run_ids), 100):
+        runs = instance.get_runs(filters=RunsFilter(run_ids=run_ids[start : start + 100]))
+        finished.update(r.run_id for r in runs if r.status in FINISHED_STATUSES)
+    return {
+        pk: e
+        for pk, e in cursor.pending.items()
+        if e.run_id in finished and (e.requested_at is None or now - e.requested_at > REQUEST_AGAIN_SECONDS)
+    }
+
+
+def build_pending_sensor(
+    name: str = "pending_executions_sensor",
+    *,
+    minimum_interval_seconds: int = 30,
+    batch_size: int = 100,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The sensor described in the module docstring."""
+
+    @dg.sensor(
+        name=name,
+        asset_selection=[RETOUCHED],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Requests retouched_image for executions that finished after their run stopped waiting "
+        "(IN_QA approvals, slow executions), with one batched status read per tick.",
+    )
+    def pending_sensor(context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource) -> dg.SensorResult:
+        cursor = PendingCursor.parse(context.cursor)
+        _absorb_events(context.instance, cursor)
+        now = time.time()
+        eligible = _eligible(context.instance, cursor, now)
+        if not eligible:
+            return dg.SensorResult(
+                cursor=cursor.model_dump_json(), skip_reason=f"{len(cursor.pending)} pending, none to check"
+            )
+        created = [t for t in (parse_time(e.created_at) for e in eligible.values()) if t]
+        try:
+            with autoretouch.get_client() as client:
+                statuses = read_statuses(
+                    client,
+                    autoretouch.workflow_id,
+                    {e.execution_id for e in eligible.values()},
+                    oldest=min(created) if created else None,
+                    max_pages=autoretouch.max_status_pages,
+                )
+        except AutoRetouchError as exc:
+            return dg.SensorResult(cursor=cursor.model_dump_json(), skip_reason=f"status read failed: {exc}")
+        done = [
+            pk
+            for pk, e in eligible.items()
+            if e.execution_id in statuses and statuses[e.execution_id].status.is_terminal
+        ]
+        for pk in done:
+            if statuses[cursor.pending[pk].execution_id].status is ExecutionStatus.COMPLETED:
+                cursor.pending[pk].requested_at = now
+            else:  # FAILED / PAYMENT_REQUIRED: the requested run records the explained failure, once
+                del cursor.pending[pk]
+        in_qa = sum(
+            1 for e in eligible.values() if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
+        )
+        requests = (
+            batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name}) if done else []
+        )
+        summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
+        context.log.info(summary)
+        return dg.SensorResult(
+            run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary
+        )
+
+    return pending_sensor
