@@ -335,5 +335,19 @@ def dev(
     sys.exit(status)
 
 
+@main.command()
+@click.argument("collection")
+@click.option("--dry-run", is_flag=True, help="Only print the number of images and the projected credits.")
+def backfill(collection: str, dry_run: bool) -> None:
+    """Backfill one product collection: images, projected credits vs balance, then a real Dagster backfill.
+
+    Uses the Dagster instance of DAGSTER_HOME and the pipeline's environment variables (definitions.py).
+    """
+    from retouch_pipeline.backfill import run_backfill
+
+    with clear_errors():
+        sys.exit(run_backfill(collection, dry_run, echo=click.echo))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,254 @@
+"""Pipeline behaviour over real HTTP: sensor to S3, zero re-charges, bad input, budget, retries, QA, secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import dagster as dg
+import requests
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster_aws.s3 import S3Resource
+
+from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADED, catalog_pipeline
+from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
+from retouch_pipeline.partitions import catalog_images
+from retouch_pipeline.schedules import plan_refresh
+from retouch_pipeline.sensors import build_pending_sensor
+from retouch_pipeline_tests.pipeline.conftest import CREDENTIALS, Stack
+
+
+def _requested(result: dg.SensorExecutionData) -> list[list[str]]:
+    out = []
+    for request in result.run_requests or []:
+        subset = request.asset_graph_subset
+        assert isinstance(subset, AssetGraphSubset)
+        key = next(iter(subset.asset_keys))
+        out.append(sorted(subset.get_partitions_subset(key).get_partition_keys()))
+    return out
+
+
+def _costs(stack: Stack) -> dict[str, object]:
+    result = dg.materialize(
+        [catalog_pipeline, autoretouch_costs],
+        instance=stack.instance,
+        resources=stack.resources(),
+        selection=[autoretouch_costs],
+    )
+    mat = result.asset_materializations_for_node("autoretouch_costs")[0]
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Callable[..., bytes]) -> None:
+    price = stack.workflow["executionPrice"]
+    for ci, c in enumerate(("shoes", "bags")):
+        for i in range(2):
+            stack.put(f"{c}/p{i}.jpg", make_image(format="JPEG", width=70 + i + 10 * ci))
+    sensor = build_catalog_sensor(
+        "catalog_sensor",
+        catalog_images,
+        list(PIPELINE_KEYS),
+        config=ScanConfig(source_bucket=stack.bucket, source_prefix="incoming/"),
+    )
+    s3_res = {"s3": S3Resource(endpoint_url=stack.moto_url, **CREDENTIALS)}
+    defs = dg.Definitions(assets=[catalog_pipeline], sensors=[sensor], resources=stack.resources())
+    with dg.build_sensor_context(instance=stack.instance, definitions=defs, resources=s3_res) as ctx:
+        tick = sensor.evaluate_tick(ctx)
+    for request in tick.dynamic_partitions_requests or []:
+        stack.register(request.partition_keys or [])
+    batches = _requested(tick)
+    assert len(batches) == 2  # one per collection
+    for keys in batches:
+        assert stack.run(keys).success
+    assert stack.charged() == 4 * price
+    assert len(list(stack.client().iter_batches())) == 2  # one AutoRetouch order per collection run
+    for key in stack.keys("retouched/"):
+        if key.endswith(".png"):
+            image = stack.image(key)
+            assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0  # transparent background
+        else:
+            sidecar = json.loads(stack.get(key))
+            assert sidecar["execution"]["charged_credits"] == price
+            assert sidecar["source"]["etag"] and sidecar["result"]["content_hash"]
+    costs = _costs(stack)
+    assert costs["total_charged_credits"] == stack.charged() == sum(c["credits"] for c in stack.ledger())
+    assert costs["by_collection"] == {"shoes": 2 * price, "bags": 2 * price}
+    assert costs["balance_credits"] == stack.sandbox.state.accounting.balance
+
+    # re-run everything, then one collection: nothing charged again
+    for keys in batches:
+        assert stack.run(keys).success
+    assert stack.charged() == 4 * price
+    # a changed image is processed once more; a deleted output is restored without a charge
+    stack.put("shoes/p0.jpg", make_image(format="JPEG", width=99))
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/bags/p1.png")
+    resources = stack.resources()
+    plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
+    assert plan.changed == ["shoes/p0.jpg"] and plan.outputs_missing == ["bags/p1.jpg"] and plan.unchanged == 2
+    assert stack.run(plan.changed).success
+    assert stack.run(plan.outputs_missing, selection=[RETOUCHED]).success
+    assert stack.charged() == 5 * price
+    assert stack.image("retouched/bags/p1.png").mode == "RGBA"
+    plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
+    assert not plan.full and not plan.outputs_missing and plan.unchanged == 4
+    assert _costs(stack)["total_charged_credits"] == stack.charged()
+
+
+def test_bad_inputs_fail_their_partition_only_and_cost_nothing(
+    stack: Stack, make_image: Callable[..., bytes]
+) -> None:
+    good = make_image(format="JPEG")
+    keys = [
+        stack.put("mixed/a-good.jpg", good),
+        stack.put("mixed/b-empty.jpg", b""),
+        stack.put("mixed/c-truncated.jpg", good[: len(good) // 2]),
+        stack.put("mixed/d-text.jpg", b"this is not an image\n" * 20),
+    ]
+    stack.register(keys)
+    result = stack.run(keys)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message
+    assert "EmptySourceImage" in message and "TruncatedImage" in message and "NotAnImage" in message
+    assert "mixed/a-good.jpg" not in message
+    assert stack.charged() == stack.workflow["executionPrice"]
+    assert stack.sandbox.state.accounting.calls.get("I1", 0) == 1  # only the good image was uploaded
+    for asset in (UPLOADED, EXECUTION, RETOUCHED):
+        assert stack.instance.get_materialized_partitions(asset) == {keys[0]}
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    cache = get_and_update_asset_status_cache_value(stack.instance, RETOUCHED, catalog_images)
+    assert cache is not None
+    failed = cache.deserialize_failed_partition_subsets(catalog_images).get_partition_keys()
+    assert sorted(failed) == sorted(keys[1:])
+
+
+def test_budget_guard_refuses_before_spending(stack: Stack, make_image: Callable[..., bytes]) -> None:
+    keys = [stack.put(f"c/{i}.png", make_image(width=50 + i)) for i in range(3)]
+    stack.register(keys)
+    result = stack.run(keys, budget_credits=stack.workflow["executionPrice"] * 2)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "BudgetRefused" in failure.step_failure_data.error.message
+    assert stack.charged() == 0 and stack.sandbox.state.accounting.calls.get("E1", 0) == 0
+    requests.put(f"{stack.sandbox.api_url}/_sandbox/balance", json={"balance": 15}, timeout=5)
+    result = stack.run(keys)
+    assert not result.success and stack.sandbox.state.accounting.calls.get("E1", 0) == 0
+
+
+def test_payment_required_then_top_up_retries_once(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    stack = make_stack(processing_seconds=1.0)
+    price = stack.workflow["executionPrice"]
+    keys = [stack.put(f"c/{i}.png", make_image(width=60 + i)) for i in range(2)]
+    stack.register(keys)
+    assert stack.run(keys, max_wait_seconds=0.0).success  # created, not waited for
+    requests.put(f"{stack.sandbox.api_url}/_sandbox/balance", json={"balance": 0}, timeout=5)
+    deadline = time.monotonic() + 10
+    while {e.status.value for e in stack.client().iter_executions()} != {"PAYMENT_REQUIRED"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    refused = stack.run(keys)  # the retries would cost 2 x price: refused before any retry
+    assert not refused.success
+    assert stack.sandbox.state.accounting.calls.get("E8", 0) == 0
+    requests.put(f"{stack.sandbox.api_url}/_sandbox/balance", json={"add": 1000}, timeout=5)
+    assert stack.run(keys).success
+    calls = stack.sandbox.state.accounting.calls
+    assert calls.get("E1", 0) == 2 and calls.get("E8", 0) == 2  # retried (E8), never re-created
+    assert stack.charged() == 2 * price and len(stack.ledger()) == 2
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
+
+
+def test_in_qa_run_ends_and_pending_sensor_finishes(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    stack = make_stack()
+    stack.workflow_name = "Background Removal with QA"
+    keys = [stack.put(f"qa/{i}.png", make_image(width=60 + i)) for i in range(2)]
+    stack.register(keys)
+    started = time.monotonic()
+    result = stack.run(keys)
+    assert result.success and time.monotonic() - started < 15
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set()
+    sensor = build_pending_sensor()
+    defs = dg.Definitions(assets=[catalog_pipeline], sensors=[sensor], resources=stack.resources())
+    with dg.build_sensor_context(instance=stack.instance, definitions=defs, resources=stack.resources()) as ctx:
+        tick = sensor.evaluate_tick(ctx)
+    assert not tick.run_requests
+    cursor = tick.cursor
+    for execution in stack.client().iter_executions():
+        requests.post(f"{stack.sandbox.api_url}/_sandbox/executions/{execution.id}/approve", timeout=5)
+    time.sleep(0.5)
+    with dg.build_sensor_context(
+        instance=stack.instance, definitions=defs, resources=stack.resources(), cursor=cursor
+    ) as ctx:
+        tick = sensor.evaluate_tick(ctx)
+    assert _requested(tick) == [sorted(keys)]
+    assert stack.run(keys, selection=[RETOUCHED]).success
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
+    assert stack.charged() == 2 * stack.workflow["executionPrice"]
+
+
+def test_no_secret_in_event_log_or_run_config(stack: Stack, make_image: Callable[..., bytes]) -> None:
+    keys = [stack.put("s/a.png", make_image())]
+    stack.register(keys)
+    result = stack.run(keys)
+    assert result.success
+    secrets = [stack.sandbox.refresh_token]
+    tokens = getattr(stack.sandbox.state.auth, "_access_tokens", None) or {}
+    secrets += [t for t in tokens if isinstance(t, str)]
+    records = stack.instance.all_logs(result.run_id)
+    blob = "\n".join(r.to_json() if hasattr(r, "to_json") else str(r) for r in records)
+    run = stack.instance.get_run_by_id(result.run_id)
+    assert run is not None
+    blob += json.dumps(run.run_config, default=str)
+    for secret in secrets:
+        assert secret not in blob
+
+
+def test_definitions_load_without_network() -> None:
+    env = {
+        "AUTORETOUCH_API_URL": "http://127.0.0.1:9",
+        "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "PATH": "/usr/bin:/bin",
+    }
+    code = (
+        "import time; t=time.monotonic(); import retouch_pipeline.definitions as d; "
+        "d.defs.get_repository_def().load_all_definitions(); print(time.monotonic()-t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) < 10
+
+
+def test_cli_backfill_dry_run_and_launch(stack: Stack, make_image: Callable[..., bytes]) -> None:
+    for i in range(3):
+        stack.put(f"hats/{i}.png", make_image(width=40 + i))
+    home = stack.instance.root_directory
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DAGSTER_HOME": home,
+        "AUTORETOUCH_API_URL": stack.sandbox.api_url,
+        "AUTORETOUCH_ORGANIZATION_ID": stack.sandbox.organization_id,
+        "AUTORETOUCH_REFRESH_TOKEN": stack.sandbox.refresh_token,
+        "S3_ENDPOINT_URL": stack.moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "CATALOG_SOURCE_BUCKET": stack.bucket,
+        "RETOUCH_SENSORS_RUNNING": "0",
+    }
+    cmd = [sys.executable, "-m", "retouch_pipeline.cli", "backfill", "hats"]
+    dry = subprocess.run([*cmd, "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "3 image(s), 3 needing a new execution; projected 30 credits" in dry.stdout
+    assert stack.instance.get_backfills() == []
+    real = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert real.returncode == 0, real.stderr
+    backfills = stack.instance.get_backfills()
+    assert len(backfills) == 1 and backfills[0].tags.get("retouch/collection") == "hats"
+    assert stack.charged() == 0  # the daemon runs it; nothing was spent by the CLI itself
