@@ -36,14 +36,19 @@ class BackfillEstimate:
     def describe(self) -> str:
         verdict = "fits" if self.projected_credits <= self.balance else "EXCEEDS"
         return (
-            f"collection {self.collection}: {self.images} image(s), {self.new_images} needing a new execution; "
+            f"collection {self.collection}: {self.images} image(s), "
+            f"{self.new_images} needing a new execution; "
             f"projected {self.projected_credits} credits ({self.new_images} x {self.execution_price}) "
             f"against a balance of {self.balance}: {verdict}"
         )
 
 
 def estimate(
-    instance: dg.DagsterInstance, autoretouch: AutoRetouchResource, catalog: CatalogResource, s3: Any, collection: str
+    instance: dg.DagsterInstance,
+    autoretouch: AutoRetouchResource,
+    catalog: CatalogResource,
+    s3: Any,
+    collection: str,
 ) -> tuple[BackfillEstimate, RefreshPlan]:
     plan = plan_refresh(instance, s3, catalog, collection)
     with autoretouch.get_client() as client:
@@ -55,11 +60,15 @@ def estimate(
 
 def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
     """Print the estimate; without `dry_run` launch the backfill. Returns an exit status."""
+    from dagster_aws.s3 import S3Resource
+
     from retouch_pipeline.definitions import resources
 
-    autoretouch = resources["autoretouch"].process_config_and_initialize()
-    catalog = resources["catalog"]
-    s3 = resources["s3"].get_client()
+    configured, catalog, s3_resource = resources["autoretouch"], resources["catalog"], resources["s3"]
+    assert isinstance(configured, AutoRetouchResource) and isinstance(catalog, CatalogResource)
+    assert isinstance(s3_resource, S3Resource)
+    autoretouch = configured.process_config_and_initialize()  # resolves the EnvVar refresh token
+    s3 = s3_resource.get_client()
     with dg.DagsterInstance.get() as instance:
         est, plan = estimate(instance, autoretouch, catalog, s3, collection)
         echo(est.describe())
@@ -71,14 +80,18 @@ def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
         keys = plan.full + plan.outputs_missing
         keys += [k for k in _all_keys(plan, instance, collection) if k not in set(keys)]
         ids = submit_backfills(
-            instance, keys, list(PIPELINE_KEYS), batch_size=catalog.batch_size, title=f"collection {collection}"
+            instance,
+            keys,
+            list(PIPELINE_KEYS),
+            batch_size=catalog.batch_size,
+            title=f"collection {collection}",
         )
         echo(f"launched backfill(s) {', '.join(ids)} for {len(keys)} image(s)")
         return 0
 
 
 def _all_keys(plan: RefreshPlan, instance: dg.DagsterInstance, collection: str) -> list[str]:
-    """Every registered partition of the collection (unchanged ones are re-run for free: reused executions)."""
+    """Every registered partition of the collection (unchanged ones re-run for free: reused executions)."""
     from retouch_pipeline.catalog.keys import collection_of_partition_key
     from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 

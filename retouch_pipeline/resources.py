@@ -23,7 +23,7 @@ from retouch_pipeline.catalog.scanner import normalize_prefix
 __all__ = ["AutoRetouchResource", "CatalogResource"]
 
 
-class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class AutoRetouchResource(dg.ConfigurableResource):
     """Where AutoRetouch is, which workflow to run, and how patient and how thrifty to be."""
 
     api_url: str = Field(default=DEFAULT_API_URL, description="AutoRetouch API base URL.")
@@ -35,7 +35,8 @@ class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     workflow_id: str = Field(description="Workflow (UUID) every catalog image is processed with.")
     workflow_version: str | None = Field(
         default=None,
-        description="Pin a workflow version (UUID). None: the workflow's current version, resolved at run time "
+        description="Pin a workflow version (UUID). None: the workflow's current version, resolved at "
+        "run time "
         "(part of the idempotency key, so a new version processes images again, once).",
     )
     refresh_token: str = Field(
@@ -83,7 +84,7 @@ class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
 
 
-class CatalogResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class CatalogResource(dg.ConfigurableResource):
     """Where the catalog lives in S3 and where results go."""
 
     source_bucket: str = Field(description="Bucket holding the source images.")
@@ -95,7 +96,7 @@ class CatalogResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     output_prefix: str = Field(default="retouched/", description="Prefix of the outputs.")
     keep_source_extension: bool = Field(
         default=False,
-        description="Name outputs 'a.jpg.png' instead of 'a.png' (for catalogs holding both a.jpg and a.jpeg).",
+        description="Name outputs 'a.jpg.png' instead of 'a.png' (catalogs holding both a.jpg and a.jpeg).",
     )
     max_image_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="Larger source objects fail before any download."

@@ -14,7 +14,6 @@ An unchanged image with its output in place gets nothing. Even when asked again,
 recorded execution (idempotency key), so a refresh can never double-charge.
 """
 
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +106,8 @@ def reconcile_catalog(context: dg.OpExecutionContext, s3: S3Resource, catalog: C
     plan = plan_refresh(context.instance, s3.get_client(), catalog)
     ids = launch_refresh(context.instance, plan, catalog.batch_size)
     context.log.info(
-        f"refresh: {len(plan.missed)} missed, {len(plan.changed)} changed, {len(plan.outputs_missing)} outputs "
+        f"refresh: {len(plan.missed)} missed, {len(plan.changed)} changed, "
+        f"{len(plan.outputs_missing)} outputs "
         f"missing, {plan.unchanged} unchanged; backfills {ids}"
     )
     context.add_output_metadata(
@@ -134,6 +134,7 @@ def build_refresh_schedule(
         job=catalog_refresh_job,
         cron_schedule=cron,
         default_status=default_status,
-        description="Reprocess missed and changed images, restore deleted outputs; never re-buys an unchanged "
+        description="Reprocess missed and changed images, restore deleted outputs; never re-buys an "
+        "unchanged "
         "image.",
     )

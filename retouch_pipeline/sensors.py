@@ -16,7 +16,6 @@ The cursor is JSON (a typed pydantic model); an unreadable cursor restarts from 
 log, which only costs a longer first tick.
 """
 
-
 import time
 
 import dagster as dg
@@ -66,8 +65,7 @@ class PendingCursor(BaseModel):
 
 
 def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
-    count = 0
-    for record in iter_materializations(instance, EXECUTION, cursor.after_execution):
+    for count, record in enumerate(iter_materializations(instance, EXECUTION, cursor.after_execution), 1):
         cursor.after_execution = record.storage_id
         meta = materialization_metadata(record)
         execution_id = metadata_value(meta, "execution_id")
@@ -75,7 +73,6 @@ def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
             cursor.pending[record.partition_key] = PendingEntry(
                 execution_id=execution_id, run_id=record.run_id, created_at=metadata_value(meta, "created_at")
             )
-        count += 1
         if count >= MAX_EVENTS_PER_TICK:
             break
     for record in iter_materializations(instance, RETOUCHED, cursor.after_retouched):
@@ -115,7 +112,9 @@ def build_pending_sensor(
         description="Requests retouched_image for executions that finished after their run stopped waiting "
         "(IN_QA approvals, slow executions), with one batched status read per tick.",
     )
-    def pending_sensor(context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource) -> dg.SensorResult:
+    def pending_sensor(
+        context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource
+    ) -> dg.SensorResult:
         cursor = PendingCursor.parse(context.cursor)
         _absorb_events(context.instance, cursor)
         now = time.time()
@@ -147,12 +146,18 @@ def build_pending_sensor(
             else:  # FAILED / PAYMENT_REQUIRED: the requested run records the explained failure, once
                 del cursor.pending[pk]
         in_qa = sum(
-            1 for e in eligible.values() if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
+            1
+            for e in eligible.values()
+            if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
         )
         requests = (
-            batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name}) if done else []
+            batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name})
+            if done
+            else []
         )
-        summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
+        summary = (
+            f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
+        )
         context.log.info(summary)
         return dg.SensorResult(
             run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary

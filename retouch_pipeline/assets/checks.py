@@ -4,7 +4,6 @@ They look at the latest materialization of each partition (bounded by `MAX_CHECK
 log, so they can run any time from the UI or after the daily refresh without touching AutoRetouch.
 """
 
-
 import io
 from typing import Any
 
@@ -21,7 +20,10 @@ MAX_CHECKED = 2_000
 
 def _latest(instance: dg.DagsterInstance) -> dict[str, Any]:
     keys = list(instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))[:MAX_CHECKED]
-    return {pk: materialization_metadata(r) for pk, r in latest_materializations(instance, RETOUCHED, keys).items()}
+    return {
+        pk: materialization_metadata(r)
+        for pk, r in latest_materializations(instance, RETOUCHED, keys).items()
+    }
 
 
 @dg.asset_check(asset=RETOUCHED, description="chargedCredits equals the workflow's executionPrice.")
@@ -33,7 +35,10 @@ def charged_credits_match_price(context: dg.AssetCheckExecutionContext) -> dg.As
     }
     return dg.AssetCheckResult(
         passed=not wrong,
-        metadata={"mismatches": dg.MetadataValue.int(len(wrong)), "examples": dg.MetadataValue.json(dict(list(wrong.items())[:20]))},
+        metadata={
+            "mismatches": dg.MetadataValue.int(len(wrong)),
+            "examples": dg.MetadataValue.json(dict(list(wrong.items())[:20])),
+        },
     )
 
 

@@ -76,7 +76,7 @@ def thumbnail_data_uri(image: Image.Image) -> str:
 
 def preview_markdown(before: str | None, after: str | None = None) -> dg.MetadataValue:
     """A before/after table of thumbnails (markdown with embedded images)."""
-    cells = [f"![before]({before})" if before else "–"]
+    cells = [f"![before]({before})" if before else "-"]
     header = "| before |"
     if after is not None:
         cells.append(f"![after]({after})")
@@ -94,7 +94,7 @@ def metadata_value(record_metadata: Mapping[str, dg.MetadataValue], name: str) -
 def latest_materializations(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
 ) -> dict[str, dg.EventLogRecord]:
-    """The newest materialization record of each partition in `partition_keys` (absent: never materialized)."""
+    """The newest materialization record of each partition in `partition_keys` (absent: none yet)."""
     found: dict[str, dg.EventLogRecord] = {}
     for start in range(0, len(partition_keys), page):
         chunk = list(partition_keys[start : start + page])

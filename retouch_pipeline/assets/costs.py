@@ -8,7 +8,6 @@ pipeline spent; the tests compare it with the sandbox's own ledger. Executions r
 The organization's balance is read from AutoRetouch at materialization time (one call).
 """
 
-
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -83,7 +82,9 @@ def _table(title: str, counter: Counter[str]) -> str:
     description="Credits spent by collection, batch and day (from the event log), the organization's balance "
     "and what pending executions will cost.",
 )
-def autoretouch_costs(context: dg.AssetExecutionContext, autoretouch: AutoRetouchResource) -> dg.MaterializeResult:
+def autoretouch_costs(
+    context: dg.AssetExecutionContext, autoretouch: AutoRetouchResource
+) -> dg.MaterializeResult:
     report = build_cost_report(context.instance)
     balance: int | None = None
     try:

@@ -1,10 +1,14 @@
-"""The catalog step: `uploaded_image`, `autoretouch_execution` and `retouched_image` of many partitions at once.
+"""The catalog step: `uploaded_image`, `autoretouch_execution` and `retouched_image` of many partitions
+at once.
 
 Why one multi-asset step and not three assets with three steps
-    A backfill run holds many partitions (`BackfillPolicy.multi_run`). With three steps, one broken image would
-    make the first step fail (so the next steps are skipped for every image of the run) or the first step would
+    A backfill run holds many partitions (`BackfillPolicy.multi_run`). With three steps, one broken
+image would
+    make the first step fail (so the next steps are skipped for every image of the run) or the first
+step would
     have to yield its output, which Dagster records as a materialization of *every* partition of the run,
-    broken ones included. Here each image flows through its stages independently in a thread pool, and the step
+    broken ones included. Here each image flows through its stages independently in a thread pool, and
+the step
     records each stage of each image as its own `AssetMaterialization(partition=...)` (the specs are
     `skippable`, so no output is required). The compute is a generator: each event is yielded from the main
     thread as soon as its work is done, which writes it to the event log at once (Dagster flushes user events
@@ -20,7 +24,6 @@ Failed partitions
 `can_subset=True`: the pending sensor and the daily refresh request `retouched_image` alone; the step then
 reads the execution of each partition from the event log and only downloads (nothing is paid again).
 """
-
 
 import time
 from collections.abc import Iterator
@@ -118,7 +121,7 @@ def items_from_execution_records(env: StepEnv, items: list[WorkItem]) -> None:
 
 
 def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Any]:
-    """Batched status passes until nothing is processing or `max_wait_seconds`; results written as they come."""
+    """Batched status passes until nothing processes or `max_wait_seconds`; results written as they come."""
     pending: dict[str, list[WorkItem]] = {}
     for item in items:
         if not item.failure and item.execution_id:
@@ -161,7 +164,7 @@ def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecu
                 for item in pending.pop(execution_id):
                     item.fail(
                         "execution",
-                        f"Execution{execution.status.value.title().replace('_', '')}: execution {execution_id} "
+                        f"Execution{execution.status.value.title().replace('_', '')}: {execution_id} "
                         f"ended {execution.status.value}; re-materialize to retry it (E8, no new execution)",
                     )
         processing = [

@@ -2,7 +2,8 @@
 
 Order (why): first decide for every image of the step whether it already has an execution (event log, the
 key-value index, AutoRetouch's idempotency label for interrupted creates), then project the spend of what is
-left (new executions + retries of FAILED/PAYMENT_REQUIRED ones, times `executionPrice`) and compare it with the
+left (new executions + retries of FAILED/PAYMENT_REQUIRED ones, times `executionPrice`) and compare it
+with the
 balance and `budget_credits` *before* the first create: a refusal produces no PAYMENT_REQUIRED execution.
 """
 
@@ -151,12 +152,14 @@ def _guard_budget(env: StepEnv, spenders: list[WorkItem]) -> str | None:
     budget = env.autoretouch.budget_credits
     if projected > balance:
         return (
-            f"BudgetRefused: {len(spenders)} execution(s) x {env.workflow.execution_price} credits = {projected} "
+            f"BudgetRefused: {len(spenders)} execution(s) x {env.workflow.execution_price} credits = "
+            f"{projected} "
             f"credits projected, but the organization's balance is {balance}; top up, then re-materialize"
         )
     if budget is not None and projected > budget:
         return (
-            f"BudgetRefused: {projected} credits projected ({len(spenders)} x {env.workflow.execution_price}) "
+            f"BudgetRefused: {projected} credits projected "
+            f"({len(spenders)} x {env.workflow.execution_price}) "
             f"exceeds budget_credits={budget}; raise the budget or backfill fewer images"
         )
     env.log.info(f"Budget: {projected} credits projected; balance {balance}, budget {budget}")

@@ -16,7 +16,8 @@ def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes
     assert result.success
     outputs = stack.keys("retouched/")
     assert outputs == sorted(
-        [f"retouched/shoes/item-{i}.png" for i in range(3)] + [f"retouched/shoes/item-{i}.png.json" for i in range(3)]
+        [f"retouched/shoes/item-{i}.png" for i in range(3)]
+        + [f"retouched/shoes/item-{i}.png.json" for i in range(3)]
     )
     image = stack.image("retouched/shoes/item-0.png")
     assert image.format == "PNG" and image.mode == "RGBA"

@@ -1,4 +1,5 @@
-"""Pipeline behaviour over real HTTP: sensor to S3, zero re-charges, bad input, budget, retries, QA, secrets."""
+"""Pipeline behaviour over real HTTP: sensor to S3, zero re-charges, bad input, budget, retries, QA,
+secrets."""
 
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
     stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/bags/p1.png")
     resources = stack.resources()
     plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
-    assert plan.changed == ["shoes/p0.jpg"] and plan.outputs_missing == ["bags/p1.jpg"] and plan.unchanged == 2
+    assert (
+        plan.changed == ["shoes/p0.jpg"] and plan.outputs_missing == ["bags/p1.jpg"] and plan.unchanged == 2
+    )
     assert stack.run(plan.changed).success
     assert stack.run(plan.outputs_missing, selection=[RETOUCHED]).success
     assert stack.charged() == 5 * price
@@ -177,7 +180,9 @@ def test_in_qa_run_ends_and_pending_sensor_finishes(
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set()
     sensor = build_pending_sensor()
     defs = dg.Definitions(assets=[catalog_pipeline], sensors=[sensor], resources=stack.resources())
-    with dg.build_sensor_context(instance=stack.instance, definitions=defs, resources=stack.resources()) as ctx:
+    with dg.build_sensor_context(
+        instance=stack.instance, definitions=defs, resources=stack.resources()
+    ) as ctx:
         tick = sensor.evaluate_tick(ctx)
     assert not tick.run_requests
     cursor = tick.cursor
