@@ -49,11 +49,11 @@ PIPELINE_ENV: dict[str, str] = {
     "organization_id": "AUTORETOUCH_ORGANIZATION_ID",
     "refresh_token": "AUTORETOUCH_REFRESH_TOKEN",
     "workflow_id": "AUTORETOUCH_WORKFLOW_ID",
-    "s3_endpoint_url": "RETOUCH_S3_ENDPOINT_URL",
-    "source_bucket": "RETOUCH_SOURCE_BUCKET",
-    "source_prefix": "RETOUCH_SOURCE_PREFIX",
-    "output_bucket": "RETOUCH_OUTPUT_BUCKET",
-    "output_prefix": "RETOUCH_OUTPUT_PREFIX",
+    "s3_endpoint_url": "S3_ENDPOINT_URL",
+    "source_bucket": "CATALOG_SOURCE_BUCKET",
+    "source_prefix": "CATALOG_SOURCE_PREFIX",
+    "output_bucket": "CATALOG_OUTPUT_BUCKET",
+    "output_prefix": "CATALOG_OUTPUT_PREFIX",
 }
 
 # Credentials of the local S3: moto accepts anything, and explicit dummies keep a developer's real AWS profile

@@ -6,6 +6,7 @@ alone) with DAGSTER_HOME in a temporary folder. Process checks read /proc, so th
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import pytest
 import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from moto.server import ThreadedMotoServer
+from PIL import Image
 
 from retouch_pipeline.devstack import (
     PIPELINE_ENV,
@@ -121,7 +123,7 @@ class DevStack:
 def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
     stacks: list[DevStack] = []
 
-    def start(*args: str) -> DevStack:
+    def start(*args: str, **overrides: str) -> DevStack:
         env = {
             **os.environ,
             "RETOUCH_DEV_SANDBOX_PORT": str(free_port()),
@@ -129,6 +131,7 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
             "RETOUCH_DEV_DAGSTER_PORT": str(free_port()),
             "RETOUCH_DEV_DAGSTER_HOME": str(tmp_path / "dagster_home"),
             "RETOUCH_DEV_PROCESSING_SECONDS": "0.2",
+            **overrides,
         }
         log = tmp_path / f"dev-{len(stacks)}.log"
         with log.open("wb") as out:
@@ -201,6 +204,36 @@ def test_full_stack_answers_and_ctrl_c_leaves_no_process(start_dev: Callable[...
     assert "Dagster stopped." in stack.output()
     for port in (stack.settings.sandbox_port, stack.settings.s3_port, stack.settings.dagster_port):
         assert port_free(port), port
+
+
+def test_sample_catalog_is_retouched_without_a_click(start_dev: Callable[..., DevStack]) -> None:
+    """The issue's promise for `make dev`, with its real settings (2 s per image, 8 workers): every sample
+    image retouched under retouched/ within three minutes of the start, nothing clicked."""
+    started = time.monotonic()
+    stack = start_dev(RETOUCH_DEV_PROCESSING_SECONDS="2")
+    client = s3_client(stack.settings.s3_endpoint_url)
+
+    def outputs() -> list[str]:
+        listing = client.list_objects_v2(Bucket="catalog", Prefix="retouched/")
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def all_retouched() -> bool:
+        return len([k for k in outputs() if k.endswith(".png")]) == SAMPLE_COUNT
+
+    wait_until(all_retouched, 180 - (time.monotonic() - started), "12 retouched PNGs", stack.proc)
+    expected = {k.replace("incoming/", "retouched/").rsplit(".", 1)[0] + ".png" for k in stack.source_keys()}
+    keys = outputs()
+    assert expected <= set(keys)
+    assert {k + ".json" for k in expected} <= set(keys), "one provenance sidecar per image"
+    for key in sorted(expected)[:2]:
+        image = Image.open(io.BytesIO(client.get_object(Bucket="catalog", Key=key)["Body"].read()))
+        assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0, "background removed"
+    state = requests.get(f"http://127.0.0.1:{stack.settings.sandbox_port}/_sandbox/state", timeout=5).json()
+    assert state["creditsCharged"] == SAMPLE_COUNT * 10, "Background Removal: 10 credits each, bought once"
+
+    children = descendants(stack.proc.pid)
+    assert stack.stop(signal.SIGINT, timeout=60) == 0
+    assert not (children & set(live_processes())), "left running after Ctrl-C"
 
 
 def test_seed_is_idempotent_by_content() -> None:
