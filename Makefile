@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OFFICIAL_VENV := .venv-official
 
-.PHONY: install lint typecheck test test-fast sandbox dev clean
+.PHONY: install lint typecheck validate test test-fast sandbox dev clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
@@ -28,7 +28,12 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-test: install lint typecheck
+# Definitions load (no network: every address points at a closed port) and validate as Dagster sees them.
+validate: $(VENV)/.installed
+	AUTORETOUCH_API_URL=http://127.0.0.1:9 S3_ENDPOINT_URL=http://127.0.0.1:9 \
+	  $(VENV)/bin/dagster definitions validate -m retouch_pipeline.definitions
+
+test: install lint typecheck validate
 	$(VENV)/bin/pytest -q
 
 # Day-to-day: tests only.
