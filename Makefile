@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OFFICIAL_VENV := .venv-official
 
-.PHONY: install lint typecheck validate test test-fast sandbox dev clean
+.PHONY: install lint typecheck validate test test-fast test-deploy sandbox dev clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
@@ -39,6 +39,14 @@ test: install lint typecheck validate
 # Day-to-day: tests only.
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -x
+
+# deploy/ in its production shape: PostgreSQL storage from deploy/dagster.yaml (a fresh database per run on
+# 127.0.0.1:5432, started here if the machine's cluster is down), gRPC code server, webserver and daemon as
+# separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill.
+test-deploy: $(VENV)/.installed
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy
 
 # A local AutoRetouch on 127.0.0.1:8765; the first line printed is the JSON with URLs and a refresh token.
 sandbox: $(VENV)/.installed
