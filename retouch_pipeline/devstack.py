@@ -4,10 +4,7 @@ One foreground process owns everything: the sandbox AutoRetouch and moto's S3 se
 `dagster dev` runs as a child in its own process group. Why this shape:
 
 - Threads for the sandbox and S3 cannot outlive the process, so the only thing that could leak is Dagster.
-  `dagster dev` is started with `process_group=0`; its webserver, daemon, code server and run workers inherit
-  that group (Dagster's `open_ipc_subprocess` does not detach on POSIX). Stopping sends SIGINT to the whole
-  group, which is exactly what a terminal Ctrl-C does to a plain `dagster dev`, then escalates to SIGTERM and
-  SIGKILL, and waits until the group is empty.
+  `dagster dev` and everything it starts share one process group, stopped as a whole (`procgroup`).
 - Because Dagster is not in the terminal's foreground group, a Ctrl-C reaches only us, and we decide the
   order: Dagster first (its runs may still talk to S3 and the sandbox), then S3, then the sandbox.
 - S3 and the sandbox are in memory, so they start empty every time. Dagster's instance storage in
@@ -26,20 +23,16 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-log = logging.getLogger(__name__)
+from retouch_pipeline.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
 
 # The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read. Kept in one
 # place so that aligning with the definitions is a one-line change.
@@ -218,7 +211,12 @@ def seed_catalog(
 
 def start_s3(host: str, port: int) -> Any:
     """moto's S3 as a thread of this process (stops with it); werkzeug's access log is kept quiet."""
-    from moto.server import ThreadedMotoServer
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as error:
+        raise RuntimeError(
+            "the local S3 needs moto[server]: `uv sync --extra dev` (or `make dev`)"
+        ) from error
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
@@ -284,62 +282,7 @@ def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> 
         "-h", settings.host, "-p", str(settings.dagster_port),
         "-w", str(home / "workspace.yaml"),
     ]  # fmt: skip
-    # S603: our own interpreter with fixed arguments; no shell.
-    return subprocess.Popen(command, env=dict(env), process_group=0, stdin=subprocess.DEVNULL)  # noqa: S603
-
-
-def wait_for_webserver(
-    url: str, process: subprocess.Popen[bytes], stop: threading.Event, timeout: float = 180.0
-) -> bool:
-    """Wait until the UI answers (the banner then follows Dagster's start-up logs); False if it never does."""
-    deadline = time.monotonic() + timeout
-    while not stop.is_set() and time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.error("dagster dev exited during start-up (status %s)", process.returncode)
-            return False
-        try:
-            with urllib.request.urlopen(url + "/server_info", timeout=2) as response:  # noqa: S310 - http
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        stop.wait(0.5)
-    if not stop.is_set():
-        log.error("Dagster's webserver did not answer on %s within %.0f s", url, timeout)
-    return False
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
-    """SIGINT the whole group (a terminal Ctrl-C), then SIGTERM, then SIGKILL; wait until it is empty.
-
-    Members that outlive `dagster dev` itself (a run worker mid-step) are in the same group and get the
-    same treatment.
-    """
-    pgid = process.pid
-    steps = ((signal.SIGINT, grace_seconds), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
-    for sig, wait_seconds in steps:
-        if process.poll() is not None and not _group_alive(pgid):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(pgid):
-                return
-            time.sleep(0.1)
-        if sig != signal.SIGKILL:
-            log.warning("Dagster processes still running after %s; sending the next signal", sig.name)
-    process.wait(timeout=5)
+    return start_in_own_group(command, env)
 
 
 def banner(settings: DevSettings, sandbox: Any, dagster: bool, seeded: tuple[int, int] | None) -> str:
@@ -370,28 +313,6 @@ def banner(settings: DevSettings, sandbox: Any, dagster: bool, seeded: tuple[int
     return "\n".join(lines)
 
 
-class _StopSignals:
-    """SIGINT, SIGTERM and SIGHUP set one event instead of raising mid-startup; restored on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.event.set()
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def run_dev(
     settings: DevSettings,
     *,
@@ -409,7 +330,7 @@ def run_dev(
         ports["DAGSTER"] = settings.dagster_port
     check_ports_free(settings.host, ports)
     stop_event = stop if stop is not None else threading.Event()
-    with _StopSignals(stop_event), contextlib.ExitStack() as stack:
+    with StopSignals(stop_event), contextlib.ExitStack() as stack:
         sandbox_config = SandboxConfig(
             host=settings.host,
             port=settings.sandbox_port,
@@ -437,7 +358,8 @@ def run_dev(
             process = start_dagster(settings, home, env)
             stack.callback(echo, "Dagster stopped.")
             stack.callback(stop_process_group, process, settings.dagster_stop_seconds)
-            if not wait_for_webserver(settings.dagster_url, process, stop_event):
+            # The banner waits for the UI, so it comes after Dagster's start-up logs.
+            if not wait_for_http(f"{settings.dagster_url}/server_info", process, stop_event, 180.0):
                 return 0 if stop_event.is_set() else 1
         echo(banner(settings, sandbox, dagster, seeded))
         while not stop_event.wait(0.5):
