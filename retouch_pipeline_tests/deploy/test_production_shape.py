@@ -9,6 +9,7 @@ Order matters (one stack per module): the tests build on each other's state, as 
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import dagster as dg
@@ -17,6 +18,7 @@ import pytest
 
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.devstack import s3_client, seed_catalog
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline_tests.deploy.conftest import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline_tests.deploy.harness import (
     PG_HOST,
@@ -25,6 +27,7 @@ from retouch_pipeline_tests.deploy.harness import (
     PG_USER,
     REQUIRED_DAEMONS,
     DeployStack,
+    daemon_service,
     daemons_healthy,
     wait_until,
 )
@@ -221,3 +224,83 @@ def test_processes_share_the_postgres_instance(deploy_stack: DeployStack) -> Non
     assert inst.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
     assert inst.get_concurrency_config().pool_config.default_pool_limit == 4
     assert daemons_healthy(deploy_stack, REQUIRED_DAEMONS)
+
+
+def register(stack: DeployStack, partition_keys: list[str]) -> None:
+    """Add dynamic partitions as the catalog sensor would (its sensors are stopped in this stack)."""
+    instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, partition_keys)
+
+
+def price(stack: DeployStack) -> int:
+    workflow = next(w for w in stack.sandbox_info["workflows"] if w["name"] == "Background Removal")
+    value: int = workflow["executionPrice"]
+    return value
+
+
+def test_collection_backfill_through_graphql(deploy_stack: DeployStack) -> None:
+    """One collection, launched as the UI does; results in S3, one charge per image, costs rolled up."""
+    keys = seed_collection(deploy_stack, "spring-2026", 6)
+    register(deploy_stack, keys)
+    backfill_id = launch_collection_backfill(deploy_stack, keys, "spring-2026")
+    done = wait_for_backfill(deploy_stack, backfill_id)
+    assert done["status"] == "COMPLETED_SUCCESS", (done, deploy_stack.logs())
+    assert done["numPartitions"] == 6
+    runs = done["runs"]
+    assert runs and all(r["status"] == "SUCCESS" for r in runs), runs
+    # Backfill runs carry the tag the per-backfill run limit of deploy/dagster.yaml counts.
+    assert all({"key": "dagster/backfill", "value": backfill_id} in r["tags"] for r in runs)
+    assert_all_processed(deploy_stack, keys, "spring-2026")
+    state = assert_one_charge_per_image(deploy_stack, 6)
+    costs = materialize_costs(deploy_stack)
+    assert costs["total_charged_credits"] == state["creditsCharged"] == 6 * price(deploy_stack)
+    assert costs["executions"] == 6
+    assert costs["by_collection"] == {"spring-2026": 6 * price(deploy_stack)}
+    # The catalog step's pool exists with the limit of deploy/dagster.yaml (pools.default_limit).
+    pool = instance(deploy_stack).event_log_storage.get_concurrency_info(POOL)
+    assert pool.slot_count == 4
+
+
+def test_daemon_killed_mid_backfill(deploy_stack: DeployStack) -> None:
+    """SIGKILL the daemon while a backfill is in progress, start a new one: nothing lost, nothing paid twice.
+
+    The collection's images arrived in two drops with another collection registered in between, so its
+    backfill is two runs (BackfillPolicy ranges are contiguous): the kill lands between or during them.
+    """
+    keys = seed_collection(deploy_stack, "summer-2026", 8)
+    other = seed_collection(deploy_stack, "autumn-2026", 2)
+    register(deploy_stack, keys[:4])
+    register(deploy_stack, other)
+    register(deploy_stack, keys[4:])
+    backfill_id = launch_collection_backfill(deploy_stack, keys, "summer-2026")
+
+    def started() -> dict[str, Any] | None:
+        data = backfill(deploy_stack, backfill_id)
+        return data if data["runs"] else None
+
+    at_kill = wait_until(started, 120, interval=0.3, what="first run of the backfill")
+    deploy_stack.services["daemon"].kill(signal.SIGKILL)
+    assert not deploy_stack.services["daemon"].alive
+    assert at_kill["status"] == "REQUESTED", at_kill  # killed mid-backfill, not after it
+    print(f"daemon killed with runs {[(r['runId'][:8], r['status']) for r in at_kill['runs']]}")
+
+    replacement = daemon_service(deploy_stack.home, deploy_stack.env)
+    replacement.log_path = deploy_stack.home / "daemon-restarted.log"
+    deploy_stack.services["daemon"] = replacement.start()
+    wait_until(lambda: daemons_healthy(deploy_stack, REQUIRED_DAEMONS), 120, what="restarted daemon")
+
+    done = wait_for_backfill(deploy_stack, backfill_id)
+    assert done["status"] == "COMPLETED_SUCCESS", (done, deploy_stack.logs())
+    assert len(done["runs"]) == 2, done["runs"]
+    assert all(r["status"] == "SUCCESS" for r in done["runs"]), done["runs"]
+    assert_all_processed(deploy_stack, keys, "summer-2026")
+    # 6 images of the first backfill + 8 of this one: every image charged exactly once.
+    state = assert_one_charge_per_image(deploy_stack, 14)
+    costs = materialize_costs(deploy_stack)
+    assert costs["total_charged_credits"] == state["creditsCharged"] == 14 * price(deploy_stack)
+    assert costs["by_collection"] == {
+        "spring-2026": 6 * price(deploy_stack),
+        "summer-2026": 8 * price(deploy_stack),
+    }
+    assert not (
+        set(other) & instance(deploy_stack).get_materialized_partitions(dg.AssetKey("retouched_image"))
+    )
