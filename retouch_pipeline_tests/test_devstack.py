@@ -6,12 +6,16 @@ alone) with DAGSTER_HOME in a temporary folder. Process checks read /proc, so th
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import pty
 import signal
 import socket
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -101,6 +105,7 @@ class DevStack:
     proc: subprocess.Popen[bytes]
     settings: DevSettings
     log: Path
+    terminal: int | None = None  # master side of the pseudo-terminal the stack runs on, if any
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -118,12 +123,38 @@ class DevStack:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
 
+    def press_ctrl_c(self, timeout: float) -> int:
+        """Type Ctrl-C on the stack's terminal: the line discipline signals its foreground process group."""
+        assert self.terminal is not None
+        os.write(self.terminal, b"\x03")
+        return self.proc.wait(timeout=timeout)
+
+
+def _take_terminal() -> None:
+    """In the child: a new session whose controlling terminal is stdin (the pty), like a shell's job."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _drain(master: int, log: Path) -> None:
+    """Copy the terminal's output to the log; a full pty buffer would block the stack's writes."""
+    with log.open("ab") as out:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out.write(chunk)
+            out.flush()
+
 
 @pytest.fixture
 def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
     stacks: list[DevStack] = []
 
-    def start(*args: str, **overrides: str) -> DevStack:
+    def start(*args: str, terminal: bool = False, **overrides: str) -> DevStack:
         env = {
             **os.environ,
             "RETOUCH_DEV_SANDBOX_PORT": str(free_port()),
@@ -134,11 +165,21 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
             **overrides,
         }
         log = tmp_path / f"dev-{len(stacks)}.log"
-        with log.open("wb") as out:
+        command = [CLI, "dev", *args]
+        master: int | None = None
+        if terminal:
+            master, slave = pty.openpty()
             proc = subprocess.Popen(
-                [CLI, "dev", *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                command, env=env, stdin=slave, stdout=slave, stderr=slave, preexec_fn=_take_terminal
             )
-        stack = DevStack(proc, DevSettings.from_env(env), log)
+            os.close(slave)
+            threading.Thread(target=_drain, args=(master, log), daemon=True).start()
+        else:
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        stack = DevStack(proc, DevSettings.from_env(env), log, master)
         stacks.append(stack)
         return stack
 
@@ -148,6 +189,8 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevStack]]:
             if (stat := _stat(pid)) is not None:
                 os.killpg(stat[2], signal.SIGKILL) if stat[2] != os.getpgid(0) else os.kill(pid, 9)
         stack.proc.wait(timeout=10)
+        if stack.terminal is not None:
+            os.close(stack.terminal)
 
 
 def port_free(port: int) -> bool:
@@ -178,7 +221,8 @@ def test_sandbox_and_seeded_s3_come_up_and_sigterm_stops_them(start_dev: Callabl
 
 
 def test_full_stack_answers_and_ctrl_c_leaves_no_process(start_dev: Callable[..., DevStack]) -> None:
-    stack = start_dev()
+    """On a real (pseudo-)terminal, as a developer runs it: Ctrl-C is typed, not sent to one pid."""
+    stack = start_dev(terminal=True)
     wait_until(stack.sandbox_healthy, 30, "the sandbox /health", stack.proc)
     wait_until(lambda: len(stack.source_keys()) == SAMPLE_COUNT, 30, "the seed", stack.proc)
     ui = stack.settings.dagster_url
@@ -196,7 +240,7 @@ def test_full_stack_answers_and_ctrl_c_leaves_no_process(start_dev: Callable[...
     assert len(groups) == 1 and os.getpgid(stack.proc.pid) not in groups, "dagster runs in its own group"
 
     started = time.monotonic()
-    assert stack.stop(signal.SIGINT, timeout=60) == 0
+    assert stack.press_ctrl_c(timeout=60) == 0
     elapsed = time.monotonic() - started
     survivors = {pid for pid, (_, pgid) in live_processes().items() if pid in children or pgid in groups}
     assert survivors == set(), f"left running after Ctrl-C: {survivors}"
