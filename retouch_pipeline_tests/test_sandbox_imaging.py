@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from retouch_pipeline.sandbox import imaging
+from retouch_pipeline.sandbox import SandboxConfig, SandboxServer, imaging
+from retouch_pipeline.sandbox.catalog import WORKFLOWS
 
 
 def decode(data: bytes) -> Image.Image:
@@ -112,6 +114,39 @@ def test_scaled_down_above_4096(make_image: Any, tmp_path: Path) -> None:
     path.write_bytes(make_image(width=5000, height=50, format="JPEG"))
     out = imaging.process(path, "wide.jpg", background_removal=True, target_format="PNG", target_mode="RGBA")
     assert decode(out.data).size == (4096, 41)
+
+
+def test_working_size_cap_for_benchmarks(make_image: Any, tmp_path: Path) -> None:
+    """`image_work_max_side`: a real, background-removed result, only smaller; None keeps the full size."""
+    path = tmp_path / "big.jpg"
+    path.write_bytes(make_image(width=1200, height=800, format="JPEG"))
+    capped = imaging.process(
+        path, "big.jpg", background_removal=True, target_format="PNG", target_mode="RGBA", max_side=300
+    )
+    img = decode(capped.data)
+    assert img.size == (300, 200) and img.mode == "RGBA"
+    assert img.getchannel("A").getpixel((0, 0)) == 0 and img.getchannel("A").getpixel((150, 100)) == 255
+    full = imaging.process(path, "big.jpg", background_removal=True, target_format="PNG", target_mode="RGBA")
+    assert decode(full.data).size == (1200, 800)
+
+
+def test_engine_honours_the_working_size_cap(make_image: Any) -> None:
+    config = SandboxConfig(processing_seconds=0.01, image_work_max_side=64, auto_approve=True)
+    with SandboxServer(config) as sandbox:
+        stored, _ = sandbox.state.store.put_image_stream(io.BytesIO(make_image(width=400, height=200)))
+        wf = next(w for w in WORKFLOWS if w.name == "Background Removal")
+        execution = sandbox.state.engine.create(
+            wf, sandbox.organization_id, "u", "p.png", stored.content_hash, {}, {}, []
+        )
+        for _ in range(500):
+            if sandbox.state.engine.snapshot(execution.id)["status"] == "COMPLETED":  # type: ignore[index]
+                break
+            time.sleep(0.01)
+        done = sandbox.state.engine.get(execution.id)
+        assert done is not None and done.result is not None
+        result = sandbox.state.store.get(done.result.content_hash)
+        assert result is not None
+        assert Image.open(result.path).size == (64, 32)
 
 
 def test_export_settings_and_modes(make_image: Any, tmp_path: Path) -> None:

@@ -83,10 +83,17 @@ class SandboxConfig:
     qa_seconds: float | None = None
     """None: IN_QA waits for a manual approval (control route); else approved after this delay."""
     data_dir: Path | None = None
-    """Where content bytes live; None = a temporary directory removed on stop."""
+    """Where content bytes live; None = a temporary directory removed on stop. When given, the state
+    (executions, ledger, balance, tokens) is saved there on stop and restored on start
+    (`sandbox.persistence`): a restarted sandbox continues where the previous one stopped."""
     seed: int = 0
     blocking_timeout_seconds: float = 300.0
     """Longest E6 (blocking result) waits before answering 503 + Retry-After."""
     allow_remote_fetch: bool = False
     """Allow webhooks and I2 (upload by URL) to reach non-loopback hosts. Off: loopback only."""
+    image_work_max_side: int | None = None
+    """Do the image work (and produce the result) at most this many pixels on a side; None = full size
+    (up to 4,096). For benchmarks on small machines: with T seconds per image modelled by
+    `processing_seconds`, full-size Pillow work on many large inputs would otherwise eat the CPU of the
+    client under test. Uploads are still fully decoded and validated."""
     faults: FaultConfig = field(default_factory=FaultConfig)

@@ -318,6 +318,7 @@ class ExecutionEngine:
                     background_removal=workflow.removes_background,
                     target_format=target_format,
                     target_mode=target_mode,
+                    max_side=self.config.image_work_max_side,
                 )
                 stored = self.store.put_bytes(produced.data, produced.content_type)
                 result = Result(stored.content_hash, stored.content_type, produced.file_name)
