@@ -15,6 +15,7 @@ from retouch_pipeline.sandbox.config import FaultConfig, SandboxConfig
 from retouch_pipeline.sandbox.content import ContentStore
 from retouch_pipeline.sandbox.executions import ExecutionEngine
 from retouch_pipeline.sandbox.faults import FaultInjector
+from retouch_pipeline.sandbox import persistence
 from retouch_pipeline.sandbox.webhooks import WebhookDispatcher
 
 
@@ -39,6 +40,8 @@ class SandboxState:
         self.auth = AuthService(config)
         self.base_url = ""
         self.organization_id = ORGANIZATION_ID
+        self.restored = persistence.load(self) if not self._own_dir else False
+        """True when a given `data_dir` held the snapshot of a previous server (see `persistence`)."""
 
     @property
     def faults(self) -> FaultConfig:
@@ -59,6 +62,8 @@ class SandboxState:
         self.webhooks.stop()
         if self._cleanup is not None:
             self._cleanup()
+        else:  # a caller-owned data_dir: the next server on it continues from here
+            persistence.save(self)
 
     def workflows(self) -> list[dict[str, Any]]:
         return [w.summary() for w in WORKFLOWS]

@@ -1,0 +1,185 @@
+"""Run profiles end to end and print their verdicts: the engine behind `retouch-pipeline chaos`.
+
+One profile = a fresh world (`stack.ProfileStack`), the catalog loaded, an observer reading the outputs
+the whole time, a first pass under the fault, the operator's recovery, then resume passes (catalog sensor
+tick, pending sensor tick, re-run of every registered partition without a result) until a pass changes
+nothing, and finally the invariants (`invariants.evaluate`). Every profile prints one detail line and one
+summary line; with several profiles, the last line sums them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+
+from retouch_pipeline.assets import RETOUCHED
+from retouch_pipeline.chaos.catalog import SourceImage, bad_inputs, good_catalog
+from retouch_pipeline.chaos.invariants import Outcome, evaluate
+from retouch_pipeline.chaos.observer import OutputObserver
+from retouch_pipeline.chaos.profiles import PROFILES, Profile
+from retouch_pipeline.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_pipeline.sandbox import FaultConfig, SandboxConfig
+
+MAX_RESUME_PASSES = 6
+
+
+class _Capture(logging.Handler):
+    """Every log record of the process, formatted, for the leak scan."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # noqa: BLE001 - a broken record must not break the run
+            self.lines.append(str(record.msg))
+
+
+@dataclass
+class ProfileRun:
+    """The state of one profile run, handed to the profile's hooks."""
+
+    profile: Profile
+    stack: ProfileStack
+    images: int
+    loaded: list[SourceImage]
+    texts: list[bytes] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    stop_during: threading.Event = field(default_factory=threading.Event)
+
+    def default_first_pass(self) -> int:
+        """Tick the catalog sensor and run each batch it requests; the number of batches."""
+        batches = self.stack.tick_catalog()
+        for selection, keys in batches:
+            self.stack.run(keys, selection)
+        return len(batches)
+
+    def resume(self) -> int:
+        """Passes until quiet; the number of passes that changed something."""
+        stack = self.stack
+        productive = 0
+        for _ in range(MAX_RESUME_PASSES):
+            before = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
+            for selection, keys in stack.tick_catalog():
+                stack.run(keys, selection)
+            for _selection, keys in stack.tick_pending():
+                stack.run(keys, [RETOUCHED])
+            done = stack.retouched_partitions()
+            leftover = [k for k in stack.registered() if k not in done]
+            if leftover:
+                stack.run(leftover)
+            after = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
+            if after == before:
+                break
+            productive += 1
+        return productive
+
+
+def load_catalog(profile: Profile, images: int) -> list[SourceImage]:
+    if profile.catalog == "bad":
+        bad = bad_inputs()
+        return bad + good_catalog(max(0, images - len(bad)))
+    return good_catalog(images)
+
+
+def run_profile(profile: Profile, images: int, moto_url: str, seed: int = 0) -> tuple[Outcome, dict[str, Any]]:
+    """One profile from an empty world to its verdict; (outcome, figures for the table)."""
+    capture = _Capture()
+    logging.getLogger().addHandler(capture)
+    started = time.monotonic()
+    sandbox_config = SandboxConfig(
+        processing_seconds=0.05,
+        workers=8,
+        auto_approve=True,
+        seed=seed,
+        faults=FaultConfig(retry_after_seconds=1.0),
+        **profile.sandbox,
+    )
+    stack = ProfileStack(moto_url, sandbox_config, profile.autoretouch, profile.workflow, s3_seed=seed)
+    try:
+        loaded = load_catalog(profile, images)
+        for source in loaded:
+            stack.s3.put_object(Bucket=stack.bucket, Key=SOURCE_PREFIX + source.relative_key, Body=source.data)
+        run = ProfileRun(profile, stack, len(loaded), loaded)
+        stack.sandbox.state.faults.update(profile.faults)
+        stack.proxy.faults.error_rate = profile.s3_error_rate
+        observer = OutputObserver(stack.s3, stack.bucket, OUTPUT_PREFIX).start()
+        during = threading.Thread(target=profile.during, args=(run,), daemon=True) if profile.during else None
+        if during:
+            during.start()
+        (profile.first_pass or ProfileRun.default_first_pass)(run)
+        run.stop_during.set()
+        if during:
+            during.join(timeout=30)
+        if profile.recover:
+            profile.recover(run)
+        passes = 0 if profile.expect_all else run.resume()
+        seen = observer.stop()
+        state = stack.sandbox.state.accounting.snapshot()
+        texts = [*run.texts, *seen.sidecar_bodies, "\n".join(capture.lines).encode()]
+        outcome = evaluate(stack, {s.relative_key: s for s in loaded}, profile.expect_all, seen.partial, texts)
+        outcome.problems = run.problems + outcome.problems
+        figures = {
+            "profile": profile.name,
+            "images": outcome.images,
+            "processed": outcome.processed,
+            "failed_explained": outcome.failed_explained,
+            "api_faults": sum(state["faultsInjected"].values()),
+            "s3_faults": sum(stack.proxy.faults.injected.values()),
+            "e8_retries": state["calls"].get("E8", 0),
+            "creates": state["calls"].get("E1", 0),
+            "credits_charged": outcome.credits_charged,
+            "credits_expected": outcome.credits_expected,
+            "resume_passes": passes,
+            "runs": len(stack.instance.get_runs()),
+            "wall_seconds": round(time.monotonic() - started, 1),
+            "notes": run.notes,
+            "reasons": outcome.reasons,
+        }
+        return outcome, figures
+    finally:
+        logging.getLogger().removeHandler(capture)
+        stack.close()
+
+
+def describe(figures: dict[str, Any]) -> str:
+    return (
+        f"[{figures['profile']}] {figures['wall_seconds']}s runs={figures['runs']} "
+        f"resume_passes={figures['resume_passes']} api_faults={figures['api_faults']} "
+        f"s3_faults={figures['s3_faults']} e8_retries={figures['e8_retries']} "
+        f"credits={figures['credits_charged']}/{figures['credits_expected']} notes={figures['notes']}"
+    )
+
+
+def run_profiles(names: Sequence[str], images: int, echo: Any = print) -> tuple[Outcome, list[dict[str, Any]]]:
+    """Every named profile on one moto server; the summed outcome and each profile's figures."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    total = Outcome()
+    table = []
+    try:
+        for name in names:
+            outcome, figures = run_profile(PROFILES[name], images, f"http://{host}:{port}")
+            table.append(figures)
+            echo(describe(figures))
+            for problem in outcome.problems[:20]:
+                echo(f"  problem: {problem}")
+            echo(f"  {name}: {outcome.line()}")
+            for attr in ("images", "processed", "failed_explained", "lost", "double_charged", "partial_objects"):
+                setattr(total, attr, getattr(total, attr) + getattr(outcome, attr))
+            total.leaked_secrets += outcome.leaked_secrets
+            total.problems += [f"{name}: {p}" for p in outcome.problems]
+    finally:
+        server.stop()
+    return total, table

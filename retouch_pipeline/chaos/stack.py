@@ -1,0 +1,266 @@
+"""The world one chaos profile runs in, and the Dagster machinery it drives.
+
+World: one moto S3 server per harness (each profile gets its own bucket), a fault-injecting proxy in front
+of it per profile (`s3proxy`), one sandbox AutoRetouch per profile with a caller-owned `data_dir` (so it can
+be restarted without forgetting anything), and one on-disk Dagster instance per profile
+(`DagsterInstance.local_temp`, SQLite under a temporary DAGSTER_HOME) that child run processes open too.
+
+Machinery (why this and not the daemon): the real catalog sensor and pending sensor of `definitions.py`
+are evaluated tick by tick (`build_sensor_context` + `evaluate_tick` on the persistent instance); their
+dynamic-partition requests are applied to the instance and each of their run requests becomes one run
+of the real `catalog_pipeline` multi-asset with the real in-process executor (`dg.materialize`, tagged with
+the partition range exactly as a `multi_run` backfill tags its runs). Driving ticks explicitly makes a
+profile deterministic (a fault can be placed between a listing and a read) and keeps a 300-image profile
+inside minutes on two cores; the daemon's own backfill path is covered by `retouch_pipeline_tests/deploy/`.
+Runs that must be SIGKILLed go to a child process on the same instance (`killer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster_aws.s3 import S3Resource
+
+from retouch_pipeline.assets import PIPELINE_KEYS, RETOUCHED, catalog_pipeline
+from retouch_pipeline.assets.common import iter_materializations
+from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
+from retouch_pipeline.chaos.s3proxy import S3FaultProxy
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
+from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
+from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
+from retouch_pipeline.sensors import build_pending_sensor
+
+REGION = "us-east-1"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
+SOURCE_PREFIX = "incoming/"
+OUTPUT_PREFIX = "retouched/"
+TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"
+BATCH_SIZE = 50
+
+log = logging.getLogger(__name__)
+
+
+def build_resources(settings: dict[str, Any]) -> dict[str, Any]:
+    """Resources from plain settings (also used by the child run process); the token stays an EnvVar."""
+    autoretouch = {k: v for k, v in settings["autoretouch"].items() if k != "refresh_token"}
+    return {
+        "autoretouch": AutoRetouchResource(refresh_token=dg.EnvVar(TOKEN_ENV), **autoretouch),
+        "catalog": CatalogResource(**settings["catalog"]),
+        "s3": S3Resource(endpoint_url=settings["s3_endpoint"], **CREDENTIALS),
+    }
+
+
+def range_tags(registered: Sequence[str], keys: Sequence[str]) -> list[dict[str, str]]:
+    """Partition-range tags of the contiguous runs covering `keys` (in registration order)."""
+    index = {k: i for i, k in enumerate(registered)}
+    positions = sorted(index[k] for k in keys if k in index)
+    ranges: list[tuple[int, int]] = []
+    for pos in positions:
+        if ranges and pos == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], pos)
+        else:
+            ranges.append((pos, pos))
+    return [
+        {"dagster/asset_partition_range_start": registered[a], "dagster/asset_partition_range_end": registered[b]}
+        for a, b in ranges
+    ]
+
+
+class ProfileStack:
+    """Sandbox + S3 proxy + bucket + Dagster instance for one profile; see the module docstring."""
+
+    def __init__(
+        self,
+        moto_url: str,
+        sandbox_config: SandboxConfig,
+        autoretouch: dict[str, Any],
+        workflow_name: str,
+        s3_seed: int = 0,
+    ) -> None:
+        self.moto_url = moto_url
+        self.root = Path(tempfile.mkdtemp(prefix="retouch-chaos-"))
+        self.home = self.root / "dagster_home"
+        self.home.mkdir()
+        sandbox_config.data_dir = self.root / "sandbox"
+        sandbox_config.data_dir.mkdir()
+        self.sandbox_config = sandbox_config
+        self.sandbox = SandboxServer(sandbox_config).start()
+        self.secrets: set[str] = set()
+        self._watch_tokens()
+        self.secrets.add(self.sandbox.refresh_token)
+        self.token = self.sandbox.refresh_token
+        self.proxy = S3FaultProxy(moto_url, seed=s3_seed).start()
+        self.s3 = boto3.client("s3", endpoint_url=moto_url, **CREDENTIALS)  # the world's view, never faulted
+        self.bucket = f"chaos-{uuid.uuid4().hex[:12]}"
+        self.s3.create_bucket(Bucket=self.bucket)
+        self.instance = dg.DagsterInstance.local_temp(str(self.home))
+        self.workflow = next(w for w in self.sandbox.workflows if w["name"] == workflow_name)
+        self.autoretouch = {
+            "api_url": self.sandbox.api_url,
+            "auth_url": self.sandbox.auth_url,
+            "organization_id": self.sandbox.organization_id,
+            "workflow_id": self.workflow["id"],
+            "poll_interval_seconds": 0.2,
+            "max_wait_seconds": 60.0,
+            "concurrency": 8,
+            **autoretouch,
+        }
+        self.run_partitions: dict[str, list[str]] = {}
+        self._catalog_cursor: str | None = None
+        self._pending_cursor: str | None = None
+        self._catalog_sensor = build_catalog_sensor(
+            "catalog_sensor",
+            catalog_images,
+            list(PIPELINE_KEYS),
+            config=ScanConfig(source_bucket=self.bucket, source_prefix=SOURCE_PREFIX, batch_size=BATCH_SIZE),
+        )
+        self._pending_sensor = build_pending_sensor(batch_size=BATCH_SIZE)
+        os.environ[TOKEN_ENV] = self.token
+
+    # ---- configuration --------------------------------------------------------------------------
+
+    def _watch_tokens(self) -> None:
+        """Remember every access token the sandbox mints: the leak scan looks for all of them."""
+        auth = self.sandbox.state.auth
+        mint = auth.mint_access_token
+
+        def recording(organization_id: str | None = None) -> str:
+            token = mint() if organization_id is None else mint(organization_id)
+            self.secrets.add(token)
+            return token
+
+        auth.mint_access_token = recording  # type: ignore[method-assign]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "autoretouch": dict(self.autoretouch),
+            "catalog": {
+                "source_bucket": self.bucket,
+                "source_prefix": SOURCE_PREFIX,
+                "output_bucket": self.bucket,
+                "output_prefix": OUTPUT_PREFIX,
+                "batch_size": BATCH_SIZE,
+            },
+            "s3_endpoint": self.proxy.url,
+        }
+
+    def set_token(self, token: str) -> None:
+        """What an operator does after `retouch-pipeline login`: the runs' variable holds the new token."""
+        self.token = token
+        if token:
+            self.secrets.add(token)
+            os.environ[TOKEN_ENV] = token
+        else:
+            os.environ.pop(TOKEN_ENV, None)
+
+    def mint_refresh_token(self) -> str:
+        token = self.sandbox.state.auth.mint_refresh_token()
+        self.secrets.add(token)
+        return token
+
+    def restart_sandbox(self, down_seconds: float = 1.0) -> None:
+        """Stop the sandbox (state saved to its data_dir), stay down a moment, start it on the same port."""
+        import time
+
+        port = int(self.sandbox.base_url.rsplit(":", 1)[1])
+        self.sandbox.stop()
+        time.sleep(down_seconds)
+        self.sandbox_config.port = port
+        self.sandbox = SandboxServer(self.sandbox_config).start()
+        self._watch_tokens()
+
+    def definitions(self) -> dg.Definitions:
+        return dg.Definitions(
+            assets=[catalog_pipeline, autoretouch_costs],
+            sensors=[self._catalog_sensor, self._pending_sensor],
+            resources=build_resources(self.settings()),
+        )
+
+    # ---- the machinery ------------------------------------------------------------------------------
+
+    def registered(self) -> list[str]:
+        return list(self.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
+
+    def _evaluate(self, sensor: dg.SensorDefinition, cursor: str | None) -> dg.SensorExecutionData:
+        defs = self.definitions()
+        resources = build_resources(self.settings())
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=cursor, definitions=defs, resources=resources
+        ) as context:
+            result = sensor.evaluate_tick(context)
+        for request in result.dynamic_partitions_requests or []:
+            keys = list(request.partition_keys or [])
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                self.instance.add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)
+            else:
+                for key in keys:
+                    self.instance.delete_dynamic_partition(CATALOG_PARTITIONS_NAME, key)
+        return result
+
+    @staticmethod
+    def _batches(result: dg.SensorExecutionData) -> list[tuple[list[dg.AssetKey], list[str]]]:
+        out = []
+        for request in result.run_requests or []:
+            subset = request.asset_graph_subset
+            assert isinstance(subset, AssetGraphSubset)
+            keys = sorted(subset.asset_keys)
+            partitions = sorted(subset.get_partitions_subset(keys[0]).get_partition_keys())
+            out.append((keys, partitions))
+        return out
+
+    def tick_catalog(self) -> list[tuple[list[dg.AssetKey], list[str]]]:
+        """One catalog-sensor tick; its (selection, partitions) batches, partitions already registered."""
+        result = self._evaluate(self._catalog_sensor, self._catalog_cursor)
+        self._catalog_cursor = result.cursor
+        return self._batches(result)
+
+    def tick_pending(self) -> list[tuple[list[dg.AssetKey], list[str]]]:
+        result = self._evaluate(self._pending_sensor, self._pending_cursor)
+        self._pending_cursor = result.cursor
+        return self._batches(result)
+
+    def run(self, keys: Sequence[str], selection: Sequence[dg.AssetKey] = PIPELINE_KEYS) -> list[str]:
+        """Run `keys` as backfill-shaped runs (contiguous ranges); the run ids, whatever their outcome."""
+        run_ids = []
+        registered = self.registered()
+        for tags in range_tags(registered, keys):
+            result = dg.materialize(
+                [catalog_pipeline, autoretouch_costs],
+                instance=self.instance,
+                resources=build_resources(self.settings()),
+                selection=list(selection),
+                raise_on_error=False,
+                tags={**tags, "retouch/trigger": "chaos"},
+            )
+            start = registered.index(tags["dagster/asset_partition_range_start"])
+            end = registered.index(tags["dagster/asset_partition_range_end"])
+            self.run_partitions[result.run_id] = registered[start : end + 1]
+            run_ids.append(result.run_id)
+        return run_ids
+
+    def retouched_partitions(self) -> set[str]:
+        """Partitions with at least one `retouched_image` materialization."""
+        return {r.partition_key for r in iter_materializations(self.instance, RETOUCHED) if r.partition_key}
+
+    def source_keys(self) -> Iterator[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=SOURCE_PREFIX)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def close(self) -> None:
+        self.proxy.stop()
+        self.sandbox.stop()
+        self.instance.dispose()
+        shutil.rmtree(self.root, ignore_errors=True)
