@@ -10,6 +10,7 @@ execution (an upper bound: identical content elsewhere is reused); the rest are 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +86,16 @@ def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
             list(PIPELINE_KEYS),
             batch_size=catalog.batch_size,
             title=f"collection {collection}",
+            progress=_progress_line,
         )
+        print(file=sys.stderr)
         echo(f"launched backfill(s) {', '.join(ids)} for {len(keys)} image(s)")
         return 0
+
+
+def _progress_line(done: int, total: int, images: int) -> None:
+    """One self-overwriting line on stderr (stdout stays the machine-readable summary)."""
+    print(f"\rsubmitting backfills: {done}/{total} ({images} image(s))", end="", file=sys.stderr, flush=True)
 
 
 def _all_keys(plan: RefreshPlan, instance: dg.DagsterInstance, collection: str) -> list[str]:

@@ -9,40 +9,53 @@ Environment variables (defaults: the embedded dev stack of `make dev`)
 | variable | default | meaning |
 |---|---|---|
 | `AUTORETOUCH_API_URL` | `http://127.0.0.1:8765` | AutoRetouch API (the sandbox locally) |
-| `AUTORETOUCH_AUTH_URL` | same as the API URL | OAuth server (the sandbox serves both) |
+| `AUTORETOUCH_AUTH_URL` | loopback API: the API URL; else `https://auth.autoretouch.com` | OAuth server |
 | `AUTORETOUCH_REFRESH_TOKEN` | (required at run time) | refresh token, read by runs and ticks only |
 | `AUTORETOUCH_ORGANIZATION_ID` | unset | organization to bill; unset = the account's selected one |
-| `AUTORETOUCH_WORKFLOW_ID` | the sandbox's "Background Removal" | workflow to run |
+| `AUTORETOUCH_WORKFLOW_ID` | loopback API: the sandbox's "Background Removal"; else required | workflow |
 | `AUTORETOUCH_WORKFLOW_VERSION` | unset = current version | pin a version |
 | `AUTORETOUCH_BUDGET_CREDITS` | unset = balance only | per-run spending cap |
 | `AUTORETOUCH_MAX_WAIT_SECONDS` | `600` | longest a run waits; the rest goes to the pending sensor |
 | `AUTORETOUCH_POLL_SECONDS` | `5` | pause between batched status reads |
 | `AUTORETOUCH_CONCURRENCY` | `16` | threads per step |
-| `S3_ENDPOINT_URL` | `http://127.0.0.1:9000` | S3 endpoint; set to empty for AWS |
+| `S3_ENDPOINT_URL` | loopback API: `http://127.0.0.1:9000`; else AWS | S3 endpoint; empty = AWS |
+| `AUTORETOUCH_APP_URL` | `https://app.autoretouch.com` | web app base URL of the links in metadata |
 | `AWS_REGION` | `us-east-1` | S3 region |
 | `CATALOG_SOURCE_BUCKET` / `CATALOG_SOURCE_PREFIX` | `catalog` / `incoming/` | the catalog |
 | `CATALOG_OUTPUT_BUCKET` / `CATALOG_OUTPUT_PREFIX` | `catalog` / `retouched/` | the results |
 | `CATALOG_BATCH_SIZE` | `100` | images per backfill launched by sensors and the refresh |
 | `RETOUCH_SENSORS_RUNNING` | `1` | sensors and schedules start running by default (`0`: stopped) |
+
+Why the dev-stack defaults only apply to a loopback API URL: a production deployment that forgets
+`AUTORETOUCH_WORKFLOW_ID` must not silently run the sandbox's workflow id against the real API (it would fail
+late and obscurely), and one that forgets `S3_ENDPOINT_URL` must talk to AWS, not to 127.0.0.1:9000. Against a
+non-loopback API the workflow id is `dg.EnvVar("AUTORETOUCH_WORKFLOW_ID")`: definitions still load offline
+(validate in CI), and a run or tick without it fails naming the variable.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
-from retouch_pipeline.assets.checks import charged_credits_match_price, output_exists_and_decodes
 from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.autoretouch import DEFAULT_AUTH_URL
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
+from retouch_pipeline.resources import DEFAULT_APP_URL, AutoRetouchResource, CatalogResource
 from retouch_pipeline.schedules import build_refresh_schedule, catalog_refresh_job
 from retouch_pipeline.sensors import build_pending_sensor
 
 SANDBOX_WORKFLOW_ID = "22ed3050-b2fb-58f0-9d49-e7594414923d"  # "Background Removal" (stable uuid5)
+DEV_API_URL = "http://127.0.0.1:8765"
+DEV_S3_ENDPOINT = "http://127.0.0.1:9000"
 
 
 def _env(name: str, default: str) -> str:
@@ -53,39 +66,69 @@ def _optional(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-api_url = _env("AUTORETOUCH_API_URL", "http://127.0.0.1:8765")
+def is_loopback_url(url: str) -> bool:
+    """True for the sandbox / dev stack (127.0.0.0/8, ::1, localhost): the only place dev defaults apply."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
+    """The resources from environment variables (pure: the tests call it with a dict)."""
+
+    def get(name: str, default: str) -> str:
+        return env.get(name) or default
+
+    def optional(name: str) -> str | None:
+        return env.get(name) or None
+
+    api_url = get("AUTORETOUCH_API_URL", DEV_API_URL)
+    dev = is_loopback_url(api_url)
+    workflow_id: Any = optional("AUTORETOUCH_WORKFLOW_ID")
+    if workflow_id is None:
+        # dev: the sandbox's stable id; production: resolved (and reported missing) at run time only
+        workflow_id = SANDBOX_WORKFLOW_ID if dev else dg.EnvVar("AUTORETOUCH_WORKFLOW_ID")
+    if "S3_ENDPOINT_URL" in env:
+        endpoint = env["S3_ENDPOINT_URL"] or None  # explicitly empty: AWS
+    else:
+        endpoint = DEV_S3_ENDPOINT if dev else None
+    source_bucket = get("CATALOG_SOURCE_BUCKET", "catalog")
+    budget = optional("AUTORETOUCH_BUDGET_CREDITS")
+    return {
+        "autoretouch": AutoRetouchResource(
+            api_url=api_url,
+            auth_url=get("AUTORETOUCH_AUTH_URL", api_url if dev else DEFAULT_AUTH_URL),
+            app_url=get("AUTORETOUCH_APP_URL", DEFAULT_APP_URL),
+            organization_id=optional("AUTORETOUCH_ORGANIZATION_ID"),
+            workflow_id=workflow_id,
+            workflow_version=optional("AUTORETOUCH_WORKFLOW_VERSION"),
+            refresh_token=dg.EnvVar("AUTORETOUCH_REFRESH_TOKEN"),
+            budget_credits=int(budget) if budget else None,
+            max_wait_seconds=float(get("AUTORETOUCH_MAX_WAIT_SECONDS", "600")),
+            poll_interval_seconds=float(get("AUTORETOUCH_POLL_SECONDS", "5")),
+            concurrency=int(get("AUTORETOUCH_CONCURRENCY", "16")),
+        ),
+        "catalog": CatalogResource(
+            source_bucket=source_bucket,
+            source_prefix=get("CATALOG_SOURCE_PREFIX", "incoming/"),
+            output_bucket=get("CATALOG_OUTPUT_BUCKET", source_bucket),
+            output_prefix=get("CATALOG_OUTPUT_PREFIX", "retouched/"),
+            batch_size=int(get("CATALOG_BATCH_SIZE", "100")),
+        ),
+        "s3": S3Resource(endpoint_url=endpoint, region_name=get("AWS_REGION", "us-east-1")),
+    }
+
+
 running = _env("RETOUCH_SENSORS_RUNNING", "1") not in ("0", "false", "no")
 sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 source_bucket = _env("CATALOG_SOURCE_BUCKET", "catalog")
 source_prefix = _env("CATALOG_SOURCE_PREFIX", "incoming/")
 batch_size = int(_env("CATALOG_BATCH_SIZE", "100"))
-budget = _optional("AUTORETOUCH_BUDGET_CREDITS")
-
-resources = {
-    "autoretouch": AutoRetouchResource(
-        api_url=api_url,
-        auth_url=_env("AUTORETOUCH_AUTH_URL", api_url),
-        organization_id=_optional("AUTORETOUCH_ORGANIZATION_ID"),
-        workflow_id=_env("AUTORETOUCH_WORKFLOW_ID", SANDBOX_WORKFLOW_ID),
-        workflow_version=_optional("AUTORETOUCH_WORKFLOW_VERSION"),
-        refresh_token=dg.EnvVar("AUTORETOUCH_REFRESH_TOKEN"),
-        budget_credits=int(budget) if budget else None,
-        max_wait_seconds=float(_env("AUTORETOUCH_MAX_WAIT_SECONDS", "600")),
-        poll_interval_seconds=float(_env("AUTORETOUCH_POLL_SECONDS", "5")),
-        concurrency=int(_env("AUTORETOUCH_CONCURRENCY", "16")),
-    ),
-    "catalog": CatalogResource(
-        source_bucket=source_bucket,
-        source_prefix=source_prefix,
-        output_bucket=_env("CATALOG_OUTPUT_BUCKET", source_bucket),
-        output_prefix=_env("CATALOG_OUTPUT_PREFIX", "retouched/"),
-        batch_size=batch_size,
-    ),
-    "s3": S3Resource(
-        endpoint_url=os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:9000") or None,
-        region_name=_env("AWS_REGION", "us-east-1"),
-    ),
-}
+resources = build_resources(os.environ)
 
 catalog_sensor = build_catalog_sensor(
     "catalog_sensor",
@@ -98,7 +141,6 @@ catalog_sensor = build_catalog_sensor(
 
 defs = dg.Definitions(
     assets=[catalog_pipeline, autoretouch_costs],
-    asset_checks=[charged_credits_match_price, output_exists_and_decodes],
     jobs=[catalog_refresh_job],
     sensors=[catalog_sensor, build_pending_sensor(default_status=sensor_status, batch_size=batch_size)],
     schedules=[

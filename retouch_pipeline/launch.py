@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
@@ -28,8 +28,13 @@ def submit_backfills(
     batch_size: int,
     tags: dict[str, str] | None = None,
     title: str | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> list[str]:
-    """One backfill per `batch_size` partitions of one collection; returns the backfill ids."""
+    """One backfill per `batch_size` partitions of one collection; returns the backfill ids.
+
+    `progress(backfills submitted, backfills in all, images submitted)` is called after each one (the CLI
+    prints it: a large collection is many backfills and registering its partitions takes a while).
+    """
     keys = list(dict.fromkeys(partition_keys))
     if not keys:
         return []
@@ -38,7 +43,9 @@ def submit_backfills(
     if missing:
         instance.add_dynamic_partitions(str(catalog_images.name), missing)
     ids = []
-    for request in batch_run_requests(keys, asset_keys, catalog_images, batch_size, tags):
+    requests = batch_run_requests(keys, asset_keys, catalog_images, batch_size, tags)
+    images = 0
+    for request in requests:
         subset = request.asset_graph_subset
         assert isinstance(subset, AssetGraphSubset)
         backfill_id = uuid.uuid4().hex[:8]
@@ -55,4 +62,7 @@ def submit_backfills(
             )
         )
         ids.append(backfill_id)
+        if progress is not None:
+            images += len(list(subset.get_partitions_subset(asset_keys[0]).get_partition_keys()))
+            progress(len(ids), len(requests), images)
     return ids

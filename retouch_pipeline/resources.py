@@ -13,6 +13,7 @@ the run process, so it appears neither in run config nor in the UI.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 from pydantic import Field
@@ -20,7 +21,9 @@ from pydantic import Field
 from retouch_pipeline.autoretouch import DEFAULT_API_URL, DEFAULT_AUTH_URL, AutoRetouchClient, RetryConfig
 from retouch_pipeline.catalog.scanner import normalize_prefix
 
-__all__ = ["AutoRetouchResource", "CatalogResource"]
+__all__ = ["DEFAULT_APP_URL", "AutoRetouchResource", "CatalogResource"]
+
+DEFAULT_APP_URL = "https://app.autoretouch.com"
 
 
 class AutoRetouchResource(dg.ConfigurableResource):
@@ -28,6 +31,10 @@ class AutoRetouchResource(dg.ConfigurableResource):
 
     api_url: str = Field(default=DEFAULT_API_URL, description="AutoRetouch API base URL.")
     auth_url: str = Field(default=DEFAULT_AUTH_URL, description="OAuth (Auth0) server base URL.")
+    app_url: str = Field(
+        default=DEFAULT_APP_URL,
+        description="AutoRetouch web app base URL: the executions' links in the Dagster UI point there.",
+    )
     organization_id: str | None = Field(
         default=None,
         description="Organization to bill; None uses the account's selected organization.",
@@ -68,6 +75,20 @@ class AutoRetouchResource(dg.ConfigurableResource):
         gt=0,
         description="Executions-list pages (100 each) read per status pass before single lookups.",
     )
+
+    # The web app's deep-link shape is not documented by AutoRetouch: these are a best guess (organization
+    # as a query parameter, executions under their workflow, a batch as an order). One place to fix it.
+    def execution_link(self, workflow_id: str, execution_id: str) -> str:
+        """Best-guess web-app URL: `<app>/workflows/<wf>/executions/<id>?organization=<org>`."""
+        return self._app(f"/workflows/{quote(workflow_id)}/executions/{quote(execution_id)}")
+
+    def batch_link(self, batch_id: str) -> str:
+        """Best-guess web-app URL of one batch (an order): `<app>/orders/<batch id>?organization=<org>`."""
+        return self._app(f"/orders/{quote(batch_id)}")
+
+    def _app(self, path: str) -> str:
+        query = f"?organization={quote(self.organization_id)}" if self.organization_id else ""
+        return self.app_url.rstrip("/") + path + query
 
     def get_client(self) -> AutoRetouchClient:
         """A new client (own connection pool and token manager); share it within a step or a tick."""

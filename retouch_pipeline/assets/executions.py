@@ -146,9 +146,13 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def execution_event(
-    item: WorkItem, workflow: Workflow, version: str, execution: WorkflowExecution | None
+    item: WorkItem,
+    workflow: Workflow,
+    version: str,
+    execution: WorkflowExecution | None,
+    links: Mapping[str, str] | None = None,
 ) -> dg.AssetMaterialization:
-    """The per-partition materialization of `autoretouch_execution`."""
+    """The per-partition materialization of `autoretouch_execution` (links: web-app URLs by label)."""
     status = execution.status.value if execution else (item.execution_status or "UNKNOWN")
     return dg.AssetMaterialization(
         asset_key=EXECUTION,
@@ -169,6 +173,7 @@ def execution_event(
             "input_hash": item.input_hash or "",
             "created_at": item.execution_created_at or "",
             "preview": preview_markdown(item.preview_before),
+            **{name: dg.MetadataValue.url(url) for name, url in (links or {}).items()},
         },
         tags={"retouch/collection": item.collection},
     )

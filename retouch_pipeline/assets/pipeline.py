@@ -34,6 +34,13 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from retouch_pipeline.assets.checks import (
+    CHECK_SPECS,
+    Delivered,
+    delivered_from_records,
+    evaluate_checks,
+    recent_delivered,
+)
 from retouch_pipeline.assets.common import (
     EXECUTION,
     RETOUCHED,
@@ -50,41 +57,59 @@ from retouch_pipeline.assets.executions import (
     parse_time,
     read_statuses,
 )
+from retouch_pipeline.assets.presentation import (
+    OWNERS,
+    before_preview_from,
+    before_preview_from_source,
+    failure_class,
+    failure_observation,
+    failure_sentence,
+    pending_observation,
+)
 from retouch_pipeline.assets.retouched import retouched_event, write_output
 from retouch_pipeline.assets.spending import StepEnv, resolve_and_create
 from retouch_pipeline.assets.uploaded import prepare_and_upload, uploaded_event
 from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
 from retouch_pipeline.catalog.keys import collection_of, s3_key_from_partition_key
-from retouch_pipeline.partitions import catalog_images
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 MAX_PARTITIONS_PER_RUN = 200
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 GROUP = "catalog"
 
 SPECS = [
     dg.AssetSpec(
         UPLOADED,
-        description="Source image read from S3, validated with Pillow and uploaded to AutoRetouch "
-        "(skipped when HEAD /upload already knows its bytes).",
+        description="Source image read from S3, validated with Pillow (a broken image fails here, before "
+        "any credit is spent) and uploaded to AutoRetouch (skipped when HEAD /upload already knows its "
+        "bytes). Metadata: source URI and ETag, content hash, size, a 'before' thumbnail.",
         skippable=True,
         group_name=GROUP,
-        kinds={"s3", "python"},
+        owners=OWNERS,
+        kinds={"s3", "autoretouch"},
     ),
     dg.AssetSpec(
         EXECUTION,
         description="The AutoRetouch workflow execution of the image: one per (content, workflow version), "
-        "labelled with its collection's batch (order).",
+        "never bought twice, labelled with its collection's batch (one order per collection run). "
+        "Metadata: execution id and status, executionPrice, chargedCredits, links to the web app.",
         deps=[UPLOADED],
         skippable=True,
         group_name=GROUP,
+        owners=OWNERS,
+        kinds={"autoretouch"},
     ),
     dg.AssetSpec(
         RETOUCHED,
-        description="The result in the output bucket, with a JSON provenance sidecar.",
+        description="The retouched result in the output bucket (written atomically) with a JSON provenance "
+        "sidecar, and a before/after preview. A failed or QA-pending image gets an observation here saying "
+        "why and what to do.",
         deps=[EXECUTION],
         skippable=True,
         group_name=GROUP,
-        kinds={"s3"},
+        owners=OWNERS,
+        kinds={"s3", "autoretouch"},
     ),
 ]
 
@@ -101,9 +126,9 @@ def make_item(partition_key: str, catalog: CatalogResource) -> WorkItem:
 
 def items_from_execution_records(env: StepEnv, items: list[WorkItem]) -> None:
     """Retouched-only runs: what the execution stage recorded becomes the item's state."""
-    records = latest_materializations(
-        env.instance, EXECUTION, [i.partition_key for i in items if not i.failure]
-    )
+    keys = [i.partition_key for i in items if not i.failure]
+    records = latest_materializations(env.instance, EXECUTION, keys)
+    uploads = latest_materializations(env.instance, UPLOADED, keys)
     for item in items:
         if item.failure:
             continue
@@ -118,6 +143,12 @@ def items_from_execution_records(env: StepEnv, items: list[WorkItem]) -> None:
         item.input_hash = metadata_value(meta, "input_hash")
         item.source_etag = metadata_value(meta, "source_etag")
         item.execution_created_at = metadata_value(meta, "created_at")
+        # the "before" half of the preview: recorded thumbnails first, the source itself as a last resort
+        item.preview_before = before_preview_from(
+            {"execution": record, "upload": uploads.get(item.partition_key)}
+        ) or before_preview_from_source(
+            env.s3, env.catalog.source_bucket, item.source_key, env.catalog.max_image_bytes
+        )
 
 
 def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Any]:
@@ -182,6 +213,9 @@ def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecu
         else:
             time.sleep(pause)
     yield from _drain(env, downloads, block=True)
+    for eid, waiting in pending.items():
+        for item in waiting:
+            item.extra["pending_status"] = last[eid].status.value if eid in last else "UNKNOWN"
     if pending:
         statuses = {eid: (last[eid].status.value if eid in last else "unknown") for eid in pending}
         env.log.info(
@@ -204,12 +238,48 @@ def _drain(
         except Exception as exc:
             item.fail("download", f"{type(exc).__name__}: {exc}")
             continue
-        yield retouched_event(item, execution, env.workflow, facts, env.catalog.output_bucket)
+        item.batch_id = execution.labels.get("autoretouch_batch_id") or item.batch_id
+        item.extra["delivered"] = Delivered(
+            item.partition_key,
+            execution.charged_credits,
+            env.workflow.execution_price,
+            f"s3://{env.catalog.output_bucket}/{facts['key']}",
+            facts["size"],
+        )
+        bucket = env.catalog.output_bucket
+        yield retouched_event(item, execution, env.workflow, facts, bucket, links(env, item))
+
+
+def links(env: StepEnv, item: WorkItem) -> dict[str, str]:
+    """Web-app links of the item's execution and batch (best-guess URL shape, see AutoRetouchResource)."""
+    out: dict[str, str] = {}
+    if item.execution_id:
+        out["autoretouch_execution"] = env.autoretouch.execution_link(env.workflow.id, item.execution_id)
+    if item.batch_id:
+        out["autoretouch_batch"] = env.autoretouch.batch_link(item.batch_id)
+    return out
+
+
+def report(env: StepEnv, context: dg.AssetExecutionContext, items: list[WorkItem]) -> Iterator[Any]:
+    """Per-partition notes (failures, pending QA) and the run's check results; see the module docstring."""
+    if RETOUCHED in context.selected_asset_keys:
+        for item in items:
+            link = links(env, item).get("autoretouch_execution")
+            if item.failure:
+                yield failure_observation(item, link)
+            elif "pending_status" in item.extra:
+                yield pending_observation(item, item.extra["pending_status"], link)
+    delivered = [i.extra["delivered"] for i in items if "delivered" in i.extra]
+    with ThreadPoolExecutor(8) as pool:
+        yield from evaluate_checks(
+            context.selected_asset_check_keys, delivered, env.s3, pool, "delivered by this run"
+        )
 
 
 @dg.multi_asset(
     name="catalog_pipeline",
     specs=SPECS,
+    check_specs=CHECK_SPECS,
     partitions_def=catalog_images,
     can_subset=True,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN),
@@ -223,6 +293,9 @@ def catalog_pipeline(
 ) -> Iterator[Any]:
     """Upload, execute and write back every partition of the run; see the module docstring."""
     selected = context.selected_asset_keys
+    if not selected:  # checks only (the UI's "Execute checks"): audit what is recorded
+        yield from audit(context, s3)
+        return
     items = [make_item(pk, catalog) for pk in context.partition_keys]
     started = time.monotonic()
     with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
@@ -243,18 +316,19 @@ def catalog_pipeline(
                     yield uploaded_event(item, catalog)
         if EXECUTION in selected:
             for item, execution in resolve_and_create(env, items, pool):
-                yield execution_event(item, env.workflow, env.version, execution)
+                yield execution_event(item, env.workflow, env.version, execution, links(env, item))
         elif RETOUCHED in selected:
             items_from_execution_records(env, items)
         if RETOUCHED in selected:
             yield from wait_and_download(env, items, pool)
+        yield from report(env, context, items)
     failed = {i.partition_key: i.failure for i in items if i.failure}
     context.log.info(
         f"{len(items) - len(failed)} of {len(items)} image(s) without failure in "
         f"{time.monotonic() - started:.1f}s ({env.summary()})"
     )
     if failed:
-        lines = [f"{pk}: [{f.stage}] {f.reason}" for pk, f in failed.items()]
+        lines = [f"{pk}: [{f.stage}] {failure_sentence(f.stage, f.reason)}" for pk, f in failed.items()]
         permanent = all(f.stage in ("validate", "partition", "budget", "execution") for f in failed.values())
         raise dg.Failure(
             description=f"{len(failed)} of {len(items)} image(s) failed; the others were recorded.\n"
@@ -264,8 +338,43 @@ def catalog_pipeline(
                 "failed_partitions": dg.MetadataValue.json(
                     {pk: f"[{f.stage}] {f.reason}" for pk, f in failed.items()}
                 ),
+                "failure_classes": dg.MetadataValue.json(
+                    {pk: failure_class(f.stage, f.reason) for pk, f in failed.items()}
+                ),
                 "failed_count": dg.MetadataValue.int(len(failed)),
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
             allow_retries=not permanent,
         )
+
+
+def audit(context: dg.AssetExecutionContext, s3: S3Resource) -> Iterator[dg.AssetCheckResult]:
+    """Check-only runs: the checks over the run's partitions (else the latest results), from the event log."""
+    keys = _audit_keys(context)
+    if keys is not None:
+        delivered, scope = delivered_from_records(context.instance, keys), "audited"
+    else:
+        delivered, scope = recent_delivered(context.instance), "audited (most recent results)"
+    if not delivered:
+        context.log.info("No recorded result to audit in this selection.")
+    with ThreadPoolExecutor(8) as pool:
+        yield from evaluate_checks(context.selected_asset_check_keys, delivered, s3.get_client(), pool, scope)
+
+
+def _audit_keys(context: dg.AssetExecutionContext) -> list[str] | None:
+    """The partitions a check-only run names, or None.
+
+    The checks are unpartitioned, so Dagster runs a check-only subset of this step as a non-partitioned step
+    and ignores partition tags; a range given as `dagster/asset_partition_range_*` tags (or a single
+    `dagster/partition`) is read here, in the dynamic partitions' order.
+    """
+    tags = context.run.tags
+    if "dagster/partition" in tags:
+        return [tags["dagster/partition"]]
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
+    if not start or not end:
+        return None
+    registered = list(context.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
+    if start not in registered or end not in registered:
+        return []
+    return registered[registered.index(start) : registered.index(end) + 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,7 +133,12 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def retouched_event(
-    item: WorkItem, execution: WorkflowExecution, workflow: Workflow, facts: dict[str, Any], bucket: str
+    item: WorkItem,
+    execution: WorkflowExecution,
+    workflow: Workflow,
+    facts: dict[str, Any],
+    bucket: str,
+    links: Mapping[str, str] | None = None,
 ) -> dg.AssetMaterialization:
     """The per-partition materialization of `retouched_image` (what the cost roll-up sums)."""
     finished = execution.finished_at or datetime.now(UTC)
@@ -156,6 +162,7 @@ def retouched_event(
             "mode": facts["mode"],
             "bytes": dg.MetadataValue.int(facts["size"]),
             "preview": preview_markdown(item.preview_before, facts["preview_after"]),
+            **{name: dg.MetadataValue.url(url) for name, url in (links or {}).items()},
         },
         tags={"retouch/collection": item.collection},
     )

@@ -173,11 +173,13 @@ def _spend(env: StepEnv, item: WorkItem) -> str | None:
         env.client.retry_execution(item.execution_id)
         return item.execution_id
     name = item.relative_key.rsplit("/", 1)[-1]
+    labels = batch_labels(item.collection, env.batch_scope, env.batch_created_at)
+    item.batch_id = labels["autoretouch_batch_id"]
     return env.client.create_execution(
         env.workflow.id,
         image=ImageRef(name, item.input_hash or ""),
         version=env.version,
-        labels=batch_labels(item.collection, env.batch_scope, env.batch_created_at),
+        labels=labels,
         idempotency_key=item.idempotency_key,
     )
 
@@ -243,6 +245,8 @@ def resolve_and_create(
             item.action, item.execution_created_at = "reuse", now
         if item.action == "reuse":
             env.reused += 1
-        if item.execution_status is None and item.execution_id in current:
-            item.execution_status = current[item.execution_id].status.value
+        if item.execution_id in current:
+            known = current[item.execution_id]
+            item.execution_status = item.execution_status or known.status.value
+            item.batch_id = item.batch_id or known.labels.get("autoretouch_batch_id")
         yield item, (current.get(item.execution_id or "") if item.action == "reuse" else None)

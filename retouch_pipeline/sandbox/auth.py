@@ -78,6 +78,8 @@ class AuthService:
         """jti -> exact expiry (epoch seconds); the JWT's integer `exp` is for clients only."""
         self._devices: dict[str, DeviceAuthorization] = {}
         self._by_user_code: dict[str, str] = {}
+        self._issued: list[str] = []
+        """Every access token minted, in order: tests scan logs and metadata for them (never served)."""
 
     # ---- tokens ---------------------------------------------------------------------------
 
@@ -99,9 +101,16 @@ class AuthService:
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        token = f"{header}.{payload}.{signature}"
         with self._lock:
             self._expiry[jti] = issued + self.config.access_token_ttl
-        return f"{header}.{payload}.{signature}"
+            self._issued.append(token)
+        return token
+
+    def issued_access_tokens(self) -> list[str]:
+        """The access tokens minted so far (a copy), for secret-leak tests."""
+        with self._lock:
+            return list(self._issued)
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid, unexpired token issued by this server.

@@ -120,6 +120,38 @@ class Stack:
             },
         )
 
+    def run_range(
+        self,
+        start: str,
+        end: str,
+        selection: Iterable[dg.AssetKey] = PIPELINE_KEYS,
+        tags: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> dg.ExecuteInProcessResult:
+        """A run exactly as the backfill daemon planned it: a partition range, a selection and its tags."""
+        return dg.materialize(
+            [catalog_pipeline, autoretouch_costs],
+            instance=self.instance,
+            resources=self.resources(**overrides),
+            selection=list(selection),
+            raise_on_error=False,
+            tags={
+                **(tags or {}),
+                "dagster/asset_partition_range_start": start,
+                "dagster/asset_partition_range_end": end,
+            },
+        )
+
+    def materializations(self, asset: dg.AssetKey, result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+        """partition -> metadata values of `asset`'s materializations in one run."""
+        out: dict[str, Any] = {}
+        for event in result.all_events:
+            if event.is_step_materialization:
+                mat = event.step_materialization_data.materialization
+                if mat.asset_key == asset and mat.partition:
+                    out[mat.partition] = {k: v.value for k, v in mat.metadata.items()}
+        return out
+
     def client(self) -> AutoRetouchClient:
         return AutoRetouchClient(
             self.sandbox.api_url,
@@ -173,3 +205,24 @@ def make_stack(
 @pytest.fixture
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     return make_stack()
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """check name -> AssetCheckEvaluation of one run (the step emits one per check)."""
+    out = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            out[evaluation.check_name] = evaluation
+    return out
+
+
+def observations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    """partition -> metadata values of the run's `retouched_image` observations (failure/pending notes)."""
+    out: dict[str, dict[str, Any]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            obs = event.event_specific_data.asset_observation
+            if obs.partition:
+                out[obs.partition] = {k: v.value for k, v in obs.metadata.items()}
+    return out
