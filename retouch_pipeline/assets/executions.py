@@ -27,7 +27,7 @@ from typing import Any
 
 import dagster as dg
 
-from retouch_pipeline.assets.common import EXECUTION, WorkItem, preview_markdown
+from retouch_pipeline.assets.common import EXECUTION, WorkItem, collection_tags, preview_markdown
 from retouch_pipeline.autoretouch import (
     AutoRetouchClient,
     ExecutionStatus,
@@ -175,5 +175,5 @@ def execution_event(
             "preview": preview_markdown(item.preview_before),
             **{name: dg.MetadataValue.url(url) for name, url in (links or {}).items()},
         },
-        tags={"retouch/collection": item.collection},
+        tags=collection_tags(item.collection),
     )

@@ -21,6 +21,7 @@ from PIL import Image
 from retouch_pipeline.assets.common import (
     RETOUCHED,
     WorkItem,
+    collection_tags,
     materialization_metadata,
     metadata_value,
     preview_markdown,
@@ -116,7 +117,7 @@ def failure_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
             "reason": reason,
             **_common(item, execution_link),
         },
-        tags={"retouch/collection": item.collection},
+        tags=collection_tags(item.collection),
     )
 
 
@@ -134,7 +135,7 @@ def pending_observation(item: WorkItem, status: str, execution_link: str | None)
             "execution_status": status,
             **_common(item, execution_link),
         },
-        tags={"retouch/collection": item.collection},
+        tags=collection_tags(item.collection),
     )
 
 

@@ -21,6 +21,7 @@ from retouch_pipeline.assets.common import (
     RETOUCHED,
     PartitionFailure,
     WorkItem,
+    collection_tags,
     preview_markdown,
     thumbnail_data_uri,
 )
@@ -164,5 +165,5 @@ def retouched_event(
             "preview": preview_markdown(item.preview_before, facts["preview_after"]),
             **{name: dg.MetadataValue.url(url) for name, url in (links or {}).items()},
         },
-        tags={"retouch/collection": item.collection},
+        tags=collection_tags(item.collection),
     )

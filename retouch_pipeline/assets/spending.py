@@ -97,6 +97,7 @@ def _resolve(env: StepEnv, items: list[WorkItem]) -> None:
         item.idempotency_key = idempotency_key(item.input_hash, env.workflow.id, env.version)
     recorded = latest_materializations(env.instance, EXECUTION, [i.partition_key for i in ready])
     index = ExecutionIndex(env.instance).get({i.idempotency_key for i in ready if i.idempotency_key})
+    recovered: dict[str, dict[str, Any]] = {}
     for item in ready:
         key = item.idempotency_key
         assert key is not None
@@ -119,10 +120,12 @@ def _resolve(env: StepEnv, items: list[WorkItem]) -> None:
                 )
                 item.execution_id, item.action = found.id, "reuse"
                 item.execution_created_at = found.created_at.isoformat() if found.created_at else None
+                recovered[key] = {"execution_id": found.id, "at": entry.get("at"), "recovered": True}
             else:
                 item.action = "create"
         else:
             item.action = "create"
+    ExecutionIndex(env.instance).put(recovered)  # the next run needs no label lookup
 
 
 def _project(env: StepEnv, items: list[WorkItem], current: dict[str, WorkflowExecution]) -> list[WorkItem]:

@@ -16,7 +16,13 @@ from typing import Any
 import dagster as dg
 from PIL import Image, UnidentifiedImageError
 
-from retouch_pipeline.assets.common import PartitionFailure, WorkItem, preview_markdown, thumbnail_data_uri
+from retouch_pipeline.assets.common import (
+    PartitionFailure,
+    WorkItem,
+    collection_tags,
+    preview_markdown,
+    thumbnail_data_uri,
+)
 from retouch_pipeline.autoretouch import AutoRetouchClient, InvalidImageError, sha256_file
 from retouch_pipeline.resources import CatalogResource
 
@@ -41,6 +47,10 @@ def validate_image(path: str, max_side: int) -> tuple[str, int, int, str]:
                     raise PartitionFailure(
                         "validate",
                         f"UnsupportedFormat: {fmt} (accepted: {', '.join(sorted(ACCEPTED_FORMATS))})",
+                    )
+                if getattr(probe, "is_animated", False):  # only the first frame would be retouched
+                    raise PartitionFailure(
+                        "validate", f"AnimatedImage: {fmt} with {getattr(probe, 'n_frames', '?')} frames"
                     )
                 if max(width, height) > max_side:
                     raise PartitionFailure(
@@ -127,5 +137,5 @@ def uploaded_event(item: WorkItem, catalog: CatalogResource) -> dg.AssetMaterial
             "uploaded": item.uploaded,
             "preview": preview_markdown(item.preview_before),
         },
-        tags={"retouch/collection": item.collection},
+        tags=collection_tags(item.collection),
     )

@@ -1,0 +1,65 @@
+"""Crash between "the create reached AutoRetouch" and "Dagster recorded it": the re-run adopts the execution.
+
+The sequence: the step writes its intent (`retouch/exec/<key>` without an id) in the instance, sends the
+create; AutoRetouch creates the execution but the response is lost (sandbox `lose_create_rate=1.0`); the
+process dies before it could look the execution up or record anything (simulated by an exception at that
+exact point: the client's label lookup). What survives is what a SIGKILL leaves: the intent, no
+materialization, an execution at AutoRetouch. The re-run must find it by its idempotency label: one create,
+one charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from retouch_pipeline.assets import EXECUTION, RETOUCHED
+from retouch_pipeline.assets.executions import ExecutionIndex
+from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline_tests.pipeline.conftest import Stack
+
+
+class SimulatedCrash(Exception):
+    """Stands for the run process dying at this point (nothing after it runs)."""
+
+
+def test_rerun_adopts_execution_created_before_a_crash(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = make_stack(faults={"lose_create_rate": 1.0})
+    price = stack.workflow["executionPrice"]
+    keys = [stack.put("crash/shoe.png", make_image(width=71))]
+    stack.register(keys)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise SimulatedCrash("run process killed after the create was sent")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoRetouchClient, "find_execution_by_idempotency_key", crash)
+        first = stack.run(keys)
+    assert not first.success
+    calls = stack.sandbox.state.accounting.calls
+    assert calls.get("E1", 0) == 1  # the create reached AutoRetouch ...
+    executions = list(stack.client().iter_executions())
+    assert len(executions) == 1  # ... and created the execution
+    assert stack.instance.get_materialized_partitions(EXECUTION) == set()  # ... but Dagster recorded nothing
+    key = executions[0].labels["retouch_pipeline_idempotency_key"]
+    intent = ExecutionIndex(stack.instance).get([key])[key]
+    assert "execution_id" not in intent and intent["partition"] == keys[0]  # only the intent survived
+
+    stack.sandbox.state.faults.lose_create_rate = 0.0
+    caplog.set_level("WARNING")
+    second = stack.run(keys)
+    assert second.success
+    recorded = stack.materializations(EXECUTION, second)[keys[0]]
+    assert recorded["execution_id"] == executions[0].id and recorded["action"] == "reuse"
+    assert calls.get("E1", 0) == 1  # no second create
+    assert len(stack.ledger()) == 1 and stack.charged() == price  # one charge
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
+    assert stack.image("retouched/crash/shoe.png").mode == "RGBA"
+    assert ExecutionIndex(stack.instance).get([key])[key]["execution_id"] == executions[0].id
+    assert any("recovered execution" in r.getMessage() for r in caplog.records) or any(
+        "recovered execution" in (e.message or "") for e in stack.instance.all_logs(second.run_id)
+    )
