@@ -349,5 +349,24 @@ def backfill(collection: str, dry_run: bool) -> None:
         sys.exit(run_backfill(collection, dry_run, echo=click.echo))
 
 
+@main.command()
+@click.option(
+    "--images", default=300, show_default=True, type=click.IntRange(1), help="Catalog size per profile."
+)
+@click.option("--profile", default="all", show_default=True, help="A profile name, a comma list, or all.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write figures here."
+)
+def chaos(images: int, profile: str, json_path: Path | None) -> None:
+    """Run the real pipeline under fault profiles and check its invariants (docs/reliability.md)."""
+    from retouch_pipeline.chaos.cli import run_cli
+
+    try:
+        sys.exit(run_cli(images, profile, json_path, echo=click.echo))
+    except ValueError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     main()

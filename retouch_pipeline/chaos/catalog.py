@@ -25,6 +25,9 @@ FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"))
 SIZES = ((96, 72), (160, 120), (240, 180), (320, 240), (200, 300))
 
 
+ODD_KEYS_UNSTORABLE_IN_MOTO = ("odd keys/new\nline.jpg", "odd keys/../../../escape.jpg", "../../x.jpg")
+
+
 @dataclass(frozen=True)
 class SourceImage:
     """One object to put under the source prefix and the outcome it must reach."""
@@ -73,7 +76,11 @@ def _animated(fmt: str) -> bytes:
 
 
 def bad_inputs() -> list[SourceImage]:
-    """The issue's bad-input set; the decisions (converted or rejected) are in docs/reliability.md."""
+    """The issue's bad-input set; the decisions (converted or rejected) are in docs/reliability.md.
+
+    Keys with a newline or `../` segments are not here: moto's server answers 404 to such a PUT (real S3
+    stores them). `ODD_KEYS_UNSTORABLE_IN_MOTO` goes through the key mapping in the tests instead.
+    """
     jpeg = product_photo("bad/base", 200, 150, "JPEG")
     rgb = Image.open(io.BytesIO(jpeg)).convert("RGB")
     sixteen = Image.new("I;16", (160, 120))
@@ -82,7 +89,9 @@ def bad_inputs() -> list[SourceImage]:
         SourceImage("bad/zero-byte.jpg", b"", "EmptySourceImage"),
         SourceImage("bad/truncated.jpg", jpeg[: len(jpeg) // 2], "TruncatedImage"),
         SourceImage("bad/not-an-image.png", b"hello, this is text\n" * 40, "NotAnImage"),
-        SourceImage("bad/brochure.pdf", b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n", "NotAnImage"),
+        SourceImage(
+            "bad/brochure.pdf", b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n", "NotAnImage"
+        ),
         SourceImage("bad/.DS_Store", b"\x00\x00\x00\x01Bud1" + b"\x00" * 64, "junk"),
         SourceImage("bad/too-wide.png", _encode(Image.new("RGB", (10_001, 4)), "PNG"), "ImageTooLarge"),
         SourceImage("bad/animated.gif", _animated("GIF"), "UnsupportedFormat"),
@@ -95,6 +104,5 @@ def bad_inputs() -> list[SourceImage]:
         SourceImage("odd keys/dots...in...name.jpg", product_photo("k3", 120, 90, "JPEG")),
         SourceImage("odd keys/100%cotton.jpg", product_photo("k4", 120, 90, "JPEG")),
         SourceImage("odd keys/a+b=c.jpg", product_photo("k5", 120, 90, "JPEG")),
-        SourceImage("odd keys/new\nline.jpg", product_photo("k6", 120, 90, "JPEG")),
-        SourceImage("odd keys/../../../escape.jpg", product_photo("k7", 120, 90, "JPEG")),
+        SourceImage("odd keys/.../.../up.jpg", product_photo("k7", 120, 90, "JPEG")),
     ]

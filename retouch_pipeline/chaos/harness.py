@@ -39,7 +39,7 @@ class _Capture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # noqa: BLE001 - a broken record must not break the run
+        except Exception:
             self.lines.append(str(record.msg))
 
 
@@ -91,24 +91,24 @@ def load_catalog(profile: Profile, images: int) -> list[SourceImage]:
     return good_catalog(images)
 
 
-def run_profile(profile: Profile, images: int, moto_url: str, seed: int = 0) -> tuple[Outcome, dict[str, Any]]:
+def run_profile(
+    profile: Profile, images: int, moto_url: str, seed: int = 0
+) -> tuple[Outcome, dict[str, Any]]:
     """One profile from an empty world to its verdict; (outcome, figures for the table)."""
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     started = time.monotonic()
+    sandbox_settings: dict[str, Any] = {"processing_seconds": 0.05, "workers": 8, "auto_approve": True}
     sandbox_config = SandboxConfig(
-        processing_seconds=0.05,
-        workers=8,
-        auto_approve=True,
-        seed=seed,
-        faults=FaultConfig(retry_after_seconds=1.0),
-        **profile.sandbox,
+        seed=seed, faults=FaultConfig(retry_after_seconds=1.0), **{**sandbox_settings, **profile.sandbox}
     )
     stack = ProfileStack(moto_url, sandbox_config, profile.autoretouch, profile.workflow, s3_seed=seed)
     try:
         loaded = load_catalog(profile, images)
         for source in loaded:
-            stack.s3.put_object(Bucket=stack.bucket, Key=SOURCE_PREFIX + source.relative_key, Body=source.data)
+            stack.s3.put_object(
+                Bucket=stack.bucket, Key=SOURCE_PREFIX + source.relative_key, Body=source.data
+            )
         run = ProfileRun(profile, stack, len(loaded), loaded)
         stack.sandbox.state.faults.update(profile.faults)
         stack.proxy.faults.error_rate = profile.s3_error_rate
@@ -126,7 +126,9 @@ def run_profile(profile: Profile, images: int, moto_url: str, seed: int = 0) -> 
         seen = observer.stop()
         state = stack.sandbox.state.accounting.snapshot()
         texts = [*run.texts, *seen.sidecar_bodies, "\n".join(capture.lines).encode()]
-        outcome = evaluate(stack, {s.relative_key: s for s in loaded}, profile.expect_all, seen.partial, texts)
+        outcome = evaluate(
+            stack, {s.relative_key: s for s in loaded}, profile.expect_all, seen.partial, texts
+        )
         outcome.problems = run.problems + outcome.problems
         figures = {
             "profile": profile.name,
@@ -135,6 +137,8 @@ def run_profile(profile: Profile, images: int, moto_url: str, seed: int = 0) -> 
             "failed_explained": outcome.failed_explained,
             "api_faults": sum(state["faultsInjected"].values()),
             "s3_faults": sum(stack.proxy.faults.injected.values()),
+            "s3_requests": sum(stack.proxy.faults.forwarded.values())
+            + sum(stack.proxy.faults.injected.values()),
             "e8_retries": state["calls"].get("E8", 0),
             "creates": state["calls"].get("E1", 0),
             "credits_charged": outcome.credits_charged,
@@ -155,12 +159,14 @@ def describe(figures: dict[str, Any]) -> str:
     return (
         f"[{figures['profile']}] {figures['wall_seconds']}s runs={figures['runs']} "
         f"resume_passes={figures['resume_passes']} api_faults={figures['api_faults']} "
-        f"s3_faults={figures['s3_faults']} e8_retries={figures['e8_retries']} "
+        f"s3_faults={figures['s3_faults']}/{figures['s3_requests']} e8_retries={figures['e8_retries']} "
         f"credits={figures['credits_charged']}/{figures['credits_expected']} notes={figures['notes']}"
     )
 
 
-def run_profiles(names: Sequence[str], images: int, echo: Any = print) -> tuple[Outcome, list[dict[str, Any]]]:
+def run_profiles(
+    names: Sequence[str], images: int, echo: Any = print
+) -> tuple[Outcome, list[dict[str, Any]]]:
     """Every named profile on one moto server; the summed outcome and each profile's figures."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -176,7 +182,14 @@ def run_profiles(names: Sequence[str], images: int, echo: Any = print) -> tuple[
             for problem in outcome.problems[:20]:
                 echo(f"  problem: {problem}")
             echo(f"  {name}: {outcome.line()}")
-            for attr in ("images", "processed", "failed_explained", "lost", "double_charged", "partial_objects"):
+            for attr in (
+                "images",
+                "processed",
+                "failed_explained",
+                "lost",
+                "double_charged",
+                "partial_objects",
+            ):
                 setattr(total, attr, getattr(total, attr) + getattr(outcome, attr))
             total.leaked_secrets += outcome.leaked_secrets
             total.problems += [f"{name}: {p}" for p in outcome.problems]

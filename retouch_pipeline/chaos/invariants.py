@@ -60,10 +60,23 @@ class Outcome:
         return not (self.lost or self.double_charged or self.partial_objects or self.leaked_secrets)
 
 
+def _root_cause(error: Any) -> str:
+    """`Class: message` of the innermost cause: Dagster wraps user errors in a step-execution error."""
+    if error is None:
+        return "step failed"
+    while error.cause is not None:
+        error = error.cause
+    first = (error.message or "").strip().splitlines()
+    return f"{error.cls_name}: {first[0] if first else ''}"
+
+
 def recorded_failures(stack: ProfileStack) -> dict[str, str]:
     """partition -> reason of its latest recorded failure, from every run's failure events."""
-    reasons: dict[str, str] = {}
-    runs = sorted(stack.instance.get_runs(), key=lambda r: stack.instance.get_run_record_by_id(r.run_id).create_timestamp)  # type: ignore[union-attr]
+    reasons: dict[str, str] = dict(stack.launch_failures)
+    runs = sorted(
+        stack.instance.get_runs(),
+        key=lambda r: stack.instance.get_run_record_by_id(r.run_id).create_timestamp,
+    )  # type: ignore[union-attr]
     for run in runs:
         partitions = stack.run_partitions.get(run.run_id, [])
         for entry in stack.instance.all_logs(run.run_id):
@@ -79,9 +92,11 @@ def recorded_failures(stack: ProfileStack) -> dict[str, str]:
                 if isinstance(failed, Mapping):
                     reasons.update({str(k): str(v) for k, v in failed.items()})
                 else:
-                    message = (data.error.message if data.error else "step failed").strip().splitlines()[0]
+                    message = _root_cause(data.error)
                     reasons.update(dict.fromkeys(partitions, message))
-            elif event.event_type is dg.DagsterEventType.RUN_FAILURE and not any(p in reasons for p in partitions):
+            elif event.event_type is dg.DagsterEventType.RUN_FAILURE and not any(
+                p in reasons for p in partitions
+            ):
                 reasons.update(dict.fromkeys(partitions, entry.message or "run failed"))
     return reasons
 
@@ -104,7 +119,7 @@ def check_output(
         with Image.open(io.BytesIO(image_bytes)) as image:
             image.load()
             wrong = extra.check(image) if extra is not None and extra.check is not None else None
-    except Exception as exc:  # noqa: BLE001 - any decode error is the finding
+    except Exception as exc:
         return f"output {key} undecodable: {exc}"
     if wrong:
         return f"output {key}: {wrong}"
@@ -180,7 +195,9 @@ def evaluate(
             outcome.failed_explained += 1
             outcome.reasons[rel] = failures[pk]
             if expect == "ok":
-                outcome.problems.append(f"{rel!r} failed ({failures[pk]}; then {problem}), expected processed")
+                outcome.problems.append(
+                    f"{rel!r} failed ({failures[pk]}; then {problem}), expected processed"
+                )
             elif expect not in failures[pk]:
                 outcome.problems.append(f"{rel!r} failed with {failures[pk]!r}, expected {expect}")
         else:

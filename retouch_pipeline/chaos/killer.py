@@ -86,7 +86,7 @@ def install_marker(stage: str, after: int) -> None:
 
         def get_client(self: S3Resource) -> Any:
             client = original_get_client(self)
-            client.meta.events.register("before-call.s3.PutObject", hook)
+            client.meta.events.register("before-parameter-build.s3.PutObject", hook)
             return client
 
         S3Resource.get_client = get_client  # type: ignore[method-assign]

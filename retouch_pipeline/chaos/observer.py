@@ -58,7 +58,7 @@ class OutputObserver:
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
-            except Exception as exc:  # noqa: BLE001 - the observer must outlive a moto hiccup
+            except Exception as exc:
                 self.result.partial.append(f"observer error: {type(exc).__name__}: {exc}")
 
     def poll(self) -> None:
@@ -82,7 +82,7 @@ class OutputObserver:
         try:
             with Image.open(io.BytesIO(body)) as image:
                 image.load()
-        except Exception as exc:  # noqa: BLE001 - any decode error is the finding
+        except Exception as exc:
             return f"undecodable image ({len(body)} bytes): {exc}"
         return None
 

@@ -63,6 +63,7 @@ def _revoke_then_run(run: ProfileRun) -> None:
     started = time.monotonic()
     batches = run.default_first_pass()
     refreshes = stack.sandbox.state.accounting.calls["A3"] - before
+    run.notes["revoked: runs"] = batches
     run.notes["revoked: token refreshes tried"] = refreshes
     run.notes["revoked: seconds to fail"] = round(time.monotonic() - started, 1)
     if refreshes > 2 * max(1, batches):
@@ -76,9 +77,9 @@ def _log_in_again(run: ProfileRun) -> None:
 def _drain_balance(run: ProfileRun) -> None:
     accounting = run.stack.sandbox.state.accounting
     third = max(1, run.images // 3)
-    if _wait_until(lambda: len(accounting.ledger()) >= third, run.stop_during):
-        accounting.set_balance(0)
-        run.notes["balance set to 0 after charges"] = len(accounting.ledger())
+    if _wait_until(lambda: accounting.calls["E1"] >= third, run.stop_during):
+        accounting.set_balance(0)  # executions created but not charged yet now end PAYMENT_REQUIRED
+        run.notes["balance set to 0 after creates"] = accounting.calls["E1"]
 
 
 def _top_up(run: ProfileRun) -> None:
@@ -136,7 +137,7 @@ def _kill_at(stage: str) -> Hook:
     def first_pass(run: ProfileRun) -> None:
         stack = run.stack
         batches = stack.tick_catalog()
-        (selection, keys), rest = batches[0], batches[1:]
+        (_selection, keys), rest = batches[0], batches[1:]
         tags = {**range_tags(stack.registered(), keys)[0], "retouch/trigger": "chaos"}
         after = max(1, len(keys) // 2)
         killed, output = run_and_kill(str(stack.home), stack.settings(), tags, stage, after)
@@ -179,14 +180,16 @@ _PROFILES = [
     ),
     Profile(
         "balance-exhausted",
-        "balance drops to 0 after a third of the charges (PAYMENT_REQUIRED), then top-up and resume",
+        "balance drops to 0 after a third of the creates (PAYMENT_REQUIRED), then top-up and resume",
+        sandbox={"processing_seconds": 0.5},
         during=_drain_balance,
         recover=_top_up,
     ),
     Profile("execution-failures", "20% of executions end FAILED", faults={"execution_failure_rate": 0.2}),
     Profile(
         "in-qa",
-        "every execution stops in IN_QA beyond the runs' wait; approved later, finished by the pending sensor",
+        "every execution stops in IN_QA beyond the runs' wait; approved later, finished by the "
+        "pending sensor",
         workflow="Background Removal with QA",
         autoretouch={"max_wait_seconds": 1.0},
         recover=_approve_qa,

@@ -5,14 +5,15 @@ the proxy sits on the wire, so botocore's own retry logic, its connection pool a
 handling meet real `500 InternalError` answers, exactly as they would from S3 under load. The harness's
 observer and the seeding talk to moto directly (they are the world, not the system under test).
 
-Faults are drawn per request from a seeded RNG, by operation: `get` (GET of an object), `put` (PUT of an
+Faults hit an exact, evenly spread fraction of the eligible requests (request n fails when
+floor((n+1) x rate) > floor(n x rate)): a 5% rate fails the 20th, 40th, ... eligible request,
+so even a six-image test sees faults, and figures are reproducible. Eligible requests, by operation: `get` (GET of an object), `put` (PUT of an
 object), `list` (GET of a bucket, i.e. ListObjects/ListObjectsV2). Other requests pass untouched.
 """
 
 from __future__ import annotations
 
 import http.client
-import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,12 +49,12 @@ def classify(method: str, path: str) -> str:
 
 
 class S3FaultProxy:
-    """`with S3FaultProxy("http://127.0.0.1:5000") as proxy: proxy.url` - point the pipeline at `proxy.url`."""
+    """`with S3FaultProxy("http://127.0.0.1:5000") as proxy:` then point the pipeline at `proxy.url`."""
 
     def __init__(self, upstream: str, faults: S3Faults | None = None, seed: int = 0) -> None:
         self.upstream = urlsplit(upstream)
         self.faults = faults or S3Faults()
-        self._rng = random.Random(seed)
+        self._eligible = seed
         self._rng_lock = threading.Lock()
         self._local = threading.local()
         proxy = self
@@ -61,7 +62,7 @@ class S3FaultProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
             def _body(self) -> bytes:
@@ -116,7 +117,9 @@ class S3FaultProxy:
             faults.forwarded[kind] += 1
             return False
         with self._rng_lock:
-            hit = self._rng.random() < faults.error_rate
+            n = self._eligible
+            self._eligible += 1
+            hit = int((n + 1) * faults.error_rate) > int(n * faults.error_rate)
         (faults.injected if hit else faults.forwarded)[kind] += 1
         return hit
 

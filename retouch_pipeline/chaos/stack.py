@@ -45,7 +45,7 @@ REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
 SOURCE_PREFIX = "incoming/"
 OUTPUT_PREFIX = "retouched/"
-TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"
+TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"  # noqa: S105 - a variable name, not a secret
 BATCH_SIZE = 50
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ def range_tags(registered: Sequence[str], keys: Sequence[str]) -> list[dict[str,
         else:
             ranges.append((pos, pos))
     return [
-        {"dagster/asset_partition_range_start": registered[a], "dagster/asset_partition_range_end": registered[b]}
+        {
+            "dagster/asset_partition_range_start": registered[a],
+            "dagster/asset_partition_range_end": registered[b],
+        }
         for a, b in ranges
     ]
 
@@ -117,6 +120,8 @@ class ProfileStack:
             **autoretouch,
         }
         self.run_partitions: dict[str, list[str]] = {}
+        self.launch_failures: dict[str, str] = {}
+        """Partitions whose run could not start (configuration error raised at launch) -> the error."""
         self._catalog_cursor: str | None = None
         self._pending_cursor: str | None = None
         self._catalog_sensor = build_catalog_sensor(
@@ -192,9 +197,11 @@ class ProfileStack:
     def registered(self) -> list[str]:
         return list(self.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
 
-    def _evaluate(self, sensor: dg.SensorDefinition, cursor: str | None) -> dg.SensorExecutionData:
+    def _evaluate(
+        self, sensor: dg.SensorDefinition, cursor: str | None, needs: str
+    ) -> dg.SensorExecutionData:
         defs = self.definitions()
-        resources = build_resources(self.settings())
+        resources = {needs: build_resources(self.settings())[needs]}  # only what the sensor requires
         with dg.build_sensor_context(
             instance=self.instance, cursor=cursor, definitions=defs, resources=resources
         ) as context:
@@ -221,12 +228,12 @@ class ProfileStack:
 
     def tick_catalog(self) -> list[tuple[list[dg.AssetKey], list[str]]]:
         """One catalog-sensor tick; its (selection, partitions) batches, partitions already registered."""
-        result = self._evaluate(self._catalog_sensor, self._catalog_cursor)
+        result = self._evaluate(self._catalog_sensor, self._catalog_cursor, "s3")
         self._catalog_cursor = result.cursor
         return self._batches(result)
 
     def tick_pending(self) -> list[tuple[list[dg.AssetKey], list[str]]]:
-        result = self._evaluate(self._pending_sensor, self._pending_cursor)
+        result = self._evaluate(self._pending_sensor, self._pending_cursor, "autoretouch")
         self._pending_cursor = result.cursor
         return self._batches(result)
 
@@ -234,20 +241,29 @@ class ProfileStack:
         """Run `keys` as backfill-shaped runs (contiguous ranges); the run ids, whatever their outcome."""
         run_ids = []
         registered = self.registered()
+        selection = list(selection)
         for tags in range_tags(registered, keys):
-            result = dg.materialize(
-                [catalog_pipeline, autoretouch_costs],
-                instance=self.instance,
-                resources=build_resources(self.settings()),
-                selection=list(selection),
-                raise_on_error=False,
-                tags={**tags, "retouch/trigger": "chaos"},
-            )
             start = registered.index(tags["dagster/asset_partition_range_start"])
             end = registered.index(tags["dagster/asset_partition_range_end"])
+            try:
+                result = self._materialize(selection, tags)
+            except dg.DagsterInvalidConfigError as exc:  # resources unresolvable: the run cannot start
+                reason = f"DagsterInvalidConfigError: {' '.join(str(exc).split())[:300]}"
+                self.launch_failures.update(dict.fromkeys(registered[start : end + 1], reason))
+                continue
             self.run_partitions[result.run_id] = registered[start : end + 1]
             run_ids.append(result.run_id)
         return run_ids
+
+    def _materialize(self, selection: Sequence[dg.AssetKey], tags: dict[str, str]) -> Any:
+        return dg.materialize(
+            [catalog_pipeline, autoretouch_costs],
+            instance=self.instance,
+            resources=build_resources(self.settings()),
+            selection=list(selection),
+            raise_on_error=False,
+            tags={**tags, "retouch/trigger": "chaos"},
+        )
 
     def retouched_partitions(self) -> set[str]:
         """Partitions with at least one `retouched_image` materialization."""

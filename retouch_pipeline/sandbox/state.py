@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from retouch_pipeline.sandbox import persistence
 from retouch_pipeline.sandbox.accounting import Accounting
 from retouch_pipeline.sandbox.auth import AuthService
 from retouch_pipeline.sandbox.catalog import ORGANIZATION_ID, WORKFLOWS
@@ -15,7 +16,6 @@ from retouch_pipeline.sandbox.config import FaultConfig, SandboxConfig
 from retouch_pipeline.sandbox.content import ContentStore
 from retouch_pipeline.sandbox.executions import ExecutionEngine
 from retouch_pipeline.sandbox.faults import FaultInjector
-from retouch_pipeline.sandbox import persistence
 from retouch_pipeline.sandbox.webhooks import WebhookDispatcher
 
 

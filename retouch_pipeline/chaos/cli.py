@@ -1,0 +1,42 @@
+"""`retouch-pipeline chaos`: profile selection, quiet logs, the summary line last, the exit status.
+
+Kept out of `retouch_pipeline/cli.py` (which only registers the command) so the harness owns its interface.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from retouch_pipeline.chaos.harness import run_profiles
+from retouch_pipeline.chaos.profiles import PROFILES
+
+
+def resolve(profile: str) -> list[str]:
+    """`all`, one name, or a comma-separated list; ValueError names the valid ones."""
+    names = list(PROFILES) if profile == "all" else [p.strip() for p in profile.split(",") if p.strip()]
+    unknown = [n for n in names if n not in PROFILES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown profile {', '.join(unknown) or profile!r}; one of: all, {', '.join(PROFILES)}"
+        )
+    return names
+
+
+def run_cli(images: int, profile: str, json_path: Path | None, echo: Callable[[str], None]) -> int:
+    """Run, print one line per profile and the summed summary line last; 0 only if every invariant holds."""
+    names = resolve(profile)
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    started = time.monotonic()
+    echo(f"chaos: {len(names)} profile(s) x {images} images: {', '.join(names)}")
+    total, table = run_profiles(names, images, echo=echo)
+    if json_path is not None:
+        json_path.write_text(json.dumps({"images": images, "profiles": table}, indent=2, default=str) + "\n")
+    echo(f"total wall time {time.monotonic() - started:.0f}s; {len(total.problems)} problem(s)")
+    echo(total.line())
+    return 0 if total.holds and not total.problems else 1

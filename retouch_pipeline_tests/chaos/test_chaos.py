@@ -1,0 +1,58 @@
+"""Every chaos profile at a small N: the invariants hold and each profile's own promise is kept.
+
+One moto server for the module; each profile builds its own sandbox, S3 proxy, bucket and Dagster instance
+(`retouch_pipeline.chaos.stack`). Small catalogs keep the module within a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from retouch_pipeline.chaos.harness import run_profile
+from retouch_pipeline.chaos.profiles import PROFILES
+
+SMALL_N = 6
+CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_profile_keeps_every_invariant(name: str, moto_url: str) -> None:
+    outcome, figures = run_profile(PROFILES[name], SMALL_N, moto_url)
+    assert outcome.holds and not outcome.problems, (outcome.line(), outcome.problems)
+    assert outcome.credits_charged == outcome.credits_expected
+    if name in CONFIG_PROFILES:  # a wrong configuration fails every image, clearly, for free
+        assert outcome.processed == 0 and outcome.credits_charged == 0
+        assert outcome.failed_explained == outcome.images
+    elif name == "bad-input":
+        assert outcome.failed_explained == sum(1 for r in outcome.reasons.values() if r)
+    else:  # a transient fault, once recovered from, costs no image
+        assert outcome.processed == outcome.images, figures
+    notes = figures["notes"]
+    if name == "refresh-revoked":
+        assert notes["revoked: token refreshes tried"] <= 2 * notes["revoked: runs"]  # no loop
+    if name == "sandbox-restart":
+        assert notes["sandbox state restored"] is True
+    if name.startswith("kill-"):
+        assert "marker not reached" not in str(notes)
+    if name == "s3-errors":
+        assert figures["s3_faults"] > 0
+    if name == "in-qa":
+        assert notes["IN_QA approved after the runs ended"] == SMALL_N
+    if name == "balance-exhausted":
+        assert notes["PAYMENT_REQUIRED before top-up"] > 0
