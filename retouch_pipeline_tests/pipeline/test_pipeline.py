@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
+import pytest
 import requests
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
@@ -199,19 +201,31 @@ def test_in_qa_run_ends_and_pending_sensor_finishes(
     assert stack.charged() == 2 * stack.workflow["executionPrice"]
 
 
-def test_no_secret_in_event_log_or_run_config(stack: Stack, make_image: Callable[..., bytes]) -> None:
-    keys = [stack.put("s/a.png", make_image())]
+def test_no_secret_in_event_log_run_config_metadata_or_logs(
+    stack: Stack, make_image: Callable[..., bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    keys = [stack.put("s/a.png", make_image()), stack.put("s/b.png", b"broken")]
     stack.register(keys)
-    result = stack.run(keys)
-    assert result.success
-    secrets = [stack.sandbox.refresh_token]
-    tokens = getattr(stack.sandbox.state.auth, "_access_tokens", None) or {}
-    secrets += [t for t in tokens if isinstance(t, str)]
-    records = stack.instance.all_logs(result.run_id)
-    blob = "\n".join(r.to_json() if hasattr(r, "to_json") else str(r) for r in records)
-    run = stack.instance.get_run_by_id(result.run_id)
-    assert run is not None
-    blob += json.dumps(run.run_config, default=str)
+    result = stack.run(keys)  # one success, one failure: both paths write metadata and messages
+    assert not result.success
+    costs = _costs(stack)
+    assert costs["total_charged_credits"] == stack.workflow["executionPrice"]
+    access_tokens = stack.sandbox.state.auth.issued_access_tokens()
+    assert access_tokens, "the run must have used at least one access token"
+    secrets = [stack.sandbox.refresh_token, *access_tokens]
+    texts = []
+    for run in stack.instance.get_runs():
+        texts += [r.to_json() for r in stack.instance.all_logs(run.run_id)]  # events, metadata, messages
+        texts.append(json.dumps(run.run_config, default=str))
+        texts.append(json.dumps(dict(run.tags)))
+    # every file of the instance: the SQLite event log, run and key-value storage, captured stdout/stderr
+    for path in Path(stack.instance.root_directory).rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    texts += [r.getMessage() for r in caplog.records]  # Python logging of the client and the step
+    texts += [stack.get(k).decode(errors="replace") for k in stack.keys("retouched/") if k.endswith(".json")]
+    blob = "\n".join(texts)
     for secret in secrets:
         assert secret not in blob
 
@@ -254,6 +268,7 @@ def test_cli_backfill_dry_run_and_launch(stack: Stack, make_image: Callable[...,
     assert stack.instance.get_backfills() == []
     real = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert real.returncode == 0, real.stderr
+    assert "submitting backfills: 1/1 (3 image(s))" in real.stderr  # progress while submitting
     backfills = stack.instance.get_backfills()
     assert len(backfills) == 1 and backfills[0].tags.get("retouch/collection") == "hats"
     assert stack.charged() == 0  # the daemon runs it; nothing was spent by the CLI itself
