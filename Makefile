@@ -67,3 +67,12 @@ dev: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# Reliability proof (docs/reliability.md): every fault profile on a 300-image catalog, invariants checked.
+# CHAOS_IMAGES / CHAOS_PROFILE narrow it, e.g. `make chaos CHAOS_IMAGES=12 CHAOS_PROFILE=api-5xx`.
+CHAOS_IMAGES ?= 300
+CHAOS_PROFILE ?= all
+.PHONY: chaos
+chaos: $(VENV)/.installed
+	$(VENV)/bin/retouch-pipeline chaos --images $(CHAOS_IMAGES) --profile $(CHAOS_PROFILE)

@@ -70,13 +70,15 @@ def _root_cause(error: Any) -> str:
     return f"{error.cls_name}: {first[0] if first else ''}"
 
 
+def _created(stack: ProfileStack, run_id: str) -> float:
+    record = stack.instance.get_run_record_by_id(run_id)
+    return record.create_timestamp.timestamp() if record is not None else 0.0
+
+
 def recorded_failures(stack: ProfileStack) -> dict[str, str]:
     """partition -> reason of its latest recorded failure, from every run's failure events."""
     reasons: dict[str, str] = dict(stack.launch_failures)
-    runs = sorted(
-        stack.instance.get_runs(),
-        key=lambda r: stack.instance.get_run_record_by_id(r.run_id).create_timestamp,
-    )  # type: ignore[union-attr]
+    runs = sorted(stack.instance.get_runs(), key=lambda r: _created(stack, r.run_id))
     for run in runs:
         partitions = stack.run_partitions.get(run.run_id, [])
         for entry in stack.instance.all_logs(run.run_id):

@@ -133,6 +133,11 @@ def _restart_sandbox(run: ProfileRun) -> None:
         run.notes["sandbox state restored"] = stack.sandbox.state.restored
 
 
+def _with_token(run: ProfileRun, token: str) -> None:
+    run.stack.set_token(token)
+    run.default_first_pass()
+
+
 def _kill_at(stage: str) -> Hook:
     def first_pass(run: ProfileRun) -> None:
         stack = run.stack
@@ -226,13 +231,13 @@ _PROFILES = [
     Profile(
         "missing-refresh-token",
         "AUTORETOUCH_REFRESH_TOKEN unset",
-        first_pass=lambda run: (run.stack.set_token(""), run.default_first_pass(), None)[-1],
+        first_pass=lambda run: _with_token(run, ""),
         expect_all="AUTORETOUCH_REFRESH_TOKEN",
     ),
     Profile(
         "malformed-refresh-token",
         "a refresh token that is not one",
-        first_pass=lambda run: (run.stack.set_token("not a token\n"), run.default_first_pass(), None)[-1],
+        first_pass=lambda run: _with_token(run, "not a token\n"),
         expect_all="InvalidGrantError",
     ),
     Profile(

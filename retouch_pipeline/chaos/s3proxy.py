@@ -7,7 +7,8 @@ observer and the seeding talk to moto directly (they are the world, not the syst
 
 Faults hit an exact, evenly spread fraction of the eligible requests (request n fails when
 floor((n+1) x rate) > floor(n x rate)): a 5% rate fails the 20th, 40th, ... eligible request,
-so even a six-image test sees faults, and figures are reproducible. Eligible requests, by operation: `get` (GET of an object), `put` (PUT of an
+so even a six-image test sees faults, and figures are reproducible. Eligible requests, by
+operation: `get` (GET of an object), `put` (PUT of an
 object), `list` (GET of a bucket, i.e. ListObjects/ListObjectsV2). Other requests pass untouched.
 """
 
@@ -18,6 +19,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
@@ -67,7 +69,7 @@ class S3FaultProxy:
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
+                    chunks: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                         if size == 0:
@@ -108,8 +110,8 @@ class S3FaultProxy:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     def should_fail(self, kind: str) -> bool:
         faults = self.faults
@@ -124,7 +126,7 @@ class S3FaultProxy:
         return hit
 
     def forward(
-        self, method: str, path: str, headers: http.client.HTTPMessage, body: bytes
+        self, method: str, path: str, headers: Any, body: bytes
     ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         """Send one request to moto over a per-thread keep-alive connection; reconnect once if stale."""
         out_headers = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
@@ -133,7 +135,9 @@ class S3FaultProxy:
         for attempt in range(2):
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+                conn = http.client.HTTPConnection(
+                    self.upstream.hostname or "127.0.0.1", self.upstream.port, timeout=60
+                )
                 self._local.conn = conn
             try:
                 conn.request(method, path, body=body, headers=out_headers)

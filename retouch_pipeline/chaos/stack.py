@@ -42,7 +42,11 @@ from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
 from retouch_pipeline.sensors import build_pending_sensor
 
 REGION = "us-east-1"
-CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
+CREDENTIALS: dict[str, Any] = {
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+    "region_name": REGION,
+}
 SOURCE_PREFIX = "incoming/"
 OUTPUT_PREFIX = "retouched/"
 TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"  # noqa: S105 - a variable name, not a secret
