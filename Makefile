@@ -67,7 +67,6 @@ dev: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
-	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # Reliability proof (docs/reliability.md): every fault profile on a 300-image catalog, invariants checked.
 # CHAOS_IMAGES / CHAOS_PROFILE narrow it, e.g. `make chaos CHAOS_IMAGES=12 CHAOS_PROFILE=api-5xx`.
