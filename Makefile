@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OFFICIAL_VENV := .venv-official
 
-.PHONY: install lint typecheck validate test test-fast test-deploy sandbox dev clean
+.PHONY: install lint typecheck validate test test-fast test-deploy test-ui screenshots sandbox dev clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
@@ -22,8 +22,8 @@ $(OFFICIAL_VENV)/.installed:
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check retouch_pipeline retouch_pipeline_tests
-	$(VENV)/bin/ruff format --check retouch_pipeline retouch_pipeline_tests
+	$(VENV)/bin/ruff check retouch_pipeline retouch_pipeline_tests benchmarks
+	$(VENV)/bin/ruff format --check retouch_pipeline retouch_pipeline_tests benchmarks
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -56,6 +56,18 @@ test-deploy: $(VENV)/.installed $(DEPLOY_TOOLS)/.installed
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
 	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy
 
+# The Dagster UI in headless Chromium against `make dev`'s stack (free ports, temporary DAGSTER_HOME): asset graph,
+# before/after previews, cost figures, a collection backfill clicked through the UI. Debian's chromium, not a
+# Playwright download (impossible here). Screenshots land in test-artifacts/ui/.
+CHROMIUM ?= /usr/bin/chromium
+test-ui: $(VENV)/.installed
+	@test -x $(CHROMIUM) || { echo "make test-ui needs Debian's chromium: apt-get install -y chromium" >&2; exit 1; }
+	RETOUCH_UI_TESTS=1 RETOUCH_UI_CHROMIUM=$(CHROMIUM) $(VENV)/bin/pytest -q -p no:cacheprovider retouch_pipeline_tests/ui
+
+# Regenerates the README's screenshots (docs/screenshots/) from a fresh `make test-ui` run.
+screenshots: test-ui
+	$(PY) -m retouch_pipeline_tests.ui.screenshots
+
 # A local AutoRetouch on 127.0.0.1:8765; the first line printed is the JSON with URLs and a refresh token.
 sandbox: $(VENV)/.installed
 	$(VENV)/bin/retouch-pipeline sandbox --port 8765 --auto-approve
@@ -64,6 +76,19 @@ sandbox: $(VENV)/.installed
 # (3000) with the sensors running. Ctrl-C stops everything. Ports and names: RETOUCH_DEV_* (README).
 dev: $(VENV)/.installed
 	$(VENV)/bin/retouch-pipeline dev
+
+# Issue 5's five benchmarks (docs/performance.md): a table, then one JSON line. Local services only; needs
+# PostgreSQL on 127.0.0.1:5432 (started here like test-deploy) and the official client's venv. Full: about
+# 20-30 minutes and both cores; quick: small N, same shape, no targets, under 5 minutes.
+bench: install
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	$(PY) -m benchmarks --json-out benchmarks/results/latest.json
+
+bench-quick: install
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	$(PY) -m benchmarks --quick --json-out benchmarks/results/quick.json
 
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache

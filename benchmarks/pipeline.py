@@ -1,0 +1,377 @@
+"""Benchmarks 1, 2, 3 and 5 against one running stack: cold collection, re-run after change, API calls per
+image, Dagster overhead (runs, run start, CPU per image) and memory with 20 MB images.
+
+Timing points (why these): (1) starts when the collection backfill is launched through GraphQL, exactly what
+the UI's "Materialize selected" sends, with the real daemon picking it up, and ends when the last output
+image is listed in S3; (2) starts when the daily refresh job is launched through GraphQL and ends when every
+replaced image has a new output and every deleted output is back. The official client is timed around its
+own `process_folder` call (it does not write to S3; its results land in a local folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import RunsFilter
+
+from benchmarks.images import catalog_jpeg, large_png, small_png
+from benchmarks.procs import TreeSampler, cpu_snapshot
+from benchmarks.stack import BUCKET, OUTPUT_PREFIX, REPO, SOURCE_PREFIX, Stack, instance_env, wait_for
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+
+PIPELINE_ASSETS = ("uploaded_image", "autoretouch_execution", "retouched_image")
+OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
+
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query BackfillStatus($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    __typename ... on PartitionBackfill { id status numPartitions } ... on Error { message }
+  }
+}
+"""
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    """Progress on stderr (the table and the JSON line go to stdout)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def instance(stack: Stack) -> dg.DagsterInstance:
+    """The stack's PostgreSQL instance, opened in this process (a third view, like the tests')."""
+    saved = {k: os.environ.get(k) for k in instance_env(stack)}
+    os.environ.update(instance_env(stack))
+    try:
+        return dg.DagsterInstance.get()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def put_objects(stack: Stack, objects: dict[str, bytes], content_type: str) -> None:
+    s3 = stack.s3()
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda kv: s3.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1], ContentType=content_type),
+                objects.items(),
+            )
+        )
+
+
+def output_images(stack: Stack, collection: str) -> dict[str, Any]:
+    """Output image key -> LastModified (sidecars excluded)."""
+    s3 = stack.s3()
+    found: dict[str, Any] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=f"{OUTPUT_PREFIX}{collection}/"
+    ):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".json"):
+                found[obj["Key"]] = obj["LastModified"]
+    return found
+
+
+def launch_backfill(stack: Stack, partition_keys: list[str], title: str) -> str:
+    params = {
+        "partitionNames": partition_keys,
+        "assetSelection": [{"path": [name]} for name in PIPELINE_ASSETS],
+        "fromFailure": False,
+        "tags": [{"key": "retouch/bench", "value": title}],
+        "title": title,
+    }
+    result = stack.deploy.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(json.dumps(result)[:3000])
+    return str(result["backfillId"])
+
+
+def launch_job(stack: Stack, job_name: str) -> str:
+    params = {
+        "selector": {
+            "repositoryLocationName": "retouch_pipeline",
+            "repositoryName": "__repository__",
+            "pipelineName": job_name,
+        },
+        "mode": "default",
+        "executionMetadata": {"tags": [{"key": "retouch/bench", "value": job_name}]},
+    }
+    result = stack.deploy.graphql(LAUNCH_RUN, {"executionParams": params})["launchRun"]
+    if result["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(json.dumps(result)[:3000])
+    return str(result["run"]["runId"])
+
+
+def backfill_done(stack: Stack, backfill_id: str) -> str | None:
+    data = stack.deploy.graphql(BACKFILL_STATUS, {"backfillId": backfill_id})["partitionBackfillOrError"]
+    status = data.get("status")
+    return str(status) if status in FINISHED_BACKFILL else None
+
+
+def wait_backfills(stack: Stack, ids: list[str], timeout: float) -> list[str]:
+    return [wait_for(lambda b=b: backfill_done(stack, b), timeout, 1.0, f"backfill {b}") for b in ids]
+
+
+def api_calls(stack: Stack) -> dict[str, int]:
+    return {k: int(v) for k, v in stack.sandbox.state()["calls"].items()}
+
+
+def credits(stack: Stack) -> int:
+    return int(stack.sandbox.state()["creditsCharged"])
+
+
+@dataclass
+class RunStats:
+    runs: int = 0
+    run_start_seconds: list[float] = field(default_factory=list)
+    """RUN_STARTING (launched) -> STEP_START: process start, imports, resources."""
+    queued_seconds: list[float] = field(default_factory=list)
+    """Run created -> RUN_STARTING (run queue: per-backfill and pool limits)."""
+    first_run_after_launch: float | None = None
+    """Backfill launched -> first run created (the backfill daemon's pickup)."""
+
+
+def run_stats(stack: Stack, backfill_ids: list[str], launched_wall: float) -> RunStats:
+    inst = instance(stack)
+    stats = RunStats()
+    created: list[float] = []
+    for backfill_id in backfill_ids:
+        for record in inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})):
+            stats.runs += 1
+            created.append(record.create_timestamp.timestamp())
+            times: dict[DagsterEventType, float] = {}
+            for kind in (DagsterEventType.RUN_STARTING, DagsterEventType.STEP_START):
+                events = inst.all_logs(record.dagster_run.run_id, of_type=kind)
+                if events:
+                    times[kind] = min(e.timestamp for e in events)
+            if DagsterEventType.RUN_STARTING in times:
+                stats.queued_seconds.append(times[DagsterEventType.RUN_STARTING] - created[-1])
+                if DagsterEventType.STEP_START in times:
+                    stats.run_start_seconds.append(
+                        times[DagsterEventType.STEP_START] - times[DagsterEventType.RUN_STARTING]
+                    )
+    if created:
+        stats.first_run_after_launch = min(created) - launched_wall
+    return stats
+
+
+def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
+    """`process_folder` of the official client on `input_dir`; returns its seconds."""
+    home = Path(tempfile.mkdtemp(prefix="official-home-"))
+    try:
+        cfg = {
+            "api_url": stack.sandbox.url,
+            "auth_url": stack.sandbox.url,
+            "refresh_token": stack.sandbox.info["refresh_token"],
+            "organization_id": stack.sandbox.info["organization_id"],
+            "workflow_id": stack.sandbox.workflow["id"],
+            "input_dir": str(input_dir),
+            "output_dir": str(output_dir),
+            "work_dir": str(home),
+        }
+        env = {"HOME": str(home), "PATH": os.environ.get("PATH", "")}
+        done = subprocess.run(  # noqa: S603 (the official venv's interpreter, fixed script, no shell)
+            [str(OFFICIAL_PYTHON), str(REPO / "benchmarks" / "official_driver.py"), json.dumps(cfg)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"official client failed: {done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return float(result["seconds"])
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# ---- benchmarks 1, 2, 3, 5 --------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineResults:
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def cold_and_rerun(
+    stack: Stack, sampler: TreeSampler, n: int, t: float, w: int, work: Path
+) -> dict[str, Any]:
+    """Benchmarks 1, 2, 3 and the run/CPU part of 5 on one collection of `n` images."""
+    out: dict[str, Any] = {"n": n, "T": t, "W": w, "bound_seconds": n * t / w}
+    collection = "cold"
+    names = [f"{collection}/product-{i:04d}.jpg" for i in range(n)]
+    images = {name: catalog_jpeg(name, i) for i, name in enumerate(names)}
+    out["image_mb_mean"] = sum(len(b) for b in images.values()) / n / 1e6
+    folder = work / "official-in"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in images.items():
+        (folder / name.split("/")[-1]).write_bytes(data)
+    put_objects(stack, {SOURCE_PREFIX + k: v for k, v in images.items()}, "image/jpeg")
+    keys = [partition_key_for(name) for name in names]
+    instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)  # what the catalog sensor does
+    price = int(stack.sandbox.workflow["executionPrice"])
+
+    # (1a) pipeline, cold
+    stack.sandbox.reset_calls()
+    credits_before = credits(stack)
+    cpu_before = cpu_snapshot(sampler)
+    launched_wall, started = time.time(), time.monotonic()
+    backfill_id = launch_backfill(stack, keys, "bench-cold")
+    wait_for(lambda: len(output_images(stack, collection)) >= n, 3600, 1.0, "cold outputs in S3")
+    out["pipeline_seconds"] = time.monotonic() - started
+    say(f"1a pipeline: {out['pipeline_seconds']:.1f}s for {n} images (bound {n * t / w:.0f}s)")
+    out["pipeline_backfill_status"] = wait_backfills(stack, [backfill_id], 900)[0]
+    cpu_after = cpu_snapshot(sampler)
+    calls = api_calls(stack)
+    out["pipeline_calls"] = calls
+    out["pipeline_credits"] = credits(stack) - credits_before
+    stats = run_stats(stack, [backfill_id], launched_wall)
+    out["runs"] = stats.runs
+    out["run_start_seconds_mean"] = _mean(stats.run_start_seconds)
+    out["run_queued_seconds_max"] = max(stats.queued_seconds, default=None)
+    out["backfill_pickup_seconds"] = stats.first_run_after_launch
+    cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+    out["cpu_seconds"] = cpu
+    out["pipeline_cpu_seconds_per_image"] = sum(cpu[k] for k in ("code-server", "daemon", "webserver")) / n
+
+    # (1b) official client, same images, same sandbox
+    stack.sandbox.reset_calls()
+    credits_before = credits(stack)
+    out["official_seconds"] = run_official(stack, folder, work / "official-out-1")
+    out["official_calls"] = api_calls(stack)
+    say(f"1b official client: {out['official_seconds']:.1f}s")
+    out["official_credits"] = credits(stack) - credits_before
+
+    # (2) change 10%: replace sources 0..k-1, delete outputs of k..2k-1
+    k = max(1, n // 10)
+    replaced = names[:k]
+    new_bytes = {name: catalog_jpeg(name, i, version=2) for i, name in enumerate(replaced)}
+    put_objects(stack, {SOURCE_PREFIX + name: data for name, data in new_bytes.items()}, "image/jpeg")
+    for name, data in new_bytes.items():
+        (folder / name.split("/")[-1]).write_bytes(data)
+    outputs = output_images(stack, collection)
+    deleted = [f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in names[k : 2 * k]]
+    s3 = stack.s3()
+    for key in deleted:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+        s3.delete_object(Bucket=BUCKET, Key=key + ".json")
+    targets = set(deleted) | {f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in replaced}
+    assert targets <= set(outputs), "output naming changed: benchmark needs updating"
+    time.sleep(1.1)  # S3 LastModified has 1 s resolution: a rewrite must be distinguishable
+    mark = max(outputs.values())
+
+    stack.sandbox.reset_calls()
+    credits_before = credits(stack)
+    known_backfills = {b.backfill_id for b in instance(stack).get_backfills()}
+    started = time.monotonic()
+    launch_job(stack, "catalog_refresh_job")
+
+    def rerun_done() -> bool:
+        current = output_images(stack, collection)
+        return all(key in current and current[key] > mark for key in targets)
+
+    wait_for(rerun_done, 3600, 1.0, "re-run outputs in S3")
+    out["rerun_seconds"] = time.monotonic() - started
+    say(f"2 pipeline re-run: {out['rerun_seconds']:.1f}s")
+    new_backfills = [
+        b.backfill_id for b in instance(stack).get_backfills() if b.backfill_id not in known_backfills
+    ]
+    wait_backfills(stack, new_backfills, 900)
+    out["rerun_credits"] = credits(stack) - credits_before
+    out["rerun_credits_expected"] = k * price
+    out["rerun_calls"] = api_calls(stack)
+    out["rerun_changed"], out["rerun_outputs_deleted"] = k, len(deleted)
+
+    stack.sandbox.reset_calls()
+    credits_before = credits(stack)
+    out["official_rerun_seconds"] = run_official(stack, folder, work / "official-out-2")
+    out["official_rerun_credits"] = credits(stack) - credits_before
+    say(f"2 official re-run: {out['official_rerun_seconds']:.1f}s")
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def memory(stack: Stack, sampler: TreeSampler, count: int, megabytes: float) -> dict[str, Any]:
+    """Benchmark 5 (memory): peak RSS of the step process, 20 MB images vs tiny ones, per image in flight.
+
+    Both collections are launched together (one daemon pickup instead of two). Each run executes its step in
+    a process of its own (the multiprocess executor's child of the run worker, itself a child of the code
+    server): the step process with the higher peak is the 20 MB one, the other is the baseline: the same
+    step, same number of images, tiny images. Growth = the difference, i.e. what the image bytes cost.
+    """
+    stack.sandbox.set_live(image_work_max_side=None)  # full-size results: downloads as large as real ones
+    concurrency = int(stack.env.get("AUTORETOUCH_CONCURRENCY", "16"))
+    out: dict[str, Any] = {"images": count, "image_mb": megabytes, "in_flight": min(count, concurrency)}
+    batches: dict[str, list[str]] = {}
+    for label, make in (("small", small_png), ("large", lambda name: large_png(name, megabytes))):
+        names = [f"memory-{label}/photo-{i:03d}.png" for i in range(count)]
+        put_objects(stack, {SOURCE_PREFIX + n: make(n) for n in names}, "image/png")
+        batches[label] = [partition_key_for(n) for n in names]
+        instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, batches[label])
+    sampler.sample()
+    server_pid = sampler.roots["code-server"]
+    before = set(sampler.pids.get("code-server", {}))
+    ids = [launch_backfill(stack, keys, f"bench-memory-{label}") for label, keys in batches.items()]
+    out["statuses"] = wait_backfills(stack, ids, 1800)
+    sampler.sample()
+    new = [p for pid, p in sampler.pids["code-server"].items() if pid not in before]
+    steps = [p for p in new if p.ppid != server_pid] or new
+    if len(steps) < 2:
+        raise RuntimeError(f"expected two step processes, saw {[(p.pid, p.cmdline[:60]) for p in new]}")
+    steps.sort(key=lambda p: p.hwm_kb)
+    small, large = steps[0], steps[-1]
+    growth = (large.hwm_kb - small.hwm_kb) / 1024
+    out["peak_rss_mb_small"], out["peak_rss_mb_large"] = small.hwm_kb / 1024, large.hwm_kb / 1024
+    out["growth_mb"] = growth
+    out["growth_per_image_in_flight_mb"] = growth / out["in_flight"]
+    out["peak_rss_ratio"] = growth / out["in_flight"] / megabytes
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def count_calls(calls: dict[str, int]) -> Counter[str]:
+    return Counter(calls)

@@ -1,0 +1,189 @@
+"""Benchmark 4: the catalog sensor on a 20,000-object prefix (listing mode and the SQS option).
+
+In one process: moto's server (S3 + SQS over HTTP, as the catalog tests use it), a persistent test instance,
+and the sensor evaluated tick after tick the way the daemon applies a tick (cursor carried over, partitions
+added, each batch request turned into a real backfill). The floor, one plain paginated `list_objects_v2` of
+the prefix, and `dagster_aws.s3.sensor.get_objects` are timed in the same process against the same server,
+interleaved with the steady ticks; medians of `repeats` each.
+
+Why the 20,000 objects are seeded straight into moto's backend: over HTTP moto takes ~250 puts/s, which would
+spend 80 s on setup; the sensor still lists them over HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import dagster as dg
+from dagster_aws.s3.sensor import get_objects
+from moto.server import ThreadedMotoServer
+
+from retouch_pipeline.catalog.cursor import CatalogCursor
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
+from retouch_pipeline_tests.catalog.conftest import CREDENTIALS, SensorHarness, seed_backend
+from retouch_pipeline_tests.catalog.standin_assets import (
+    catalog_images,
+    cost_report,
+    retouched_image,
+    source_image,
+)
+
+PREFIX = "incoming"
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def _plain_listing(s3: Any, bucket: str) -> int:
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/"):
+        count += len(page.get("Contents", []))
+    return count
+
+
+def _harness(endpoint: str, instance: dg.DagsterInstance, config: ScanConfig) -> SensorHarness:
+    sensor = build_catalog_sensor(
+        "catalog_sensor",
+        catalog_images,
+        dg.AssetSelection.assets(source_image, retouched_image, cost_report),
+        config=config,
+        sqs_client_factory=lambda: boto3.client("sqs", endpoint_url=endpoint, **CREDENTIALS),
+    )
+    return SensorHarness(sensor, instance, endpoint)
+
+
+def _register_all(h: SensorHarness, bucket: str, expected: set[str], max_ticks: int) -> dict[str, Any]:
+    """Ticks until a full pass is done; checks none missed and none twice."""
+    requested: list[str] = []
+    seconds: list[float] = []
+    started = time.monotonic()
+    for _ in range(max_ticks):
+        tick = h.tick()
+        seconds.append(tick.seconds)
+        requested += tick.requested
+        cursor = CatalogCursor.parse(h.cursor, h_source(h, bucket))
+        if cursor is not None and cursor.passes >= 1:
+            break
+    total = time.monotonic() - started
+    registered = set(h.partitions())
+    return {
+        "seconds": total,
+        "ticks": len(seconds),
+        "max_tick_seconds": max(seconds),
+        "missed": len(expected - registered),
+        "requested_twice": len(requested) - len(set(requested)),
+        "requested_all": set(requested) == expected,
+    }
+
+
+def h_source(h: SensorHarness, bucket: str) -> str:
+    return f"listing:s3://{bucket}/{PREFIX}/"
+
+
+def run(objects: int, repeats: int = 5) -> dict[str, Any]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    out: dict[str, Any] = {"objects": objects}
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
+        sqs = boto3.client("sqs", endpoint_url=endpoint, **CREDENTIALS)
+        # --- listing mode ---------------------------------------------------------------------------------
+        bucket = f"catalog-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        keys = [f"c{i % 4}/{i:06d}.jpg" for i in range(objects)]
+        seed_backend(bucket, [f"{PREFIX}/{k}" for k in keys])
+        expected = {partition_key_for(k) for k in keys}
+        with dg.instance_for_test() as inst:
+            h = _harness(endpoint, inst, ScanConfig(source_bucket=bucket, source_prefix=PREFIX))
+            first = _register_all(h, bucket, expected, max_ticks=50)
+            out["register_seconds"] = first["seconds"]
+            out["register_ticks"] = first["ticks"]
+            out["register_max_tick_seconds"] = first["max_tick_seconds"]
+            out["register_missed"] = first["missed"] + (0 if first["requested_all"] else 1)
+            out["register_requested_twice"] = first["requested_twice"]
+            steady, floors, dagster_aws = [], [], []
+            for round_ in range(repeats):
+                new = [f"{PREFIX}/c9/new-{round_}-{i}.jpg" for i in range(10)]
+                for key in new:
+                    s3.put_object(Bucket=bucket, Key=key, Body=b"img")
+                floors.append(_median_seconds(lambda: _plain_listing(s3, bucket), 1))
+                tick = h.tick()
+                steady.append(tick.seconds)
+                if len(tick.requested) != 10:
+                    out["steady_missed"] = out.get("steady_missed", 0) + 10 - len(tick.requested)
+                dagster_aws.append(
+                    _median_seconds(
+                        lambda: get_objects(
+                            bucket, f"{PREFIX}/", since_key=None, since_last_modified=None, client=s3
+                        ),
+                        1,
+                    )
+                )
+            out["steady_tick_seconds"] = statistics.median(steady)
+            out["floor_list_seconds"] = statistics.median(floors)
+            out["dagster_aws_get_objects_seconds"] = statistics.median(dagster_aws)
+            out["sensor_steady_ratio_to_floor"] = out["steady_tick_seconds"] / out["floor_list_seconds"]
+            out["steady_missed"] = out.get("steady_missed", 0)
+        # --- SQS option -----------------------------------------------------------------------------------
+        bucket = f"catalog-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        # The catalog existed before notifications were switched on (the documented order): the first tick
+        # lists it, the queue then only carries what arrives later.
+        seed_backend(bucket, [f"{PREFIX}/{k}" for k in keys])
+        queue_url = sqs.create_queue(QueueName=f"catalog-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+                ]
+            },
+        )
+        with dg.instance_for_test() as inst:
+            h = _harness(
+                endpoint,
+                inst,
+                ScanConfig(source_bucket=bucket, source_prefix=PREFIX, mode="sqs", sqs_queue_url=queue_url),
+            )
+            started = time.monotonic()
+            h.tick()
+            ticks = 1
+            while len(set(h.partitions())) < objects and ticks < 50:
+                h.tick()
+                ticks += 1
+            out["sqs_register_seconds"] = time.monotonic() - started
+            out["sqs_register_ticks"] = ticks
+            out["sqs_register_missed"] = len(expected - set(h.partitions()))
+            h.tick()  # settle (acknowledge)
+            steady = []
+            missed = 0
+            for round_ in range(repeats):
+                for i in range(10):
+                    s3.put_object(Bucket=bucket, Key=f"{PREFIX}/c9/new-{round_}-{i}.jpg", Body=b"img")
+                tick = h.tick()
+                steady.append(tick.seconds)
+                missed += 10 - len(tick.requested)
+            out["sqs_steady_seconds"] = statistics.median(steady)
+            out["sqs_steady_missed"] = missed
+    finally:
+        server.stop()
+    return out
