@@ -1,0 +1,259 @@
+"""The `make dev` stack as the browser tests see it: started on free ports, probed, prepared, stopped.
+
+Why a real `retouch-pipeline dev` subprocess (and not Dagster's test helpers): the issue asks for the UI of
+`make dev`'s stack, so the tests run the very command a developer runs, with only ports, DAGSTER_HOME and the
+sandbox's processing time overridden through its documented `RETOUCH_DEV_*` variables.
+
+GraphQL is used only to *prepare* state (stop a sensor, register partitions) and to *verify* what the clicks
+did (backfill status, run status); every action under test is a click in the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from botocore.exceptions import BotoCoreError, ClientError
+
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.devstack import DevSettings, s3_client, seed_catalog
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+
+CLI = str(Path(sys.executable).parent / "retouch-pipeline")
+LOCATION = "retouch_pipeline"
+REPOSITORY = "__repository__"  # a `Definitions` object is served as Dagster's implicit repository
+SAMPLE_COLLECTIONS = ("spring-2026", "summer-2026")  # the dev stack's defaults, 6 images each
+SAMPLE_COUNT = 12
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ppid_and_pgid(pid: int) -> tuple[int, int] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[1]), int(fields[2])) if fields[0] != "Z" else None
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below `root` (from /proc): what a failed stop must still clean up."""
+    table = {
+        int(e.name): stat
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and (stat := _ppid_and_pgid(int(e.name))) is not None
+    }
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+class StackExited(AssertionError):
+    """The dev stack died while a test waited on it: its log says why."""
+
+
+@dataclass
+class UiStack:
+    """A running `retouch-pipeline dev` and the ways the tests talk to it."""
+
+    proc: subprocess.Popen[bytes]
+    settings: DevSettings
+    log: Path
+
+    # ---- waiting -------------------------------------------------------------------------------------
+
+    def wait_until(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
+        """Poll `condition` until truthy; fail fast (with the log's tail) if the stack exits meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                status = self.proc.returncode
+                raise StackExited(f"dev stack exited ({status}) waiting for {what}:\n{self.tail()}")
+            try:
+                result = condition()
+            except (OSError, requests.RequestException, KeyError, TypeError, BotoCoreError, ClientError):
+                result = None
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(1.0)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    # ---- services ------------------------------------------------------------------------------------
+
+    @property
+    def ui(self) -> str:
+        return self.settings.dagster_url
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.ui}/graphql", json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise AssertionError(f"GraphQL errors: {body['errors']}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def s3(self) -> Any:
+        return s3_client(self.settings.s3_endpoint_url)
+
+    def output_keys(self, collection: str = "") -> list[str]:
+        prefix = self.settings.output_prefix + (f"{collection}/" if collection else "")
+        listing = self.s3().list_objects_v2(Bucket=self.settings.output_bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def sandbox_state(self) -> dict[str, Any]:
+        url = f"http://{self.settings.host}:{self.settings.sandbox_port}/_sandbox/state"
+        state: dict[str, Any] = requests.get(url, timeout=10).json()
+        return state
+
+    # ---- Dagster state through GraphQL ---------------------------------------------------------------
+
+    def materialized_partitions(self, asset: str) -> int:
+        data = self.graphql(
+            "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) {"
+            " ... on AssetNode { partitionStats { numMaterialized } } } }",
+            k={"path": [asset]},
+        )
+        return int(data["assetNodeOrError"]["partitionStats"]["numMaterialized"])
+
+    def stop_sensor(self, name: str) -> None:
+        """Stop a sensor and wait until none of its ticks is still being evaluated."""
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+        state = self.graphql(
+            "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {"
+            " ... on Sensor { sensorState { id } } } }",
+            s=selector,
+        )["sensorOrError"]["sensorState"]
+        stopped = self.graphql(
+            "mutation($id: String!) { stopSensor(id: $id) { __typename"
+            " ... on StopSensorMutationResult { instigationState { status } } } }",
+            id=state["id"],
+        )["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
+
+        def no_tick_in_flight() -> bool:
+            ticks = self.graphql(
+                "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {"
+                " ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }",
+                s=selector,
+            )["sensorOrError"]["sensorState"]["ticks"]
+            return not ticks or ticks[0]["status"] != "STARTED"
+
+        self.wait_until(no_tick_in_flight, 90, f"the last {name} tick to finish")
+
+    def add_collection(self, collection: str, images: int) -> list[str]:
+        """Put a collection's sample photos in S3 and register their partitions, as the catalog sensor's
+        tick would (same key mapping), but without launching anything: the work is left to the UI."""
+        written, _ = seed_catalog(
+            self.s3(), self.settings.source_bucket, self.settings.source_prefix, {collection: images}
+        )
+        keys = [partition_key_for(key.removeprefix(self.settings.source_prefix)) for key in written]
+        for key in keys:
+            added = self.graphql(
+                "mutation($r: RepositorySelector!, $n: String!, $k: String!) {"
+                " addDynamicPartition(repositorySelector: $r, partitionsDefName: $n, partitionKey: $k)"
+                " { __typename } }",
+                r={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+                n=CATALOG_PARTITIONS_NAME,
+                k=key,
+            )["addDynamicPartition"]
+            assert added["__typename"] == "AddDynamicPartitionSuccess", added
+        return keys
+
+    def backfill(self, backfill_id: str) -> dict[str, Any]:
+        data = self.graphql(
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename"
+            " ... on PartitionBackfill { status numPartitions tags { key value }"
+            " runs(limit: 50) { runId status } } } }",
+            id=backfill_id,
+        )
+        result: dict[str, Any] = data["partitionBackfillOrError"]
+        return result
+
+    def backfill_ids(self) -> list[str]:
+        data = self.graphql(
+            "{ partitionBackfillsOrError(limit: 100) { ... on PartitionBackfills { results { id } } } }"
+        )
+        return [b["id"] for b in data["partitionBackfillsOrError"]["results"]]
+
+    def run_status(self, run_id_prefix: str) -> str | None:
+        """Status of the newest run whose id starts with `run_id_prefix` (the UI's toasts show 8 chars)."""
+        data = self.graphql("{ runsOrError(limit: 20) { ... on Runs { results { runId status } } } }")
+        for run in data["runsOrError"]["results"]:
+            if run["runId"].startswith(run_id_prefix):
+                return str(run["status"])
+        return None
+
+    # ---- stopping ------------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """Ctrl-C, as a developer stops `make dev`; whatever survives is killed. The exit status, or None
+        when it had to be killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        return None
+
+    def kill(self) -> None:
+        for pid in descendants(self.proc.pid) | {self.proc.pid}:
+            stat = _ppid_and_pgid(pid)
+            if stat is None:
+                continue
+            try:
+                if stat[1] != os.getpgid(0):
+                    os.killpg(stat[1], signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        self.proc.wait(timeout=10)
+
+
+def start_stack(workdir: Path, **overrides: str) -> UiStack:
+    """`retouch-pipeline dev` on free ports with its Dagster home in `workdir` (its own session, so a stray
+    signal to the test's process group never reaches it)."""
+    env = {
+        **os.environ,
+        "RETOUCH_DEV_SANDBOX_PORT": str(free_port()),
+        "RETOUCH_DEV_S3_PORT": str(free_port()),
+        "RETOUCH_DEV_DAGSTER_PORT": str(free_port()),
+        "RETOUCH_DEV_DAGSTER_HOME": str(workdir / "dagster_home"),
+        # Short sandbox processing: the tests wait for Dagster, not for simulated retouching.
+        "RETOUCH_DEV_PROCESSING_SECONDS": "0.2",
+        **overrides,
+    }
+    log = workdir / "dev-stack.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [CLI, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return UiStack(proc, DevSettings.from_env(env), log)
