@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 from moto.server import ThreadedMotoServer
 
+from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
+from retouch_pipeline.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
 from retouch_pipeline.chaos.harness import run_profile
 from retouch_pipeline.chaos.profiles import PROFILES
 
@@ -56,3 +58,13 @@ def test_profile_keeps_every_invariant(name: str, moto_url: str) -> None:
         assert notes["IN_QA approved after the runs ended"] == SMALL_N
     if name == "balance-exhausted":
         assert notes["PAYMENT_REQUIRED before top-up"] > 0
+
+
+@pytest.mark.parametrize("key", ODD_KEYS_UNSTORABLE_IN_MOTO)
+def test_keys_moto_cannot_store_map_reversibly_and_stay_below_the_prefix(key: str) -> None:
+    """Newlines and `../` segments: real S3 stores them, moto's server does not, so the mapping is checked."""
+    partition = partition_key_for(key)
+    assert "\n" not in partition and "..." not in partition
+    assert s3_key_from_partition_key(partition) == key
+    out = output_key("retouched", key, ".png")
+    assert out.startswith("retouched/") and "/../" not in out and "\n" not in out
