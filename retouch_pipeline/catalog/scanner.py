@@ -105,7 +105,7 @@ class ListingScanner:
         bucket: str,
         prefix: str,
         *,
-        max_keys: int = 20_000,
+        max_keys: int = 100_000,
         max_seconds: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
