@@ -356,7 +356,9 @@ def memory(stack: Stack, sampler: TreeSampler, count: int, megabytes: float) -> 
     out["statuses"] = wait_backfills(stack, ids, 1800)
     sampler.sample()
     new = [p for pid, p in sampler.pids["code-server"].items() if pid not in before]
-    steps = [p for p in new if p.ppid != server_pid] or new
+    # Step processes: multiprocessing children of a run worker (not of the code server), alive long enough
+    # to have imported Dagster (a transient helper process would otherwise pass for the baseline).
+    steps = [p for p in new if p.ppid != server_pid and "spawn_main" in p.cmdline and p.hwm_kb > 50 * 1024]
     if len(steps) < 2:
         raise RuntimeError(f"expected two step processes, saw {[(p.pid, p.cmdline[:60]) for p in new]}")
     steps.sort(key=lambda p: p.hwm_kb)

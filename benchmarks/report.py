@@ -195,6 +195,13 @@ def table(results: dict[str, Any], judge: bool) -> str:
             "",
         ),
         ("4", "steady tick with 10 new objects, s", _r(sens.get("steady_tick_seconds"), 3), "", ""),
+        (
+            "4",
+            "  ticks needed / new objects missed",
+            _slash(sens, "steady_ticks_needed", "steady_missed"),
+            "1 / 0",
+            "",
+        ),
         ("4", "floor: one paginated list_objects_v2, s", _r(sens.get("floor_list_seconds"), 3), "", ""),
         ("4", "dagster_aws get_objects, s", _r(sens.get("dagster_aws_get_objects_seconds"), 3), "", ""),
         (
