@@ -33,9 +33,11 @@ def asset_node(page: Page, asset: str) -> Locator:
     return page.locator(f'[data-tooltip="{asset}"]').or_(page.get_by_text(asset, exact=True)).first
 
 
-def button(page: Page | Locator, label: str) -> Locator:
-    """A button by its visible label; Dagster's buttons carry icon names in their accessible names."""
-    return page.get_by_role("button").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).first
+def button(page: Page | Locator, label: str | re.Pattern[str]) -> Locator:
+    """A button by its visible label (whole text, or a pattern); Dagster's buttons carry icon names in their
+    accessible names, so `get_by_role(name=...)` would have to spell those."""
+    pattern = label if isinstance(label, re.Pattern) else re.compile(rf"^\s*{re.escape(label)}\s*$")
+    return page.get_by_role("button").filter(has_text=pattern).first
 
 
 def metadata_row(scope: Page | Locator, key: str | re.Pattern[str]) -> Locator:

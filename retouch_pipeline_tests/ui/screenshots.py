@@ -28,6 +28,7 @@ PUBLISHED = {
     "backfill-dialog": "Materialize all -> Custom partitions filtered to one collection",
     "backfill-done": "the backfill page once the collection is done",
     "costs": "autoretouch_costs: credits by collection, batch and day",
+    "partition-failed-note": "the note of a failed image (not an image file) under retouched_image's Events",
 }
 
 

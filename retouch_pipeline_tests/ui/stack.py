@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,18 +172,54 @@ class UiStack:
         written, _ = seed_catalog(
             self.s3(), self.settings.source_bucket, self.settings.source_prefix, {collection: images}
         )
-        keys = [partition_key_for(key.removeprefix(self.settings.source_prefix)) for key in written]
-        for key in keys:
-            added = self.graphql(
-                "mutation($r: RepositorySelector!, $n: String!, $k: String!) {"
-                " addDynamicPartition(repositorySelector: $r, partitionsDefName: $n, partitionKey: $k)"
-                " { __typename } }",
-                r={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
-                n=CATALOG_PARTITIONS_NAME,
-                k=key,
-            )["addDynamicPartition"]
-            assert added["__typename"] == "AddDynamicPartitionSuccess", added
-        return keys
+        return [self.register(key.removeprefix(self.settings.source_prefix)) for key in written]
+
+    def add_object(self, relative_key: str, body: bytes, content_type: str) -> str:
+        """One arbitrary source object (a file that is not an image, say), registered like above."""
+        self.s3().put_object(
+            Bucket=self.settings.source_bucket,
+            Key=self.settings.source_prefix + relative_key,
+            Body=body,
+            ContentType=content_type,
+        )
+        return self.register(relative_key)
+
+    def register(self, relative_key: str) -> str:
+        """Add the partition of a source object (relative to the source prefix); its partition key."""
+        key = partition_key_for(relative_key)
+        added = self.graphql(
+            "mutation($r: RepositorySelector!, $n: String!, $k: String!) {"
+            " addDynamicPartition(repositorySelector: $r, partitionsDefName: $n, partitionKey: $k)"
+            " { __typename } }",
+            r={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY},
+            n=CATALOG_PARTITIONS_NAME,
+            k=key,
+        )["addDynamicPartition"]
+        assert added["__typename"] == "AddDynamicPartitionSuccess", added
+        return key
+
+    def launch_backfill(self, assets: Sequence[str], partition_keys: Sequence[str]) -> str:
+        """Preparation only (the test under study clicks): what the launch dialog sends for a selection."""
+        result = self.graphql(
+            "mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {"
+            " __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }",
+            p={
+                "partitionNames": list(partition_keys),
+                "assetSelection": [{"path": [name]} for name in assets],
+                "fromFailure": False,
+            },
+        )["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return str(result["backfillId"])
+
+    def wait_for_backfill(self, backfill_id: str, timeout: float) -> dict[str, Any]:
+        """The backfill once it has left REQUESTED/CANCELING (whatever its outcome)."""
+
+        def finished() -> dict[str, Any] | None:
+            backfill = self.backfill(backfill_id)
+            return backfill if backfill["status"] not in ("REQUESTED", "CANCELING") else None
+
+        return self.wait_until(finished, timeout, f"backfill {backfill_id} to finish")
 
     def backfill(self, backfill_id: str) -> dict[str, Any]:
         data = self.graphql(

@@ -1,8 +1,8 @@
 """Issue 7 in a real browser: what a user of `make dev` sees in the Dagster UI, and a backfill done by clicks.
 
 One stack for the module (see conftest): the sensors have already retouched the two sample collections when
-the first test starts. The tests run in file order and share that stack; the backfill test adds its own
-collection and the cost test reads whatever has been spent by then, so neither depends on the other.
+the first test starts. The tests run in file order and share that stack; the backfill and failure tests add
+their own collections and the cost test reads whatever has been spent by then, so none depends on another.
 
 How the backfill test gets "a collection the sensor registered but nobody processed yet" (decision): it
 stops `catalog_sensor` through GraphQL (waiting for any tick in flight), then puts a third collection in S3
@@ -15,8 +15,8 @@ user has it (daemon, backfill daemon, pending sensor running).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -38,6 +38,7 @@ PIPELINE_ASSETS = ("uploaded_image", "autoretouch_execution", "retouched_image")
 COSTS = "autoretouch_costs"
 NEW_COLLECTION = "autumn-2026"
 NEW_IMAGES = 3
+BROKEN = "returns-2026/not-an-image.jpg"
 PRICE = 10  # the sandbox's "Background Removal" executionPrice
 
 
@@ -88,9 +89,18 @@ def test_processed_partition_shows_before_and_after(page: Page, stack: UiStack, 
     button(dialog, "Close").click()
 
 
-def test_collection_backfill_by_clicks_lands_in_s3(page: Page, stack: UiStack, artifacts: Path) -> None:
-    """Group page -> Materialize all -> Custom partitions filtered to one collection -> Launch backfill."""
+@pytest.fixture(scope="module")
+def sensor_stopped(stack: UiStack) -> UiStack:
+    """The stack with `catalog_sensor` stopped: what the tests add to S3 stays unprocessed (module doc)."""
     stack.stop_sensor("catalog_sensor")
+    return stack
+
+
+def test_collection_backfill_by_clicks_lands_in_s3(
+    page: Page, sensor_stopped: UiStack, artifacts: Path
+) -> None:
+    """Group page -> Materialize all -> Custom partitions filtered to one collection -> Launch backfill."""
+    stack = sensor_stopped
     keys = stack.add_collection(NEW_COLLECTION, NEW_IMAGES)
     assert len(keys) == NEW_IMAGES and stack.output_keys(NEW_COLLECTION) == []
     backfills_before = set(stack.backfill_ids())
@@ -107,17 +117,14 @@ def test_collection_backfill_by_clicks_lands_in_s3(page: Page, stack: UiStack, a
     expect(page.get_by_role("menuitem", name=f"{SAMPLE_COLLECTIONS[0]}/")).to_have_count(0)
     select_all.click()
     dialog.get_by_text("Launch runs to materialize").click()  # closes the partition popover
+    expect(page.get_by_placeholder("Filter partitions")).to_have_count(0)  # gone, not fading (screenshot)
     expect(dialog).to_contain_text(f"{NEW_IMAGES} partitions")
     save(page, artifacts, "backfill-dialog")
     button(dialog, "Launch backfill").click()
     backfill_id = toast_text(page, r"Created backfill (\w+)").group(1)
     assert set(stack.backfill_ids()) - backfills_before == {backfill_id}, "only the clicked backfill"
 
-    def finished() -> dict[str, Any] | None:
-        backfill = stack.backfill(backfill_id)
-        return backfill if backfill["status"] not in ("REQUESTED", "CANCELING") else None
-
-    done = stack.wait_until(finished, 240, f"backfill {backfill_id} to finish")
+    done = stack.wait_for_backfill(backfill_id, 240)
     assert done["status"] == "COMPLETED_SUCCESS", done
     assert done["numPartitions"] == NEW_IMAGES
     assert {"key": "dagster/from_ui", "value": "true"} in done["tags"]
@@ -161,3 +168,26 @@ def test_cost_asset_shows_its_figures(page: Page, stack: UiStack, artifacts: Pat
     expect(metadata_row(page, "balance_credits")).to_be_visible()
     by_collection.evaluate("row => row.scrollIntoView({block: 'center'})")
     save(page, artifacts, "costs")
+
+
+def test_failed_partition_explains_itself(page: Page, sensor_stopped: UiStack, artifacts: Path) -> None:
+    """A file that is not an image: its partition shows Failed and says why and what to do, in the UI."""
+    stack = sensor_stopped
+    key = stack.add_object(BROKEN, b"this is not a JPEG", "image/jpeg")
+    credits_before = stack.sandbox_state()["creditsCharged"]
+    done = stack.wait_for_backfill(stack.launch_backfill(PIPELINE_ASSETS, [key]), 240)
+    assert done["status"] != "COMPLETED_SUCCESS", done
+
+    open_ui(page, stack.ui, "/assets/retouched_image?view=partitions")
+    page.get_by_text(key, exact=True).first.click()
+    expect(page.get_by_text(re.compile(r"Run \w+ failed, and did not materialize")).first).to_be_visible()
+    save(page, artifacts, "partition-failed")
+    # Dagster's partition view shows only the latest *materialization*; the pipeline's note for a failed
+    # image is an observation, shown under the asset's Events tab (reported to the metadata's owner).
+    page.get_by_role("tab", name="Events").or_(page.get_by_role("link", name="Events")).first.click()
+    page.get_by_text(key, exact=True).first.click()
+    message = page.get_by_text(re.compile("cannot be processed")).first
+    expect(message).to_be_visible()
+    expect(message).to_contain_text("No credit was spent")
+    save(page, artifacts, "partition-failed-note")
+    assert stack.sandbox_state()["creditsCharged"] == credits_before, "nothing paid for a broken file"
