@@ -22,7 +22,13 @@ Failed partitions
     `max_wait_seconds`) are neither: the run succeeds and the pending-executions sensor finishes them.
 
 `can_subset=True`: the pending sensor and the daily refresh request `retouched_image` alone; the step then
-reads the execution of each partition from the event log and only downloads (nothing is paid again).
+reads the execution of each partition (and its "before" thumbnail) from the event log and only downloads
+(nothing is paid again).
+
+What the UI gets from each run (`report`): an `AssetObservation` on `retouched_image` per failed or still
+pending partition with a human sentence (`presentation.py`), and one `AssetCheckResult` per asset check over
+the partitions the run delivered (`checks.py`: the checks are this step's `check_specs`, so every backfill,
+sensor and refresh run evaluates them). A run that selects only the checks audits recorded results.
 """
 
 import time
