@@ -50,11 +50,13 @@ def _oauth_request(
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")
             cls = oauth_error_for(body["error"])
+            # `from None`: the generic 403 status error's hint ("not a member of that organization") is wrong
+            # for the auth server, and readers of the chain (Dagster's error view, the chaos harness) show it.
             raise cls(
                 body["error"],
                 description if isinstance(description, str) else None,
                 status_code=exc.status_code,
-            ) from exc
+            ) from None
         raise
 
 

@@ -61,10 +61,14 @@ class Outcome:
 
 
 def _root_cause(error: Any) -> str:
-    """`Class: message` of the innermost cause: Dagster wraps user errors in a step-execution error."""
+    """`Class: message` of the error the pipeline raised, under Dagster's step-execution wrappers.
+
+    Only Dagster's own wrappers are peeled off: the pipeline's error is what a user sees, not the library
+    exception it was raised from (a `requests` ConnectionError under an `APIConnectionError`).
+    """
     if error is None:
         return "step failed"
-    while error.cause is not None:
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
         error = error.cause
     first = (error.message or "").strip().splitlines()
     return f"{error.cls_name}: {first[0] if first else ''}"

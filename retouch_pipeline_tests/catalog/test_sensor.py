@@ -152,7 +152,8 @@ def test_5000_objects_registered_within_the_tick_bound(make_harness: Any, bucket
     # Whether the pass needed one tick or several depends on how fast moto lists today (the fake-clock test
     # pins the splitting itself); what must hold either way is the bound and that nothing is lost.
     # The scan stops before the bound; the rest of a tick (state, partitions, requests) is small.
-    assert max(t.seconds for t in ticks) < bound + 1.0, [round(t.seconds, 2) for t in ticks]
+    # Slack for one page request plus the state write on a loaded 2-core machine; the sensor timeout is 60 s.
+    assert max(t.seconds for t in ticks) < bound + 3.0, [round(t.seconds, 2) for t in ticks]
     assert sorted(requested) == sorted(pk(k) for k in keys)  # none missed, none twice
     assert len(h.partitions()) == 5000
     assert h.tick().requested == []  # steady state
