@@ -76,8 +76,11 @@ def product_photo(name: str, width: int = 640, height: int = 480, fmt: str = "JP
     background = Image.linear_gradient("L").resize((width, height)).point(lambda v: base + v // 32)
     image = Image.merge("RGB", (background, background, background))
     draw = ImageDraw.Draw(image)
-    kind = PRODUCTS[rng.randrange(len(PRODUCTS))]
-    _draw_product(draw, kind, width, height, PALETTE[rng.randrange(len(PALETTE))])
+    # The product named in the file name, so `mug-003.jpg` shows a mug; a random one for other names.
+    kind = next((p for p in PRODUCTS if p in name), None) or PRODUCTS[rng.randrange(len(PRODUCTS))]
+    # A per-name shade of the palette colour keeps every photo's bytes distinct (stable content hashes).
+    colour = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in PALETTE[rng.randrange(len(PALETTE))])
+    _draw_product(draw, kind, width, height, (colour[0], colour[1], colour[2]))
     image = image.filter(ImageFilter.SMOOTH)
     out = io.BytesIO()
     save_kwargs: dict[str, object] = {"quality": 90} if fmt.upper() == "JPEG" else {}
