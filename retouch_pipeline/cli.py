@@ -8,6 +8,7 @@ with status 1 and one line on stderr; secrets are never printed.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -28,8 +29,6 @@ from retouch_pipeline.autoretouch import (
     DeviceFlow,
     revoke,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -59,39 +58,43 @@ class Connection:
         )
 
 
-def connection_options(func: F) -> F:
-    """The options shared by every command that talks to AutoRetouch."""
-    options = [
-        click.option(
-            "--api-url", envvar="AUTORETOUCH_API_URL", default=None, help="AutoRetouch API base URL."
-        ),
-        click.option(
-            "--auth-url", envvar="AUTORETOUCH_AUTH_URL", default=None, help="OAuth server base URL."
-        ),
-        click.option(
-            "--organization",
-            "organization_id",
-            envvar="AUTORETOUCH_ORGANIZATION_ID",
-            default=None,
-            help="Organization id (default: the one saved at login, else the account's selected one).",
-        ),
-        click.option(
-            "--credentials-file",
-            envvar="RETOUCH_PIPELINE_CREDENTIALS",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="Credentials file (default ~/.config/retouch-pipeline/credentials.json).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+CONNECTION_OPTIONS = [
+    click.option("--api-url", envvar="AUTORETOUCH_API_URL", default=None, help="AutoRetouch API base URL."),
+    click.option("--auth-url", envvar="AUTORETOUCH_AUTH_URL", default=None, help="OAuth server base URL."),
+    click.option(
+        "--organization",
+        "organization_id",
+        envvar="AUTORETOUCH_ORGANIZATION_ID",
+        default=None,
+        help="Organization id (default: the one saved at login, else the account's selected one).",
+    ),
+    click.option(
+        "--credentials-file",
+        envvar="RETOUCH_PIPELINE_CREDENTIALS",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Credentials file (default ~/.config/retouch-pipeline/credentials.json).",
+    ),
+]
 
 
-def make_connection(
-    api_url: str | None, auth_url: str | None, organization_id: str | None, credentials_file: Path | None
-) -> Connection:
-    return Connection(api_url, auth_url, organization_id, CredentialStore(credentials_file))
+def with_connection(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the shared connection options, handed to it as one `Connection` argument."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        api_url: str | None,
+        auth_url: str | None,
+        organization_id: str | None,
+        credentials_file: Path | None,
+        **kwargs: Any,
+    ) -> None:
+        func(Connection(api_url, auth_url, organization_id, CredentialStore(credentials_file)), **kwargs)
+
+    for option in reversed(CONNECTION_OPTIONS):
+        command = option(command)
+    return command
 
 
 @contextmanager
@@ -124,17 +127,10 @@ def main() -> None:
 
 
 @main.command()
-@connection_options
+@with_connection
 @click.option("--no-browser", is_flag=True, help="Only print the activation URL.")
-def login(
-    api_url: str | None,
-    auth_url: str | None,
-    organization_id: str | None,
-    credentials_file: Path | None,
-    no_browser: bool,
-) -> None:
+def login(conn: Connection, no_browser: bool) -> None:
     """Log in with the OAuth device flow and store the refresh token (file mode 0600)."""
-    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors():
         flow = DeviceFlow(conn.resolved_auth_url())
         code = flow.start()
@@ -154,18 +150,15 @@ def login(
             tokens.refresh_token_value(),
             api_url=conn.resolved_api_url(),
             auth_url=conn.resolved_auth_url(),
-            organization_id=organization_id,
+            organization_id=conn.organization_id,
         )
         click.echo(f"Logged in. Credentials stored in {path} (mode 0600).")
 
 
 @main.command()
-@connection_options
-def logout(
-    api_url: str | None, auth_url: str | None, organization_id: str | None, credentials_file: Path | None
-) -> None:
+@with_connection
+def logout(conn: Connection) -> None:
     """Revoke the stored refresh token and delete the credentials file."""
-    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors():
         saved = conn.store.load_file()
         if saved is None:
@@ -177,34 +170,20 @@ def logout(
 
 
 @main.command()
-@connection_options
+@with_connection
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def organizations(
-    api_url: str | None,
-    auth_url: str | None,
-    organization_id: str | None,
-    credentials_file: Path | None,
-    as_json: bool,
-) -> None:
+def organizations(conn: Connection, as_json: bool) -> None:
     """List the organizations this account belongs to."""
-    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors(), conn.client() as client:
         rows = [{"id": o.id, "name": o.name, "members": len(o.members)} for o in client.iter_organizations()]
     emit(rows, as_json, ["id", "name", "members"])
 
 
 @main.command()
-@connection_options
+@with_connection
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def workflows(
-    api_url: str | None,
-    auth_url: str | None,
-    organization_id: str | None,
-    credentials_file: Path | None,
-    as_json: bool,
-) -> None:
+def workflows(conn: Connection, as_json: bool) -> None:
     """List the organization's workflows with their price in credits."""
-    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors(), conn.client() as client:
         rows = [
             {"id": w.id, "name": w.name, "version": w.version, "executionPrice": w.execution_price}
@@ -214,17 +193,10 @@ def workflows(
 
 
 @main.command()
-@connection_options
+@with_connection
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def balance(
-    api_url: str | None,
-    auth_url: str | None,
-    organization_id: str | None,
-    credentials_file: Path | None,
-    as_json: bool,
-) -> None:
+def balance(conn: Connection, as_json: bool) -> None:
     """Show the organization's credit balance (1 credit = 1 euro cent excl. VAT)."""
-    conn = make_connection(api_url, auth_url, organization_id, credentials_file)
     with clear_errors(), conn.client() as client:
         credits = client.get_balance()
     if as_json:
