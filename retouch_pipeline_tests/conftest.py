@@ -7,12 +7,14 @@ own client, which is tested against the sandbox separately.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
+from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, SandboxServer
@@ -166,3 +168,20 @@ def api_for() -> Callable[[SandboxServer], Api]:
 @pytest.fixture(name="make_image")
 def make_image_fixture() -> Callable[..., bytes]:
     return make_image
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """One moto server (S3 and SQS over real HTTP on loopback) for the session, with dummy credentials."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()

@@ -4,7 +4,6 @@ stand-in partitioned assets, and a harness that evaluates sensor ticks the way t
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,6 @@ from dagster._core.execution.backfill import PartitionBackfill
 from dagster_aws.s3 import S3Resource
 from moto.backends import get_backend
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.server import ThreadedMotoServer
 
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline_tests.catalog.standin_assets import (
@@ -35,36 +33,14 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 PREFIX = "incoming"
 
 
-@dataclass(frozen=True)
-class MotoEndpoint:
-    url: str
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[MotoEndpoint]:
-    """One moto server (S3 + SQS over HTTP on loopback) for the session, with dummy credentials."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield MotoEndpoint(f"http://{host}:{port}")
-        finally:
-            server.stop()
+@pytest.fixture
+def s3(moto_url: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_url, **CREDENTIALS)
 
 
 @pytest.fixture
-def s3(moto_endpoint: MotoEndpoint) -> Any:
-    return boto3.client("s3", endpoint_url=moto_endpoint.url, **CREDENTIALS)
-
-
-@pytest.fixture
-def sqs(moto_endpoint: MotoEndpoint) -> Any:
-    return boto3.client("sqs", endpoint_url=moto_endpoint.url, **CREDENTIALS)
+def sqs(moto_url: str) -> Any:
+    return boto3.client("sqs", endpoint_url=moto_url, **CREDENTIALS)
 
 
 @pytest.fixture
@@ -164,7 +140,7 @@ class SensorHarness:
 
 
 @pytest.fixture
-def make_harness(moto_endpoint: MotoEndpoint, instance: dg.DagsterInstance, bucket: str) -> Any:
+def make_harness(moto_url: str, instance: dg.DagsterInstance, bucket: str) -> Any:
     def make(**config: Any) -> SensorHarness:
         scan = ScanConfig(source_bucket=bucket, source_prefix=PREFIX, **config)
         sensor = build_catalog_sensor(
@@ -172,8 +148,8 @@ def make_harness(moto_endpoint: MotoEndpoint, instance: dg.DagsterInstance, buck
             catalog_images,
             dg.AssetSelection.assets(source_image, retouched_image, cost_report),
             config=scan,
-            sqs_client_factory=lambda: boto3.client("sqs", endpoint_url=moto_endpoint.url, **CREDENTIALS),
+            sqs_client_factory=lambda: boto3.client("sqs", endpoint_url=moto_url, **CREDENTIALS),
         )
-        return SensorHarness(sensor, instance, moto_endpoint.url)
+        return SensorHarness(sensor, instance, moto_url)
 
     return make

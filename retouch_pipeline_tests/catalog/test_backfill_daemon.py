@@ -14,7 +14,7 @@ from retouch_pipeline_tests.catalog.conftest import PREFIX, SensorHarness, seed_
 from retouch_pipeline_tests.catalog.standin_assets import retouched_image, source_image
 
 
-def test_one_batch_becomes_policy_sized_runs(make_harness: Any, bucket: str, moto_endpoint: Any) -> None:
+def test_one_batch_becomes_policy_sized_runs(make_harness: Any, bucket: str, moto_url: str) -> None:
     overrides = {
         "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
     }

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ import boto3
 import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
@@ -30,22 +28,6 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 SOURCE_PREFIX = "incoming/"
 OUTPUT_PREFIX = "retouched/"
 TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
 
 
 @dataclass
