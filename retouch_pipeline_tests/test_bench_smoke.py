@@ -95,3 +95,17 @@ def test_table_and_json_line_hold_every_figure() -> None:
     json.dumps(line)
     text = table(results, judge=True)
     assert "NOT MET" in text and "MET" in text and "steady tick / floor" in text
+
+
+def test_benchmark_modules_import() -> None:
+    """The benchmarks reuse test helpers (deploy harness, catalog SensorHarness): a refactor there must
+    fail here,
+    not 10 minutes into `make bench`."""
+    import benchmarks.__main__
+    import benchmarks.pipeline
+    import benchmarks.sensor
+    import benchmarks.stack
+
+    assert benchmarks.__main__.FULL["n"] == 640
+    assert callable(benchmarks.sensor.run) and callable(benchmarks.pipeline.cold_and_rerun)
+    assert callable(benchmarks.stack.running_stack)
