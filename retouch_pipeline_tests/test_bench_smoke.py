@@ -99,8 +99,7 @@ def test_table_and_json_line_hold_every_figure() -> None:
 
 def test_benchmark_modules_import() -> None:
     """The benchmarks reuse test helpers (deploy harness, catalog SensorHarness): a refactor there must
-    fail here,
-    not 10 minutes into `make bench`."""
+    fail here, not 10 minutes into `make bench`."""
     import benchmarks.__main__
     import benchmarks.pipeline
     import benchmarks.sensor
