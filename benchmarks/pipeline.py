@@ -32,20 +32,10 @@ from benchmarks.procs import TreeSampler, cpu_snapshot
 from benchmarks.stack import BUCKET, OUTPUT_PREFIX, REPO, SOURCE_PREFIX, Stack, instance_env, wait_for
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline_tests.deploy.harness import launch_collection_backfill
 
-PIPELINE_ASSETS = ("uploaded_image", "autoretouch_execution", "retouched_image")
 OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
 
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on Error { message }
-  }
-}
-"""
 BACKFILL_STATUS = """
 query BackfillStatus($backfillId: String!) {
   partitionBackfillOrError(backfillId: $backfillId) {
@@ -113,17 +103,7 @@ def output_images(stack: Stack, collection: str) -> dict[str, Any]:
 
 
 def launch_backfill(stack: Stack, partition_keys: list[str], title: str) -> str:
-    params = {
-        "partitionNames": partition_keys,
-        "assetSelection": [{"path": [name]} for name in PIPELINE_ASSETS],
-        "fromFailure": False,
-        "tags": [{"key": "retouch/bench", "value": title}],
-        "title": title,
-    }
-    result = stack.deploy.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
-    if result["__typename"] != "LaunchBackfillSuccess":
-        raise RuntimeError(json.dumps(result)[:3000])
-    return str(result["backfillId"])
+    return launch_collection_backfill(stack.deploy, partition_keys, title, ("retouch/bench", title))
 
 
 def launch_job(stack: Stack, job_name: str) -> str:

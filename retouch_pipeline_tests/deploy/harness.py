@@ -365,3 +365,34 @@ def daemons_healthy(stack: DeployStack, required: tuple[str, ...]) -> bool:
 
 # The daemons whose work the tests rely on: queued runs, backfills, run monitoring and retries.
 REQUIRED_DAEMONS = ("QUEUED_RUN_COORDINATOR", "BACKFILL", "MONITORING", "EVENT_LOG_CONSUMER")
+
+
+PIPELINE_ASSETS = ("uploaded_image", "autoretouch_execution", "retouched_image")
+
+LAUNCH_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def launch_collection_backfill(
+    stack: DeployStack, partition_keys: list[str], title: str, tag: tuple[str, str] = ("retouch/test", "")
+) -> str:
+    """What the UI sends for "Materialize selected" over a set of partitions of the catalog assets."""
+    params = {
+        "partitionNames": partition_keys,
+        "assetSelection": [{"path": [name]} for name in PIPELINE_ASSETS],
+        "fromFailure": False,
+        "tags": [{"key": tag[0], "value": tag[1] or title}],
+        "title": title,
+    }
+    result = stack.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise GraphQLError(json.dumps(result)[:3000])
+    return str(result["backfillId"])

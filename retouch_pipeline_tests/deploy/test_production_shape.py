@@ -25,28 +25,18 @@ from retouch_pipeline_tests.deploy.harness import (
     PG_PASSWORD,
     PG_PORT,
     PG_USER,
+    PIPELINE_ASSETS,
     REQUIRED_DAEMONS,
     DeployStack,
     daemon_service,
     daemons_healthy,
+    launch_collection_backfill,
     wait_until,
 )
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(420)]
 
-PIPELINE_ASSETS = ("uploaded_image", "autoretouch_execution", "retouched_image")
 POOL = "autoretouch"
-
-LAUNCH_BACKFILL = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on Error { message }
-  }
-}
-"""
 
 BACKFILL_STATUS = """
 query BackfillStatus($backfillId: String!) {
@@ -101,21 +91,6 @@ def seed_collection(stack: DeployStack, collection: str, count: int) -> list[str
     )
     relative = sorted(k[len(SOURCE_PREFIX) :] for k in written + unchanged)
     return [partition_key_for(r) for r in relative]
-
-
-def launch_collection_backfill(stack: DeployStack, partition_keys: list[str], title: str) -> str:
-    """What the UI sends for "Materialize selected" over a set of partitions of the catalog assets."""
-    params = {
-        "partitionNames": partition_keys,
-        "assetSelection": [{"path": [name]} for name in PIPELINE_ASSETS],
-        "fromFailure": False,
-        "tags": [{"key": "retouch/test", "value": title}],
-        "title": title,
-    }
-    result = stack.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", json.dumps(result)[:3000]
-    backfill_id: str = result["backfillId"]
-    return backfill_id
 
 
 def backfill(stack: DeployStack, backfill_id: str) -> dict[str, Any]:
