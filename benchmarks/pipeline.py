@@ -29,10 +29,10 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from benchmarks.images import catalog_jpeg, large_png, small_png
 from benchmarks.procs import TreeSampler, cpu_snapshot
-from benchmarks.stack import BUCKET, OUTPUT_PREFIX, REPO, SOURCE_PREFIX, Stack, instance_env, wait_for
+from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-from retouch_pipeline_tests.deploy.harness import launch_collection_backfill
+from retouch_pipeline_tests.deploy.harness import OUTPUT_PREFIX, SOURCE_PREFIX, launch_collection_backfill
 
 OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
 

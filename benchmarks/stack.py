@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retouch_pipeline.devstack import DUMMY_AWS, PIPELINE_ENV, REMOVED_AWS, ensure_bucket, s3_client
+from retouch_pipeline.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
 from retouch_pipeline_tests.deploy.harness import (
+    CATALOG_BUCKET,
     REQUIRED_DAEMONS,
     DeployStack,
     Service,
@@ -34,15 +35,14 @@ from retouch_pipeline_tests.deploy.harness import (
     port_open,
     postgres_env,
     postgres_reachable,
+    stack_pipeline_env,
     wait_until,
     write_dagster_home,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BUCKET = "catalog"
-SOURCE_PREFIX = "incoming/"
-OUTPUT_PREFIX = "retouched/"
+BUCKET = CATALOG_BUCKET
 WORKFLOW_NAME = "Background Removal"
 
 
@@ -181,19 +181,7 @@ def running_stack(
             **base_environment(),
             **postgres_env(database),
             "DAGSTER_HOME": str(home),
-            PIPELINE_ENV["api_url"]: sandbox.url,
-            PIPELINE_ENV["auth_url"]: sandbox.url,
-            PIPELINE_ENV["organization_id"]: sandbox.info["organization_id"],
-            PIPELINE_ENV["refresh_token"]: sandbox.info["refresh_token"],
-            PIPELINE_ENV["workflow_id"]: sandbox.workflow["id"],
-            PIPELINE_ENV["s3_endpoint_url"]: endpoint,
-            PIPELINE_ENV["source_bucket"]: BUCKET,
-            PIPELINE_ENV["source_prefix"]: SOURCE_PREFIX,
-            PIPELINE_ENV["output_bucket"]: BUCKET,
-            PIPELINE_ENV["output_prefix"]: OUTPUT_PREFIX,
-            "AWS_ENDPOINT_URL_S3": endpoint,
-            # The benchmarks launch their backfills themselves (as the UI does); sensors stay stopped.
-            "RETOUCH_SENSORS_RUNNING": "0",
+            **stack_pipeline_env(sandbox.info, endpoint),
             **(extra_env or {}),
         }
         ensure_bucket(s3_client(endpoint), BUCKET)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from retouch_pipeline.devstack import DUMMY_AWS, PIPELINE_ENV, REMOVED_AWS, ensure_bucket, s3_client
+from retouch_pipeline.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
 from retouch_pipeline_tests.deploy.harness import (
+    CATALOG_BUCKET,
     REQUIRED_DAEMONS,
     DeployStack,
     daemons_healthy,
@@ -29,15 +30,14 @@ from retouch_pipeline_tests.deploy.harness import (
     port_open,
     postgres_env,
     postgres_reachable,
+    stack_pipeline_env,
     start_sandbox,
     wait_until,
     write_dagster_home,
 )
 
 ENABLE_ENV = "RETOUCH_DEPLOY_TESTS"
-BUCKET = "catalog"
-SOURCE_PREFIX = "incoming/"
-OUTPUT_PREFIX = "retouched/"
+BUCKET = CATALOG_BUCKET
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -102,24 +102,11 @@ def deploy_stack(
     sandbox, info = start_sandbox(
         home, base, "--processing-seconds", "0.3", "--workers", "8", "--balance", "100000"
     )
-    workflow = next(w for w in info["workflows"] if w["name"] == "Background Removal")
     env = {
         **base,
         **postgres_env(database),
         "DAGSTER_HOME": str(home),
-        PIPELINE_ENV["api_url"]: info["api_url"],
-        PIPELINE_ENV["auth_url"]: info["auth_url"],
-        PIPELINE_ENV["organization_id"]: info["organization_id"],
-        PIPELINE_ENV["refresh_token"]: info["refresh_token"],
-        PIPELINE_ENV["workflow_id"]: workflow["id"],
-        PIPELINE_ENV["s3_endpoint_url"]: moto_endpoint,
-        PIPELINE_ENV["source_bucket"]: BUCKET,
-        PIPELINE_ENV["source_prefix"]: SOURCE_PREFIX,
-        PIPELINE_ENV["output_bucket"]: BUCKET,
-        PIPELINE_ENV["output_prefix"]: OUTPUT_PREFIX,
-        "AWS_ENDPOINT_URL_S3": moto_endpoint,
-        # The test launches its backfills itself: sensors and schedules stay stopped.
-        "RETOUCH_SENSORS_RUNNING": "0",
+        **stack_pipeline_env(info, moto_endpoint),
         "AUTORETOUCH_POLL_SECONDS": "0.5",
         "AUTORETOUCH_MAX_WAIT_SECONDS": "120",
         "AUTORETOUCH_CONCURRENCY": "8",

@@ -31,6 +31,8 @@ from typing import Any
 import psycopg2
 import yaml
 
+from retouch_pipeline.devstack import PIPELINE_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DEPLOY_DAGSTER_YAML = DEPLOY / "dagster.yaml"
@@ -396,3 +398,31 @@ def launch_collection_backfill(
     if result["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(json.dumps(result)[:3000])
     return str(result["backfillId"])
+
+
+CATALOG_BUCKET = "catalog"
+SOURCE_PREFIX = "incoming/"
+OUTPUT_PREFIX = "retouched/"
+
+
+def stack_pipeline_env(sandbox_info: Mapping[str, Any], s3_endpoint: str) -> dict[str, str]:
+    """The pipeline's variables for a stack of separate processes: the sandbox's announcement, the local S3.
+
+    Sensors and schedules stay stopped: the callers launch their backfills themselves, as the UI does.
+    """
+    workflow = next(w for w in sandbox_info["workflows"] if w["name"] == "Background Removal")
+    values = {
+        "api_url": sandbox_info["api_url"],
+        "auth_url": sandbox_info["auth_url"],
+        "organization_id": sandbox_info["organization_id"],
+        "refresh_token": sandbox_info["refresh_token"],
+        "workflow_id": workflow["id"],
+        "s3_endpoint_url": s3_endpoint,
+        "source_bucket": CATALOG_BUCKET,
+        "source_prefix": SOURCE_PREFIX,
+        "output_bucket": CATALOG_BUCKET,
+        "output_prefix": OUTPUT_PREFIX,
+    }
+    env = {PIPELINE_ENV[name]: str(value) for name, value in values.items()}
+    env.update({"AWS_ENDPOINT_URL_S3": s3_endpoint, "RETOUCH_SENSORS_RUNNING": "0"})
+    return env

@@ -19,14 +19,15 @@ import pytest
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.devstack import s3_client, seed_catalog
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-from retouch_pipeline_tests.deploy.conftest import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline_tests.deploy.harness import (
+    OUTPUT_PREFIX,
     PG_HOST,
     PG_PASSWORD,
     PG_PORT,
     PG_USER,
     PIPELINE_ASSETS,
     REQUIRED_DAEMONS,
+    SOURCE_PREFIX,
     DeployStack,
     daemon_service,
     daemons_healthy,
