@@ -1,10 +1,20 @@
 """Where credits are spent: resolve each image's execution, guard the budget, then create or retry.
 
-Order (why): first decide for every image of the step whether it already has an execution (event log, the
-key-value index, AutoRetouch's idempotency label for interrupted creates), then project the spend of what is
-left (new executions + retries of FAILED/PAYMENT_REQUIRED ones, times `executionPrice`) and compare it
-with the
-balance and `budget_credits` *before* the first create: a refusal produces no PAYMENT_REQUIRED execution.
+Order (why): first decide for every image whether it already has an execution (event log, the key-value
+index, AutoRetouch's idempotency label for interrupted creates), then project the spend of what is left (new
+executions + retries of FAILED/PAYMENT_REQUIRED ones, times `executionPrice`) and compare it with the balance
+and `budget_credits` *before* the first create: a refusal produces no PAYMENT_REQUIRED execution.
+
+Two ways the step uses it (`pipeline.py`):
+
+* streaming (the usual case): `worst_case_fits` checks once, before any upload, that even if *every* image
+  of the step needed a new execution the spend would fit the balance and the budget. Then each small batch
+  of images is resolved and created as soon as its uploads finish (`resolve_and_create(...,
+  budget_checked=True)`), so AutoRetouch starts working seconds after the step starts instead of after the
+  last upload.
+* exact (the worst case does not fit): every image is uploaded first, then one `resolve_and_create` over
+  all of them projects the exact spend (re-used executions cost nothing) and refuses before any create when
+  even that does not fit.
 """
 
 from __future__ import annotations
@@ -89,7 +99,7 @@ class StepEnv:
         return f"{self.created} created, {self.reused} reused, {self.retried} retried"
 
 
-def _resolve(env: StepEnv, items: list[WorkItem]) -> None:
+def resolve_actions(env: StepEnv, items: list[WorkItem]) -> None:
     """Set `action` ('reuse' / 'create') and, for reuse, `execution_id` on every ready item."""
     ready = [i for i in items if not i.failure]
     for item in ready:
@@ -169,6 +179,22 @@ def _guard_budget(env: StepEnv, spenders: list[WorkItem]) -> str | None:
     return None
 
 
+def worst_case_fits(env: StepEnv, count: int) -> bool:
+    """True when `count` new executions fit the balance and the budget (one balance read)."""
+    worst = count * env.workflow.execution_price
+    if worst == 0:
+        return True
+    balance = env.client.get_balance()
+    budget = env.autoretouch.budget_credits
+    fits = worst <= balance and (budget is None or worst <= budget)
+    env.log.info(
+        f"Budget: worst case {count} x {env.workflow.execution_price} = {worst} credits; balance {balance}, "
+        f"budget {budget}: "
+        + ("executions are created as uploads finish" if fits else "exact projection after all uploads")
+    )
+    return fits
+
+
 def _spend(env: StepEnv, item: WorkItem) -> str | None:
     """Create (with batch labels and the idempotency key) or retry (E8); returns the execution id."""
     if item.action == "retry":
@@ -188,10 +214,20 @@ def _spend(env: StepEnv, item: WorkItem) -> str | None:
 
 
 def resolve_and_create(
-    env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecutor
+    env: StepEnv,
+    items: list[WorkItem],
+    pool: ThreadPoolExecutor,
+    *,
+    budget_checked: bool = False,
+    resolved: bool = False,
 ) -> Iterator[tuple[WorkItem, WorkflowExecution | None]]:
-    """Give every ready item an execution; yields (item, execution-if-known) as each is settled."""
-    _resolve(env, items)
+    """Give every ready item an execution; yields (item, execution-if-known) as each is settled.
+
+    `budget_checked`: the caller has already checked the worst case of the whole step (`worst_case_fits`).
+    `resolved`: the caller has already run `resolve_actions` on `items`.
+    """
+    if not resolved:
+        resolve_actions(env, items)
     reuse_ids = [i.execution_id for i in items if not i.failure and i.execution_id]
     created_times = [t for t in (parse_time(i.execution_created_at) for i in items) if t]
     current = read_statuses(
@@ -202,7 +238,7 @@ def resolve_and_create(
         max_pages=env.autoretouch.max_status_pages,
     )
     spenders = _project(env, items, current)
-    refusal = _guard_budget(env, spenders)
+    refusal = None if budget_checked else _guard_budget(env, spenders)
     if refusal:
         env.log.error(refusal)
         for item in items:

@@ -1,0 +1,63 @@
+"""Executions are created while uploads still run, unless only the exact projection fits the budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+
+from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
+from retouch_pipeline_tests.pipeline.conftest import Stack
+
+
+def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:
+    """(asset, partition) of each materialization of the run, in event-log order."""
+    out = []
+    for event in result.all_events:
+        if event.is_step_materialization:
+            mat = event.step_materialization_data.materialization
+            out.append((mat.asset_key, str(mat.partition)))
+    return out
+
+
+def test_first_executions_are_created_before_the_last_upload(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    # 50 ms per request and 2 upload threads: the 40 uploads (HEAD + PUT each) take ~2 s, the first batch
+    # is flushed after 0.5 s
+    stack = make_stack(faults={"latency_seconds": 0.05}, processing_seconds=0.2, workers=8)
+    keys = [stack.put(f"s/{i}.png", make_image(width=40 + i)) for i in range(40)]
+    stack.register(keys)
+    result = stack.run(keys, concurrency=2)
+    assert result.success
+    order = _order(result)
+    first_execution = next(i for i, (asset, _) in enumerate(order) if asset == EXECUTION)
+    last_upload = max(i for i, (asset, _) in enumerate(order) if asset == UPLOADED)
+    assert first_execution < last_upload, "every upload finished before the first create"
+    for key in keys:  # per image: uploaded, then its execution, then its result
+        positions = [order.index((asset, key)) for asset in (UPLOADED, EXECUTION, RETOUCHED)]
+        assert positions == sorted(positions)
+    calls = stack.sandbox.state.accounting.calls
+    assert calls.get("E1", 0) == 40 and stack.charged() == 40 * stack.workflow["executionPrice"]
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
+
+
+def test_worst_case_over_budget_uses_the_exact_projection(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    stack = make_stack(processing_seconds=0.2)
+    price = stack.workflow["executionPrice"]
+    keys = [stack.put(f"b/{i}.png", make_image(width=70 + i)) for i in range(4)]
+    stack.register(keys)
+    assert stack.run(keys[:3]).success
+    assert stack.charged() == 3 * price
+    # 4 images would cost 4 x price (over the budget), but 3 re-use their executions: 1 x price fits
+    result = stack.run(keys, budget_credits=2 * price)
+    assert result.success
+    assert stack.charged() == 4 * price and stack.sandbox.state.accounting.calls.get("E1", 0) == 4
+    order = _order(result)
+    executions = [i for i, (asset, _) in enumerate(order) if asset == EXECUTION]
+    uploads = [i for i, (asset, _) in enumerate(order) if asset == UPLOADED]
+    assert max(uploads) < min(executions), "the exact projection needs every upload first"
+    actions = {k: v["action"] for k, v in stack.materializations(EXECUTION, result).items()}
+    assert sorted(actions.values()) == ["create", "reuse", "reuse", "reuse"]
