@@ -20,10 +20,13 @@ Environment variables (defaults: the embedded dev stack of `make dev`)
 | `AUTORETOUCH_CONCURRENCY` | `16` | threads per step |
 | `S3_ENDPOINT_URL` | loopback API: `http://127.0.0.1:9000`; else AWS | S3 endpoint; empty = AWS |
 | `AUTORETOUCH_APP_URL` | `https://app.autoretouch.com` | web app base URL of the links in metadata |
-| `AWS_REGION` | `us-east-1` | S3 region |
+| `AWS_REGION` | `us-east-1` | S3 region (and the SQS queue's) |
 | `CATALOG_SOURCE_BUCKET` / `CATALOG_SOURCE_PREFIX` | `catalog` / `incoming/` | the catalog |
 | `CATALOG_OUTPUT_BUCKET` / `CATALOG_OUTPUT_PREFIX` | `catalog` / `retouched/` | the results |
 | `CATALOG_BATCH_SIZE` | `100` | images per backfill launched by sensors and the refresh |
+| `CATALOG_SCAN_MODE` | `listing` | `listing`: list the prefix every tick; `sqs`: S3 events via SQS |
+| `CATALOG_SQS_QUEUE_URL` | (required when the mode is `sqs`) | the queue of the bucket's S3 events |
+| `CATALOG_SQS_ENDPOINT_URL` | unset = AWS | SQS endpoint (a local SQS); does not follow `S3_ENDPOINT_URL` |
 | `RETOUCH_SENSORS_RUNNING` | `1` | sensors and schedules start running by default (`0`: stopped) |
 
 Why the dev-stack defaults only apply to a loopback API URL: a production deployment that forgets
@@ -31,6 +34,16 @@ Why the dev-stack defaults only apply to a loopback API URL: a production deploy
 late and obscurely), and one that forgets `S3_ENDPOINT_URL` must talk to AWS, not to 127.0.0.1:9000. Against a
 non-loopback API the workflow id is `dg.EnvVar("AUTORETOUCH_WORKFLOW_ID")`: definitions still load offline
 (validate in CI), and a run or tick without it fails naming the variable.
+
+The SQS scan mode (`catalog/scanner.py`), in this order: create the queue in `AWS_REGION` (the SQS client's
+region), let the bucket send to it, switch on the bucket's `s3:ObjectCreated:*` and `s3:ObjectRemoved:*`
+notifications, *then* set `CATALOG_SCAN_MODE=sqs` and the queue URL. The first tick in that mode lists the
+prefix once (the queue only holds events from the moment notifications were on); later ticks read only the
+queue. The code server needs `sqs:ReceiveMessage` and `sqs:DeleteMessage` on it. An unknown mode, or `sqs`
+without a queue URL, stops the definitions from loading with a message naming the variable; nothing is
+contacted at load time (a tick reads the queue first). The SQS endpoint does not follow `S3_ENDPOINT_URL`: a
+non-AWS S3 (MinIO, Ceph, R2) rarely serves SQS at its address, and only a tick would find out. Unset, boto3
+resolves it as usual (AWS, or `AWS_ENDPOINT_URL_SQS`).
 """
 
 from __future__ import annotations
@@ -56,6 +69,10 @@ from retouch_pipeline.sensors import build_pending_sensor
 SANDBOX_WORKFLOW_ID = "22ed3050-b2fb-58f0-9d49-e7594414923d"  # "Background Removal" (stable uuid5)
 DEV_API_URL = "http://127.0.0.1:8765"
 DEV_S3_ENDPOINT = "http://127.0.0.1:9000"
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work, raised while the definitions load: names the variable and the fix."""
 
 
 def _env(name: str, default: str) -> str:
@@ -123,21 +140,73 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def build_scan_config(env: Mapping[str, str]) -> ScanConfig:
+    """The catalog sensor's scan from environment variables (pure: the tests call it with a dict).
+
+    Settings are checked here, offline, so a wrong one stops the definitions from loading with a message
+    naming the variable instead of failing the sensor's ticks later.
+    """
+
+    def get(name: str, default: str) -> str:
+        return env.get(name) or default
+
+    source_bucket = get("CATALOG_SOURCE_BUCKET", "catalog")
+    where: dict[str, Any] = {
+        "source_bucket": source_bucket,
+        "source_prefix": get("CATALOG_SOURCE_PREFIX", "incoming/"),
+        "batch_size": int(get("CATALOG_BATCH_SIZE", "100")),
+    }
+    mode = get("CATALOG_SCAN_MODE", "listing").strip().lower()
+    if mode == "listing":
+        return ScanConfig(**where)
+    if mode != "sqs":
+        raise ConfigurationError(
+            f"CATALOG_SCAN_MODE={env.get('CATALOG_SCAN_MODE')!r} is not a catalog scan mode: set it to "
+            "'listing' (the default: list the source prefix every tick) or 'sqs' (S3 event notifications "
+            "read from the queue at CATALOG_SQS_QUEUE_URL)"
+        )
+    queue_url = get("CATALOG_SQS_QUEUE_URL", "").strip()
+    if not queue_url:
+        raise ConfigurationError(
+            "CATALOG_SCAN_MODE=sqs needs CATALOG_SQS_QUEUE_URL: set it to the URL of the SQS queue receiving "
+            f"the S3 event notifications of bucket {source_bucket!r} (https://sqs.<region>.amazonaws.com/"
+            "<account>/<queue>; switch the notifications on before the first tick), or set "
+            "CATALOG_SCAN_MODE=listing"
+        )
+    if urlsplit(queue_url).scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"CATALOG_SQS_QUEUE_URL={queue_url!r} is not a queue URL: give the queue's URL "
+            "(https://sqs.<region>.amazonaws.com/<account>/<queue>, as `aws sqs get-queue-url` prints it), "
+            "not its name or ARN"
+        )
+    return ScanConfig(
+        **where,
+        mode="sqs",
+        sqs_queue_url=queue_url,
+        sqs_endpoint_url=env.get("CATALOG_SQS_ENDPOINT_URL") or None,
+        sqs_region_name=get("AWS_REGION", "us-east-1"),  # the S3 resource's region too
+    )
+
+
+def build_catalog_sensor_from_env(
+    env: Mapping[str, str], default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED
+) -> dg.SensorDefinition:
+    """`catalog_sensor` as this module builds it, from environment variables (tests pass a dict)."""
+    return build_catalog_sensor(
+        "catalog_sensor",
+        catalog_images,
+        list(PIPELINE_KEYS),
+        config=build_scan_config(env),
+        minimum_interval_seconds=30,
+        default_status=default_status,
+    )
+
+
 running = _env("RETOUCH_SENSORS_RUNNING", "1") not in ("0", "false", "no")
 sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
-source_bucket = _env("CATALOG_SOURCE_BUCKET", "catalog")
-source_prefix = _env("CATALOG_SOURCE_PREFIX", "incoming/")
-batch_size = int(_env("CATALOG_BATCH_SIZE", "100"))
 resources = build_resources(os.environ)
-
-catalog_sensor = build_catalog_sensor(
-    "catalog_sensor",
-    catalog_images,
-    list(PIPELINE_KEYS),
-    config=ScanConfig(source_bucket=source_bucket, source_prefix=source_prefix, batch_size=batch_size),
-    minimum_interval_seconds=30,
-    default_status=sensor_status,
-)
+catalog_sensor = build_catalog_sensor_from_env(os.environ, default_status=sensor_status)
+batch_size = int(_env("CATALOG_BATCH_SIZE", "100"))
 
 defs = dg.Definitions(
     assets=[catalog_pipeline, autoretouch_costs],
