@@ -198,7 +198,7 @@ def test_processes_share_the_postgres_instance(deploy_stack: DeployStack) -> Non
     assert {"runs", "event_logs", "jobs", "job_ticks", "bulk_actions", "concurrency_limits"} <= tables
     inst = instance(deploy_stack)
     assert inst.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
-    assert inst.get_concurrency_config().pool_config.default_pool_limit == 4
+    assert inst.get_concurrency_config().pool_config.default_pool_limit == 6
     assert daemons_healthy(deploy_stack, REQUIRED_DAEMONS)
 
 
@@ -233,7 +233,7 @@ def test_collection_backfill_through_graphql(deploy_stack: DeployStack) -> None:
     assert costs["by_collection"] == {"spring-2026": 6 * price(deploy_stack)}
     # The catalog step's pool exists with the limit of deploy/dagster.yaml (pools.default_limit).
     pool = instance(deploy_stack).event_log_storage.get_concurrency_info(POOL)
-    assert pool.slot_count == 4
+    assert pool.slot_count == 6
 
 
 def test_daemon_killed_mid_backfill(deploy_stack: DeployStack) -> None:

@@ -62,7 +62,7 @@ def test_dagster_yaml_passes_dagsters_own_validation(tmp_path: Path) -> None:
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["concurrency"]["pools"]["default_limit"] >= 1
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
-    assert {"key": "dagster/backfill", "value": {"applyLimitPerUniqueValue": True}, "limit": 2} in limits
+    assert {"key": "dagster/backfill", "value": {"applyLimitPerUniqueValue": True}, "limit": 4} in limits
     assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
     assert config["run_monitoring"]["max_runtime_seconds"] > 0
     assert config["sensors"]["use_threads"] and config["backfills"]["use_threads"]
@@ -468,7 +468,15 @@ def test_helm_values_carry_the_settings_of_dagster_yaml() -> None:
         },
         "run_monitoring": values["additionalInstanceConfig"]["run_monitoring"],
         **{
-            kind: {"use_threads": daemon[kind]["useThreads"], "num_workers": daemon[kind]["numWorkers"]}
+            kind: {
+                "use_threads": daemon[kind]["useThreads"],
+                "num_workers": daemon[kind]["numWorkers"],
+                **(
+                    {"num_submit_workers": daemon[kind]["numSubmitWorkers"]}
+                    if "numSubmitWorkers" in daemon[kind]
+                    else {}
+                ),
+            }
             for kind in ("sensors", "schedules", "backfills")
         },
         "telemetry": values["telemetry"],
@@ -482,6 +490,10 @@ def test_helm_values_carry_the_settings_of_dagster_yaml() -> None:
     coordinator = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert coordinator["dequeueUseThreads"] == instance["run_coordinator"]["config"]["dequeue_use_threads"]
     assert coordinator["dequeueNumWorkers"] == instance["run_coordinator"]["config"]["dequeue_num_workers"]
+    assert (
+        coordinator["dequeueIntervalSeconds"]
+        == instance["run_coordinator"]["config"]["dequeue_interval_seconds"]
+    )
     # run_monitoring comes from additionalInstanceConfig only: the chart's own block would be a duplicate key.
     assert daemon["runMonitoring"]["enabled"] is False
     assert (
