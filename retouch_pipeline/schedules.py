@@ -2,7 +2,7 @@
 
 Why not `AutomationCondition.on_cron` on the catalog assets: on a dynamic-partitioned asset it targets every
 partition at every tick, i.e. re-buys the catalog daily. Instead a small job lists the source and output
-prefixes once, compares them with the recorded materializations and launches backfills only for
+prefixes once, compares them with the recorded materializations and brings up to date only
 
 * images never processed (or never registered: missed by the sensor)  -> all three assets;
 * images whose source ETag differs from the one recorded at upload     -> all three assets (the new content
@@ -12,13 +12,24 @@ prefixes once, compares them with the recorded materializations and launches bac
 
 An unchanged image with its output in place gets nothing. Even when asked again, the step would reuse the
 recorded execution (idempotency key), so a refresh can never double-charge.
+
+Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
+restore; default one backfill run's worth, 200) is processed inside the refresh run itself, by the same
+stages, idempotency keys and per-partition materializations as a backfill run (`assets/stages.py`). Why: a
+backfill waits for the backfill daemon's loop (every 30 s), then for a run to be planned, queued and started;
+for the usual daily difference of a few dozen images that was most of the refresh's time. A larger
+difference is launched as backfills (one per `CATALOG_BATCH_SIZE` images of a collection), which spread over
+parallel runs with their own retries. The asset checks run in backfill runs only (an op cannot report them).
 """
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from pydantic import Field
 
 from retouch_pipeline.assets.common import (
     PIPELINE_KEYS,
@@ -28,10 +39,14 @@ from retouch_pipeline.assets.common import (
     materialization_metadata,
     metadata_value,
 )
+from retouch_pipeline.assets.pipeline import MAX_PARTITIONS_PER_RUN
+from retouch_pipeline.assets.spending import StepEnv
+from retouch_pipeline.assets.stages import failure_of, make_item, process_items, report
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
 from retouch_pipeline.launch import submit_backfills
-from retouch_pipeline.resources import CatalogResource
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 REFRESH_TAG = "retouch/trigger"
 
@@ -93,32 +108,82 @@ def plan_refresh(
     return plan
 
 
-def launch_refresh(instance: dg.DagsterInstance, plan: RefreshPlan, batch_size: int) -> list[str]:
-    """Backfills for the plan: full pipeline for missed/changed, retouched_image for missing outputs."""
+class RefreshConfig(dg.Config):
+    max_images_in_run: int = Field(
+        default=MAX_PARTITIONS_PER_RUN,
+        description="Largest difference (images to process; separately, outputs to restore) handled inside "
+        "the refresh run; a larger one is launched as backfills. 0 always launches backfills.",
+    )
+
+
+def launch_refresh(
+    instance: dg.DagsterInstance, plan: RefreshPlan, batch_size: int, max_images_in_run: int = 0
+) -> tuple[list[str], RefreshPlan]:
+    """Backfills for the part of the plan too large for the refresh run; returns (ids, the in-run rest).
+
+    Full pipeline for missed/changed images, `retouched_image` only for missing outputs.
+    """
     tags = {REFRESH_TAG: "catalog_refresh"}
-    ids = submit_backfills(instance, plan.full, list(PIPELINE_KEYS), batch_size=batch_size, tags=tags)
-    ids += submit_backfills(instance, plan.outputs_missing, [RETOUCHED], batch_size=batch_size, tags=tags)
-    return ids
+    in_run = RefreshPlan(unchanged=plan.unchanged)
+    ids: list[str] = []
+    if len(plan.full) <= max_images_in_run:
+        in_run.missed, in_run.changed = plan.missed, plan.changed
+    else:
+        ids += submit_backfills(instance, plan.full, list(PIPELINE_KEYS), batch_size=batch_size, tags=tags)
+    if len(plan.outputs_missing) <= max_images_in_run:
+        in_run.outputs_missing = plan.outputs_missing
+    else:
+        ids += submit_backfills(instance, plan.outputs_missing, [RETOUCHED], batch_size=batch_size, tags=tags)
+    return ids, in_run
 
 
-@dg.op(description="Reconcile the catalog in S3 with the event log and launch backfills for the difference.")
-def reconcile_catalog(context: dg.OpExecutionContext, s3: S3Resource, catalog: CatalogResource) -> None:
+@dg.op(
+    description="Reconcile the catalog in S3 with the event log: process a small difference in this run, "
+    "launch backfills for a large one.",
+    pool="autoretouch",
+)
+def reconcile_catalog(
+    context: dg.OpExecutionContext,
+    config: RefreshConfig,
+    s3: S3Resource,
+    catalog: CatalogResource,
+    autoretouch: AutoRetouchResource,
+) -> Iterator[Any]:
     plan = plan_refresh(context.instance, s3.get_client(), catalog)
-    ids = launch_refresh(context.instance, plan, catalog.batch_size)
+    ids, in_run = launch_refresh(context.instance, plan, catalog.batch_size, config.max_images_in_run)
     context.log.info(
         f"refresh: {len(plan.missed)} missed, {len(plan.changed)} changed, "
-        f"{len(plan.outputs_missing)} outputs "
-        f"missing, {plan.unchanged} unchanged; backfills {ids}"
+        f"{len(plan.outputs_missing)} outputs missing, {plan.unchanged} unchanged; "
+        f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}"
     )
-    context.add_output_metadata(
-        {
+    groups = [(in_run.full, set(PIPELINE_KEYS)), (in_run.outputs_missing, {RETOUCHED})]
+    items = []
+    if in_run.full or in_run.outputs_missing:
+        registered = set(context.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
+        new = [k for k in in_run.full if k not in registered]
+        if new:  # missed by the sensor: registered here, as the sensor would have
+            context.instance.add_dynamic_partitions(CATALOG_PARTITIONS_NAME, new)
+        with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
+            env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
+            for keys, selected in groups:
+                group = [make_item(pk, catalog) for pk in keys]
+                yield from process_items(env, group, selected, pool)
+                yield from report(env, selected, set(), group)
+                items += group
+    yield dg.Output(
+        None,
+        metadata={
             "missed": dg.MetadataValue.int(len(plan.missed)),
             "changed": dg.MetadataValue.int(len(plan.changed)),
             "outputs_missing": dg.MetadataValue.int(len(plan.outputs_missing)),
             "unchanged": dg.MetadataValue.int(plan.unchanged),
+            "processed_in_run": dg.MetadataValue.int(len(items)),
             "backfills": dg.MetadataValue.json(ids),
-        }
+        },
     )
+    failure = failure_of(items)
+    if failure is not None:
+        raise failure
 
 
 @dg.job(description="Daily catalog refresh (see retouch_pipeline.schedules).")

@@ -65,7 +65,7 @@ class StepEnv:
     @classmethod
     def build(
         cls,
-        context: dg.AssetExecutionContext,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
         autoretouch: AutoRetouchResource,
         catalog: CatalogResource,
         client: AutoRetouchClient,
