@@ -41,7 +41,14 @@ from retouch_pipeline.assets.common import (
 )
 from retouch_pipeline.assets.pipeline import MAX_PARTITIONS_PER_RUN
 from retouch_pipeline.assets.spending import StepEnv
-from retouch_pipeline.assets.stages import failure_of, make_item, process_items, report
+from retouch_pipeline.assets.stages import (
+    failure_of,
+    make_item,
+    process_items,
+    report,
+    upload_and_create,
+    wait_and_download,
+)
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
 from retouch_pipeline.launch import submit_backfills
@@ -156,8 +163,8 @@ def reconcile_catalog(
         f"{len(plan.outputs_missing)} outputs missing, {plan.unchanged} unchanged; "
         f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}"
     )
-    groups = [(in_run.full, set(PIPELINE_KEYS)), (in_run.outputs_missing, {RETOUCHED})]
-    items = []
+    full = [make_item(pk, catalog) for pk in in_run.full]
+    restore = [make_item(pk, catalog) for pk in in_run.outputs_missing]
     if in_run.full or in_run.outputs_missing:
         registered = set(context.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
         new = [k for k in in_run.full if k not in registered]
@@ -165,11 +172,13 @@ def reconcile_catalog(
             context.instance.add_dynamic_partitions(CATALOG_PARTITIONS_NAME, new)
         with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
             env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
-            for keys, selected in groups:
-                group = [make_item(pk, catalog) for pk in keys]
-                yield from process_items(env, group, selected, pool)
-                yield from report(env, selected, set(), group)
-                items += group
+            # creates first: AutoRetouch works on them while the deleted outputs are restored (downloads)
+            if full:
+                yield from upload_and_create(env, full, set(PIPELINE_KEYS), pool)
+            yield from process_items(env, restore, {RETOUCHED}, pool)
+            yield from wait_and_download(env, full, pool)
+            yield from report(env, {RETOUCHED}, set(), full + restore)
+    items = full + restore
     yield dg.Output(
         None,
         metadata={
