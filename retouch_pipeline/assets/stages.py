@@ -54,6 +54,11 @@ from retouch_pipeline.resources import CatalogResource
 
 CREATE_BATCH = 16
 FLUSH_AFTER_SECONDS = 0.5
+# Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
+# results are seconds away, and a 5 s pass would add up to 5 s to the end of every run. At most
+# MAX_FINAL_PASSES of them per wait, so a slow service does not turn into one read per second.
+FINAL_POLL_SECONDS = 1.0
+MAX_FINAL_PASSES = 10
 PERMANENT_STAGES = frozenset({"validate", "partition", "budget", "execution"})
 
 
@@ -167,7 +172,7 @@ def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecu
     oldest = min(created) if created else None
     deadline = time.monotonic() + env.autoretouch.max_wait_seconds
     downloads: dict[Future[dict[str, Any]], tuple[WorkItem, WorkflowExecution]] = {}
-    passes = 0
+    passes = fast_passes = 0
     last: dict[str, WorkflowExecution] = {}
     while pending:
         passes += 1
@@ -212,12 +217,15 @@ def wait_and_download(env: StepEnv, items: list[WorkItem], pool: ThreadPoolExecu
         yield from _drain(env, downloads, block=False)
         if not processing or time.monotonic() >= deadline:
             break
-        pause = min(env.autoretouch.poll_interval_seconds, max(0.0, deadline - time.monotonic()))
-        if downloads:
-            wait(list(downloads), timeout=pause, return_when=FIRST_COMPLETED)
+        queued = any(eid in last and last[eid].status is ExecutionStatus.CREATED for eid in processing)
+        pause = env.autoretouch.poll_interval_seconds
+        if not queued and fast_passes < MAX_FINAL_PASSES:  # all of them are being processed now
+            pause, fast_passes = min(pause, FINAL_POLL_SECONDS), fast_passes + 1
+        next_pass = time.monotonic() + min(pause, max(0.0, deadline - time.monotonic()))
+        while downloads and time.monotonic() < next_pass:
+            wait(list(downloads), timeout=next_pass - time.monotonic(), return_when=FIRST_COMPLETED)
             yield from _drain(env, downloads, block=False)
-        else:
-            time.sleep(pause)
+        time.sleep(max(0.0, next_pass - time.monotonic()))
     yield from _drain(env, downloads, block=True)
     for eid, waiting in pending.items():
         for item in waiting:

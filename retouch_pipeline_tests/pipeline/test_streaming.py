@@ -61,3 +61,26 @@ def test_worst_case_over_budget_uses_the_exact_projection(
     assert max(uploads) < min(executions), "the exact projection needs every upload first"
     actions = {k: v["action"] for k, v in stack.materializations(EXECUTION, result).items()}
     assert sorted(actions.values()) == ["create", "reuse", "reuse", "reuse"]
+
+
+def test_results_are_read_soon_after_the_queue_drains(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    # every execution starts at once (8 workers, 3 images), so nothing waits in AutoRetouch's queue: the step
+    # reads again within a second instead of after its 30 s pass interval (or its 20 s wait running out)
+    stack = make_stack(processing_seconds=1.0, workers=8)
+    keys = [stack.put(f"p/{i}.png", make_image(width=30 + i)) for i in range(3)]
+    stack.register(keys)
+    result = stack.run(keys, poll_interval_seconds=30.0, max_wait_seconds=20.0)
+    assert result.success
+    assert set(stack.materializations(RETOUCHED, result)) == set(keys)
+    finished = max(e.finished_at for e in stack.client().iter_executions() if e.finished_at)
+    delivered = max(
+        entry.timestamp
+        for entry in stack.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.asset_materialization and entry.asset_materialization.asset_key == RETOUCHED
+    )
+    # a generous margin: the old schedule delivered ~19 s after the last execution finished
+    assert delivered - finished.timestamp() < 10.0
+    calls = stack.sandbox.state.accounting.calls
+    assert calls.get("E3", 0) <= 12  # bounded: at most 10 quick passes per wait
