@@ -159,7 +159,6 @@ def before_preview_from_source(s3: Any, bucket: str, key: str, max_bytes: int) -
             return None
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         with Image.open(io.BytesIO(body)) as image:
-            image.load()
             return thumbnail_data_uri(image)
     except Exception:  # a preview is a convenience: never fail the download for it
         return None

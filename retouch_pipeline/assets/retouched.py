@@ -67,9 +67,8 @@ def write_output(
         result = client.download_result(execution, path)
         try:
             with Image.open(path) as image:
-                image.load()
                 width, height, mode = image.width, image.height, image.mode
-                preview = thumbnail_data_uri(image)
+                preview = thumbnail_data_uri(image)  # decodes it all (the check), then shrinks it in place
         except (OSError, SyntaxError, ValueError) as exc:
             raise PartitionFailure("download", f"ResultUndecodable: {exc}") from exc
         content_type = execution.result_content_type or CONTENT_TYPES.get(

@@ -58,7 +58,8 @@ def validate_image(path: str, max_side: int) -> tuple[str, int, int, str]:
                     )
                 probe.verify()  # structure and checksums
             with Image.open(path) as image:
-                image.load()  # decode every pixel: catches truncated data that verify() lets through
+                # Decodes every byte of the stream (a JPEG at reduced scale: see thumbnail_data_uri), which
+                # catches truncated data that verify() lets through; no full-size copy for the thumbnail.
                 preview = thumbnail_data_uri(image)
     except PartitionFailure:
         raise
