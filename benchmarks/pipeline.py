@@ -313,12 +313,12 @@ def cold_and_rerun(
 
 
 def memory(stack: Stack, sampler: TreeSampler, count: int, megabytes: float) -> dict[str, Any]:
-    """Benchmark 5 (memory): peak RSS of the step process, 20 MB images vs tiny ones, per image in flight.
+    """Benchmark 5 (memory): peak RSS of the run worker, 20 MB images vs tiny ones, per image in flight.
 
     Both collections are launched together (one daemon pickup instead of two). Each run executes its step in
-    a process of its own (the multiprocess executor's child of the run worker, itself a child of the code
-    server): the step process with the higher peak is the 20 MB one, the other is the baseline: the same
-    step, same number of images, tiny images. Growth = the difference, i.e. what the image bytes cost.
+    its run worker (in-process executor; the run worker is a child of the code server): the run worker with
+    the higher peak is the 20 MB one, the other is the baseline: the same step, same number of images, tiny
+    images. Growth = the difference, i.e. what the image bytes cost.
     """
     stack.sandbox.set_live(image_work_max_side=None)  # full-size results: downloads as large as real ones
     concurrency = int(stack.env.get("AUTORETOUCH_CONCURRENCY", "16"))
@@ -336,11 +336,11 @@ def memory(stack: Stack, sampler: TreeSampler, count: int, megabytes: float) -> 
     out["statuses"] = wait_backfills(stack, ids, 1800)
     sampler.sample()
     new = [p for pid, p in sampler.pids["code-server"].items() if pid not in before]
-    # Step processes: multiprocessing children of a run worker (not of the code server), alive long enough
-    # to have imported Dagster (a transient helper process would otherwise pass for the baseline).
-    steps = [p for p in new if p.ppid != server_pid and "spawn_main" in p.cmdline and p.hwm_kb > 50 * 1024]
+    # Run workers: the code server's children started for the runs, alive long enough to have imported
+    # Dagster (a transient helper process would otherwise pass for the baseline).
+    steps = [p for p in new if p.ppid == server_pid and p.hwm_kb > 50 * 1024]
     if len(steps) < 2:
-        raise RuntimeError(f"expected two step processes, saw {[(p.pid, p.cmdline[:60]) for p in new]}")
+        raise RuntimeError(f"expected two run workers, saw {[(p.pid, p.cmdline[:60]) for p in new]}")
     steps.sort(key=lambda p: p.hwm_kb)
     small, large = steps[0], steps[-1]
     growth = (large.hwm_kb - small.hwm_kb) / 1024

@@ -259,7 +259,7 @@ def table(results: dict[str, Any], judge: bool) -> str:
         ),
         (
             "5",
-            "step process peak RSS, tiny / 20 MB images, MB",
+            "run worker peak RSS, tiny / 20 MB images, MB",
             f"{_r(mem.get('peak_rss_mb_small'), 0)} / {_r(mem.get('peak_rss_mb_large'), 0)}",
             "",
             "",
