@@ -88,6 +88,16 @@ def _catalog_with_changes(stack: Stack, make_image: Callable[..., bytes]) -> tup
     return keys, missed, old_sidecar
 
 
+def _assert_brought_up_to_date(stack: Stack, creates: int, old_sidecar: dict) -> None:
+    """Missed and changed: one new execution each; the deleted output: restored from the same execution."""
+    assert stack.sandbox.state.accounting.calls.get("E1", 0) == creates + 2
+    assert stack.charged() == 6 * stack.workflow["executionPrice"] and len(stack.ledger()) == 6
+    restored = json.loads(stack.get("retouched/a/p1.png.json"))
+    assert restored["execution"]["id"] == old_sidecar["execution"]["id"]
+    assert stack.image("retouched/a/p1.png").mode == "RGBA"
+    assert stack.image("retouched/a/p2.png").mode == "RGBA"
+
+
 def test_small_difference_is_processed_inside_the_refresh_run(
     stack: Stack, make_image: Callable[..., bytes]
 ) -> None:
@@ -97,13 +107,7 @@ def test_small_difference_is_processed_inside_the_refresh_run(
 
     backfills, result = _refresh(stack)
     assert backfills == []  # no daemon hop: everything happened in the refresh run
-    # missed and changed: one new execution each; the deleted output: restored from the same execution
-    assert stack.sandbox.state.accounting.calls.get("E1", 0) == creates + 2
-    assert stack.charged() == 6 * price and len(stack.ledger()) == 6
-    restored = json.loads(stack.get("retouched/a/p1.png.json"))
-    assert restored["execution"]["id"] == old_sidecar["execution"]["id"]
-    assert stack.image("retouched/a/p1.png").mode == "RGBA"
-    assert stack.image("retouched/a/p2.png").mode == "RGBA"
+    _assert_brought_up_to_date(stack, creates, old_sidecar)
     # recorded per partition, as a backfill run records them, by the refresh run
     for asset, expected in (
         (UPLOADED, {missed, "b/p0.png"}),
@@ -158,13 +162,7 @@ def test_large_difference_goes_out_as_backfills(stack: Stack, make_image: Callab
         (("autoretouch_execution", "retouched_image", "uploaded_image"), ("b/p0.png",)),
         (("retouched_image",), ("a/p1.png",)),
     }
-    # missed and changed: one new execution each; the deleted output: restored from the same execution
-    assert stack.sandbox.state.accounting.calls.get("E1", 0) == creates + 2
-    assert stack.charged() == 6 * price and len(stack.ledger()) == 6
-    restored = json.loads(stack.get("retouched/a/p1.png.json"))
-    assert restored["execution"]["id"] == old_sidecar["execution"]["id"]
-    assert stack.image("retouched/a/p1.png").mode == "RGBA"
-    assert stack.image("retouched/a/p2.png").mode == "RGBA"
+    _assert_brought_up_to_date(stack, creates, old_sidecar)
     for _, _, result in runs:  # the checks ran inside every backfill run and passed
         assert check_results(result)[OUTPUT_CHECK].passed
 
