@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from dagster._core.storage.dagster_run import RunsFilter
 from benchmarks.images import catalog_jpeg, large_png, small_png
 from benchmarks.procs import TreeSampler, cpu_snapshot
 from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
+from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline_tests.deploy.harness import OUTPUT_PREFIX, SOURCE_PREFIX, launch_collection_backfill
@@ -149,6 +151,8 @@ class RunStats:
     """Run created -> RUN_STARTING (run queue: per-backfill and pool limits)."""
     first_run_after_launch: float | None = None
     """Backfill launched -> first run created (the backfill daemon's pickup)."""
+    first_step_start: float | None = None
+    """Wall time of the first STEP_START of the backfill's runs."""
 
 
 def run_stats(stack: Stack, backfill_ids: list[str], launched_wall: float) -> RunStats:
@@ -167,12 +171,50 @@ def run_stats(stack: Stack, backfill_ids: list[str], launched_wall: float) -> Ru
             if DagsterEventType.RUN_STARTING in times:
                 stats.queued_seconds.append(times[DagsterEventType.RUN_STARTING] - created[-1])
                 if DagsterEventType.STEP_START in times:
+                    step = times[DagsterEventType.STEP_START]
+                    stats.first_step_start = min(stats.first_step_start or step, step)
                     stats.run_start_seconds.append(
                         times[DagsterEventType.STEP_START] - times[DagsterEventType.RUN_STARTING]
                     )
     if created:
         stats.first_run_after_launch = min(created) - launched_wall
     return stats
+
+
+def service_timeline(stack: Stack, since_wall: float, step_start: float | None) -> dict[str, float]:
+    """Seconds after the launch at which the service got work, worked, and finished (sandbox timestamps).
+
+    Why: it splits the pipeline's time into what happens before AutoRetouch has work (pickup, run start,
+    first upload and create), gaps while it works (the service idle inside its own busy window) and what
+    comes after its last result (status pass, download, S3 write). Read after the API-call count.
+    """
+    client = AutoRetouchClient(
+        stack.sandbox.url,
+        stack.sandbox.url,
+        refresh_token=stack.sandbox.info["refresh_token"],
+        organization_id=stack.sandbox.info["organization_id"],
+    )
+    with client:
+        executions = [
+            e
+            for e in client.iter_executions(stack.sandbox.workflow["id"])
+            if e.created_at and e.created_at.timestamp() >= since_wall
+        ]
+    if not executions:
+        return {}
+
+    def at(values: list[datetime | None], pick: Any) -> float:
+        return float(pick(v.timestamp() for v in values if v is not None)) - since_wall
+
+    out = {
+        "first_create": at([e.created_at for e in executions], min),
+        "last_create": at([e.created_at for e in executions], max),
+        "first_service_start": at([e.started_at for e in executions], min),
+        "last_service_finish": at([e.finished_at for e in executions], max),
+    }
+    if step_start is not None:
+        out["first_step_start"] = step_start - since_wall
+    return out
 
 
 def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
@@ -251,6 +293,7 @@ def cold_and_rerun(
     out["run_start_seconds_mean"] = _mean(stats.run_start_seconds)
     out["run_queued_seconds_max"] = max(stats.queued_seconds, default=None)
     out["backfill_pickup_seconds"] = stats.first_run_after_launch
+    out["timeline"] = service_timeline(stack, launched_wall, stats.first_step_start)
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
     out["cpu_seconds"] = cpu
     out["pipeline_cpu_seconds_per_image"] = sum(cpu[k] for k in ("code-server", "daemon", "webserver")) / n

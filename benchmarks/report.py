@@ -231,6 +231,26 @@ def table(results: dict[str, Any], judge: bool) -> str:
         ("5", "longest a run waited in the queue, s", _r(cold.get("run_queued_seconds_max"), 1), "", ""),
         (
             "5",
+            "after launch, s: 1st step / 1st create / service starts / last create",
+            _slash(
+                cold.get("timeline", {}),
+                "first_step_start",
+                "first_create",
+                "first_service_start",
+                "last_create",
+            ),
+            "",
+            "",
+        ),
+        (
+            "5",
+            "after launch, s: service's last result / last output in S3",
+            _slash({**cold.get("timeline", {}), **cold}, "last_service_finish", "pipeline_seconds"),
+            "",
+            "",
+        ),
+        (
+            "5",
             "pipeline CPU s per image (code server + runs, daemon, webserver)",
             _r(cold.get("pipeline_cpu_seconds_per_image"), 3),
             "",
