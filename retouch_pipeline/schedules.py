@@ -14,7 +14,7 @@ An unchanged image with its output in place gets nothing. Even when asked again,
 recorded execution (idempotency key), so a refresh can never double-charge.
 
 Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
-restore; default one backfill run's worth, 200) is processed inside the refresh run itself, by the same
+restore; default one backfill run's worth, 100) is processed inside the refresh run itself, by the same
 stages, idempotency keys and per-partition materializations as a backfill run (`assets/stages.py`). Why: a
 backfill waits for the backfill daemon's loop (every 30 s), then for a run to be planned, queued and started;
 for the usual daily difference of a few dozen images that was most of the refresh's time. A larger

@@ -54,7 +54,12 @@ from retouch_pipeline.assets.stages import failure_of, make_item, process_items,
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
-MAX_PARTITIONS_PER_RUN = 200
+# Images per run of a backfill (`BackfillPolicy.multi_run`). Why 100: the backfill daemon submits a backfill's
+# runs one after another and writes one planned event per asset and partition before each (~13 ms each
+# here), so AutoRetouch gets its first work only after the first run was submitted (~4 s at 100, ~8 s at 200)
+# and started; with 4 runs in flight per backfill (deploy/dagster.yaml) 400 images keep the service busy
+# while the next runs start. Also the catalog sensor's batch (CATALOG_BATCH_SIZE): one sensor batch, one run.
+MAX_PARTITIONS_PER_RUN = 100
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 GROUP = "catalog"
 

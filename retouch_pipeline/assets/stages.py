@@ -106,10 +106,11 @@ def upload_and_create(
 
     Why batches: AutoRetouch should start working seconds after the step starts, not after its last upload
     (for 200 images that was ~20 s of an idle service per run), while the event log and the key-value index
-    are still read and written once per batch, not once per image. A batch is flushed when it holds
-    `CREATE_BATCH` images, when its first image has waited `FLUSH_AFTER_SECONDS`, or when the uploads are
-    done. Creates run on `pool` while the uploads keep their own threads, so a create never queues behind
-    the remaining uploads. Re-used executions are settled after the uploads, in one status pass.
+    are still read and written once per batch, not once per image. The first image ready is created at
+    once; after it a batch is flushed when it holds `CREATE_BATCH` images, when its first image has waited
+    `FLUSH_AFTER_SECONDS`, or when the uploads are done. Creates run on `pool` while the uploads keep their
+    own threads, so a create never queues behind the remaining uploads. Re-used executions are settled
+    after the uploads, in one status pass.
     """
     creating = EXECUTION in selected
     ready = sum(1 for i in items if not i.failure)
@@ -117,6 +118,7 @@ def upload_and_create(
     deferred: list[WorkItem] = []
     batch: list[WorkItem] = []
     batch_since = 0.0
+    flushed = False
     with ThreadPoolExecutor(env.autoretouch.concurrency, thread_name_prefix="upload") as uploads:
         pending = {
             uploads.submit(prepare_and_upload, i, env.s3, env.catalog, env.client, True): i
@@ -136,9 +138,11 @@ def upload_and_create(
                     batch.append(item)
             if batch and (
                 not pending
+                or not flushed  # the first image ready goes at once: AutoRetouch starts working
                 or len(batch) >= CREATE_BATCH
                 or time.monotonic() - batch_since >= FLUSH_AFTER_SECONDS
             ):
+                flushed = True
                 settled: list[tuple[WorkItem, WorkflowExecution | None]] = []
                 if streaming:
                     resolve_actions(env, batch)
