@@ -17,7 +17,7 @@ Environment variables (defaults: the embedded dev stack of `make dev`)
 | `AUTORETOUCH_BUDGET_CREDITS` | unset = balance only | per-run spending cap |
 | `AUTORETOUCH_MAX_WAIT_SECONDS` | `600` | longest a run waits; the rest goes to the pending sensor |
 | `AUTORETOUCH_POLL_SECONDS` | `5` | pause between batched status reads |
-| `AUTORETOUCH_CONCURRENCY` | `16` | threads per step |
+| `AUTORETOUCH_CONCURRENCY` | `16` | upload threads per step, and as many for creates and downloads |
 | `S3_ENDPOINT_URL` | loopback API: `http://127.0.0.1:9000`; else AWS | S3 endpoint; empty = AWS |
 | `AUTORETOUCH_APP_URL` | `https://app.autoretouch.com` | web app base URL of the links in metadata |
 | `AWS_REGION` | `us-east-1` | S3 region (and the SQS queue's) |

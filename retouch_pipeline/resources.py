@@ -63,7 +63,12 @@ class AutoRetouchResource(dg.ConfigurableResource):
         description="Longest a step waits for its executions; the rest is left to the pending-executions "
         "sensor (IN_QA can take hours and must not hold a run).",
     )
-    concurrency: int = Field(default=16, gt=0, description="Threads per step (uploads, creates, downloads).")
+    concurrency: int = Field(
+        default=16,
+        gt=0,
+        description="Threads per step for uploads, and as many for creates and downloads (creates start "
+        "while uploads still run).",
+    )
     budget_credits: int | None = Field(
         default=None,
         ge=0,
