@@ -75,12 +75,9 @@ class ConfigurationError(ValueError):
     """A setting that cannot work, raised while the definitions load: names the variable and the fix."""
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-def _optional(name: str) -> str | None:
-    return os.environ.get(name) or None
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    """A variable's value; unset or empty means the default."""
+    return env.get(name) or default
 
 
 def is_loopback_url(url: str) -> bool:
@@ -97,13 +94,10 @@ def is_loopback_url(url: str) -> bool:
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
     """The resources from environment variables (pure: the tests call it with a dict)."""
 
-    def get(name: str, default: str) -> str:
-        return env.get(name) or default
-
     def optional(name: str) -> str | None:
         return env.get(name) or None
 
-    api_url = get("AUTORETOUCH_API_URL", DEV_API_URL)
+    api_url = _get(env, "AUTORETOUCH_API_URL", DEV_API_URL)
     dev = is_loopback_url(api_url)
     workflow_id: Any = optional("AUTORETOUCH_WORKFLOW_ID")
     if workflow_id is None:
@@ -113,31 +107,36 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
         endpoint = env["S3_ENDPOINT_URL"] or None  # explicitly empty: AWS
     else:
         endpoint = DEV_S3_ENDPOINT if dev else None
-    source_bucket = get("CATALOG_SOURCE_BUCKET", "catalog")
     budget = optional("AUTORETOUCH_BUDGET_CREDITS")
     return {
         "autoretouch": AutoRetouchResource(
             api_url=api_url,
-            auth_url=get("AUTORETOUCH_AUTH_URL", api_url if dev else DEFAULT_AUTH_URL),
-            app_url=get("AUTORETOUCH_APP_URL", DEFAULT_APP_URL),
+            auth_url=_get(env, "AUTORETOUCH_AUTH_URL", api_url if dev else DEFAULT_AUTH_URL),
+            app_url=_get(env, "AUTORETOUCH_APP_URL", DEFAULT_APP_URL),
             organization_id=optional("AUTORETOUCH_ORGANIZATION_ID"),
             workflow_id=workflow_id,
             workflow_version=optional("AUTORETOUCH_WORKFLOW_VERSION"),
             refresh_token=dg.EnvVar("AUTORETOUCH_REFRESH_TOKEN"),
             budget_credits=int(budget) if budget else None,
-            max_wait_seconds=float(get("AUTORETOUCH_MAX_WAIT_SECONDS", "600")),
-            poll_interval_seconds=float(get("AUTORETOUCH_POLL_SECONDS", "5")),
-            concurrency=int(get("AUTORETOUCH_CONCURRENCY", "16")),
+            max_wait_seconds=float(_get(env, "AUTORETOUCH_MAX_WAIT_SECONDS", "600")),
+            poll_interval_seconds=float(_get(env, "AUTORETOUCH_POLL_SECONDS", "5")),
+            concurrency=int(_get(env, "AUTORETOUCH_CONCURRENCY", "16")),
         ),
-        "catalog": CatalogResource(
-            source_bucket=source_bucket,
-            source_prefix=get("CATALOG_SOURCE_PREFIX", "incoming/"),
-            output_bucket=get("CATALOG_OUTPUT_BUCKET", source_bucket),
-            output_prefix=get("CATALOG_OUTPUT_PREFIX", "retouched/"),
-            batch_size=int(get("CATALOG_BATCH_SIZE", "100")),
-        ),
-        "s3": S3Resource(endpoint_url=endpoint, region_name=get("AWS_REGION", "us-east-1")),
+        "catalog": build_catalog(env),
+        "s3": S3Resource(endpoint_url=endpoint, region_name=_get(env, "AWS_REGION", "us-east-1")),
     }
+
+
+def build_catalog(env: Mapping[str, str]) -> CatalogResource:
+    """Where the catalog and its results live: the one reader of these variables (resources and sensor)."""
+    source_bucket = _get(env, "CATALOG_SOURCE_BUCKET", "catalog")
+    return CatalogResource(
+        source_bucket=source_bucket,
+        source_prefix=_get(env, "CATALOG_SOURCE_PREFIX", "incoming/"),
+        output_bucket=_get(env, "CATALOG_OUTPUT_BUCKET", source_bucket),
+        output_prefix=_get(env, "CATALOG_OUTPUT_PREFIX", "retouched/"),
+        batch_size=int(_get(env, "CATALOG_BATCH_SIZE", "100")),
+    )
 
 
 def build_scan_config(env: Mapping[str, str]) -> ScanConfig:
@@ -147,16 +146,14 @@ def build_scan_config(env: Mapping[str, str]) -> ScanConfig:
     naming the variable instead of failing the sensor's ticks later.
     """
 
-    def get(name: str, default: str) -> str:
-        return env.get(name) or default
-
-    source_bucket = get("CATALOG_SOURCE_BUCKET", "catalog")
+    catalog = build_catalog(env)
+    source_bucket = catalog.source_bucket
     where: dict[str, Any] = {
         "source_bucket": source_bucket,
-        "source_prefix": get("CATALOG_SOURCE_PREFIX", "incoming/"),
-        "batch_size": int(get("CATALOG_BATCH_SIZE", "100")),
+        "source_prefix": catalog.source_prefix,
+        "batch_size": catalog.batch_size,
     }
-    mode = get("CATALOG_SCAN_MODE", "listing").strip().lower()
+    mode = _get(env, "CATALOG_SCAN_MODE", "listing").strip().lower()
     if mode == "listing":
         return ScanConfig(**where)
     if mode != "sqs":
@@ -165,7 +162,7 @@ def build_scan_config(env: Mapping[str, str]) -> ScanConfig:
             "'listing' (the default: list the source prefix every tick) or 'sqs' (S3 event notifications "
             "read from the queue at CATALOG_SQS_QUEUE_URL)"
         )
-    queue_url = get("CATALOG_SQS_QUEUE_URL", "").strip()
+    queue_url = _get(env, "CATALOG_SQS_QUEUE_URL", "").strip()
     if not queue_url:
         raise ConfigurationError(
             "CATALOG_SCAN_MODE=sqs needs CATALOG_SQS_QUEUE_URL: set it to the URL of the SQS queue receiving "
@@ -184,7 +181,7 @@ def build_scan_config(env: Mapping[str, str]) -> ScanConfig:
         mode="sqs",
         sqs_queue_url=queue_url,
         sqs_endpoint_url=env.get("CATALOG_SQS_ENDPOINT_URL") or None,
-        sqs_region_name=get("AWS_REGION", "us-east-1"),  # the S3 resource's region too
+        sqs_region_name=_get(env, "AWS_REGION", "us-east-1"),  # the S3 resource's region too
     )
 
 
@@ -202,11 +199,11 @@ def build_catalog_sensor_from_env(
     )
 
 
-running = _env("RETOUCH_SENSORS_RUNNING", "1") not in ("0", "false", "no")
+running = _get(os.environ, "RETOUCH_SENSORS_RUNNING", "1") not in ("0", "false", "no")
 sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 resources = build_resources(os.environ)
 catalog_sensor = build_catalog_sensor_from_env(os.environ, default_status=sensor_status)
-batch_size = int(_env("CATALOG_BATCH_SIZE", "100"))
+batch_size = resources["catalog"].batch_size
 
 defs = dg.Definitions(
     assets=[catalog_pipeline, autoretouch_costs],

@@ -20,6 +20,14 @@ from retouch_pipeline.catalog.sensor import batch_run_requests
 from retouch_pipeline.partitions import catalog_images
 
 
+def register_partitions(instance: dg.DagsterInstance, partition_keys: Sequence[str]) -> None:
+    """Add the catalog partitions not registered yet (images the sensor has not seen)."""
+    known = set(instance.get_dynamic_partitions(str(catalog_images.name)))
+    missing = [k for k in partition_keys if k not in known]
+    if missing:
+        instance.add_dynamic_partitions(str(catalog_images.name), missing)
+
+
 def submit_backfills(
     instance: dg.DagsterInstance,
     partition_keys: Iterable[str],
@@ -38,10 +46,7 @@ def submit_backfills(
     keys = list(dict.fromkeys(partition_keys))
     if not keys:
         return []
-    known = set(instance.get_dynamic_partitions(str(catalog_images.name)))
-    missing = [k for k in keys if k not in known]
-    if missing:
-        instance.add_dynamic_partitions(str(catalog_images.name), missing)
+    register_partitions(instance, keys)
     ids = []
     requests = batch_run_requests(keys, asset_keys, catalog_images, batch_size, tags)
     images = 0

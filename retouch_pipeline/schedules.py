@@ -51,8 +51,7 @@ from retouch_pipeline.assets.stages import (
 )
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
-from retouch_pipeline.launch import submit_backfills
-from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.launch import register_partitions, submit_backfills
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 REFRESH_TAG = "retouch/trigger"
@@ -165,11 +164,9 @@ def reconcile_catalog(
     )
     full = [make_item(pk, catalog) for pk in in_run.full]
     restore = [make_item(pk, catalog) for pk in in_run.outputs_missing]
-    if in_run.full or in_run.outputs_missing:
-        registered = set(context.instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
-        new = [k for k in in_run.full if k not in registered]
-        if new:  # missed by the sensor: registered here, as the sensor would have
-            context.instance.add_dynamic_partitions(CATALOG_PARTITIONS_NAME, new)
+    items = full + restore
+    if items:
+        register_partitions(context.instance, in_run.full)  # missed by the sensor: as it would have
         with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
             env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
             # creates first: AutoRetouch works on them while the deleted outputs are restored (downloads)
@@ -177,8 +174,7 @@ def reconcile_catalog(
                 yield from upload_and_create(env, full, set(PIPELINE_KEYS), pool)
             yield from process_items(env, restore, {RETOUCHED}, pool)
             yield from wait_and_download(env, full, pool)
-            yield from report(env, {RETOUCHED}, set(), full + restore)
-    items = full + restore
+            yield from report(env, {RETOUCHED}, set(), items)
     yield dg.Output(
         None,
         metadata={

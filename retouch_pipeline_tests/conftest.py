@@ -10,6 +10,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -170,18 +171,25 @@ def make_image_fixture() -> Callable[..., bytes]:
     return make_image
 
 
+@contextmanager
+def running_moto(port: int = 0) -> Iterator[str]:
+    """moto's server (S3 and SQS over real HTTP on loopback) while the block runs; yields its URL."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    """One moto server (S3 and SQS over real HTTP on loopback) for the session, with dummy credentials."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    """One moto server for the session, with dummy credentials in the environment."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+        with running_moto() as url:
+            yield url

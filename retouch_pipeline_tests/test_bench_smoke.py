@@ -101,10 +101,11 @@ def test_benchmark_modules_import() -> None:
     """The benchmarks reuse test helpers (deploy harness, catalog SensorHarness): a refactor there must
     fail here, not 10 minutes into `make bench`."""
     import benchmarks.__main__
+    import benchmarks.cold_runs
     import benchmarks.pipeline
     import benchmarks.sensor
     import benchmarks.stack
 
     assert benchmarks.__main__.FULL["n"] == 640
     assert callable(benchmarks.sensor.run) and callable(benchmarks.pipeline.cold_and_rerun)
-    assert callable(benchmarks.stack.running_stack)
+    assert callable(benchmarks.stack.running_stack) and callable(benchmarks.cold_runs.main)

@@ -5,7 +5,7 @@ index, AutoRetouch's idempotency label for interrupted creates), then project th
 executions + retries of FAILED/PAYMENT_REQUIRED ones, times `executionPrice`) and compare it with the balance
 and `budget_credits` *before* the first create: a refusal produces no PAYMENT_REQUIRED execution.
 
-Two ways the step uses it (`pipeline.py`):
+Two ways a step uses it (`stages.py::upload_and_create`):
 
 * streaming (the usual case): `worst_case_fits` checks once, before any upload, that even if *every* image
   of the step needed a new execution the spend would fit the balance and the budget. Then each small batch
@@ -156,43 +156,34 @@ def _project(env: StepEnv, items: list[WorkItem], current: dict[str, WorkflowExe
     return list(spenders.values())
 
 
-def _guard_budget(env: StepEnv, spenders: list[WorkItem]) -> str | None:
-    """None when the projected spend fits the balance and the budget; else the refusal message."""
-    projected = len(spenders) * env.workflow.execution_price
+def budget_refusal(env: StepEnv, count: int, what: str = "projected") -> str | None:
+    """None when `count` executions fit the balance and the budget (one balance read); else why not."""
+    price = env.workflow.execution_price
+    projected = count * price
     if projected == 0:
         return None
     balance = env.client.get_balance()
     budget = env.autoretouch.budget_credits
     if projected > balance:
         return (
-            f"BudgetRefused: {len(spenders)} execution(s) x {env.workflow.execution_price} credits = "
-            f"{projected} "
-            f"credits projected, but the organization's balance is {balance}; top up, then re-materialize"
+            f"BudgetRefused: {count} execution(s) x {price} credits = {projected} credits {what}, but the "
+            f"organization's balance is {balance}; top up, then re-materialize"
         )
     if budget is not None and projected > budget:
         return (
-            f"BudgetRefused: {projected} credits projected "
-            f"({len(spenders)} x {env.workflow.execution_price}) "
-            f"exceeds budget_credits={budget}; raise the budget or backfill fewer images"
+            f"BudgetRefused: {projected} credits {what} ({count} x {price}) exceeds budget_credits={budget}; "
+            "raise the budget or backfill fewer images"
         )
-    env.log.info(f"Budget: {projected} credits projected; balance {balance}, budget {budget}")
+    env.log.info(f"Budget: {projected} credits {what}; balance {balance}, budget {budget}")
     return None
 
 
 def worst_case_fits(env: StepEnv, count: int) -> bool:
-    """True when `count` new executions fit the balance and the budget (one balance read)."""
-    worst = count * env.workflow.execution_price
-    if worst == 0:
-        return True
-    balance = env.client.get_balance()
-    budget = env.autoretouch.budget_credits
-    fits = worst <= balance and (budget is None or worst <= budget)
-    env.log.info(
-        f"Budget: worst case {count} x {env.workflow.execution_price} = {worst} credits; balance {balance}, "
-        f"budget {budget}: "
-        + ("executions are created as uploads finish" if fits else "exact projection after all uploads")
-    )
-    return fits
+    """True when `count` new executions fit: executions are then created as uploads finish."""
+    refusal = budget_refusal(env, count, "in the worst case")
+    if refusal:
+        env.log.info(f"{refusal} -- exact projection after all uploads instead")
+    return refusal is None
 
 
 def _spend(env: StepEnv, item: WorkItem) -> str | None:
@@ -238,7 +229,7 @@ def resolve_and_create(
         max_pages=env.autoretouch.max_status_pages,
     )
     spenders = _project(env, items, current)
-    refusal = None if budget_checked else _guard_budget(env, spenders)
+    refusal = None if budget_checked else budget_refusal(env, len(spenders))
     if refusal:
         env.log.error(refusal)
         for item in items:

@@ -6,16 +6,15 @@ One moto server for the module; each profile builds its own sandbox, S3 proxy, b
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
 from retouch_pipeline.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
 from retouch_pipeline.chaos.harness import run_profile
 from retouch_pipeline.chaos.profiles import PROFILES
+from retouch_pipeline_tests.conftest import running_moto
 
 SMALL_N = 6
 CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}
@@ -23,14 +22,9 @@ CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    """This module's own moto: 25 profiles' buckets and fault proxies stay out of the session's."""
+    with running_moto() as url:
+        yield url
 
 
 @pytest.mark.parametrize("name", list(PROFILES))

@@ -8,15 +8,14 @@ are fast and always run.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from retouch_pipeline.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
+from retouch_pipeline_tests.conftest import running_moto
 from retouch_pipeline_tests.deploy.harness import (
     CATALOG_BUCKET,
     REQUIRED_DAEMONS,
@@ -73,14 +72,8 @@ def database(postgres: None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with running_moto(free_port()) as url:
+        yield url
 
 
 def base_environment() -> dict[str, str]:

@@ -45,9 +45,9 @@ def locked_version(name: str) -> str:
 
 
 def definitions_env_vars() -> set[str]:
-    """Every variable definitions.py reads (`_env`, `_optional`, `get`, `*.get`, `EnvVar`)."""
+    """Every variable definitions.py reads (`_get(env, ...)`, `optional`, `*.get`, `EnvVar`)."""
     source = DEFINITIONS.read_text()
-    pattern = r'(?:\b_env|\b_optional|\bget|\.get|EnvVar)\(\s*"([A-Z0-9_]+)"'
+    pattern = r'(?:\b_get\(\s*[\w.]+,|\boptional\(|\.get\(|EnvVar\()\s*"([A-Z0-9_]+)"'
     return set(re.findall(pattern, source))
 
 

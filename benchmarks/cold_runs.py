@@ -1,0 +1,103 @@
+"""`python -m benchmarks.cold_runs [N] [--py-spy PATH]`: benchmark 1's pipeline half alone, run by run.
+
+Why: `make bench` gives one timeline for the whole backfill; tuning how a backfill is cut into runs needs each
+run's own: created (the daemon submits runs one after another), planned events written, queued, started,
+first and last materialization. With `--py-spy PATH` (py-spy installed anywhere; not a project dependency) the
+code server and its run workers are profiled meanwhile into PATH (`--format raw`). Same stack and images as
+`make bench` (T = 5 s, W = 16); no official client, no targets. docs/performance.md cites its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import RunsFilter
+
+from benchmarks import pipeline as bench
+from benchmarks.__main__ import SANDBOX_WORK_SIDE
+from benchmarks.images import catalog_jpeg
+from benchmarks.stack import running_stack, wait_for
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline_tests.deploy.harness import SOURCE_PREFIX
+
+RUN_EVENTS = (
+    DagsterEventType.RUN_ENQUEUED,
+    DagsterEventType.RUN_STARTING,
+    DagsterEventType.STEP_START,
+    DagsterEventType.RUN_SUCCESS,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cold_runs", description=__doc__)
+    parser.add_argument("n", nargs="?", type=int, default=640, help="images (default 640: bound 200 s)")
+    parser.add_argument("--py-spy", type=Path, help="profile the code server and its runs into this file")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    n, t, w = args.n, 5.0, 16
+    work = Path(tempfile.mkdtemp(prefix="retouch-cold-"))
+    with running_stack(work / "dagster_home", processing_seconds=t, workers=w) as stack:
+        stack.sandbox.set_live(image_work_max_side=SANDBOX_WORK_SIDE)
+        names = [f"cold/product-{i:04d}.jpg" for i in range(n)]
+        images = {SOURCE_PREFIX + name: catalog_jpeg(name, i) for i, name in enumerate(names)}
+        bench.put_objects(stack, images, "image/jpeg")
+        keys = [partition_key_for(name) for name in names]
+        bench.instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)
+        spy = None
+        if args.py_spy:
+            pid = stack.services["code-server"].process.pid  # type: ignore[union-attr]
+            command = ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--idle", "--nonblocking"]
+            command += ["--rate", "50", "--format", "raw", "-o", str(args.py_spy)]
+            spy = subprocess.Popen(  # noqa: S603 (the user's py-spy, fixed arguments, no shell)
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(2)
+        launched_wall, started = time.time(), time.monotonic()
+        backfill_id = bench.launch_backfill(stack, keys, "cold")
+        wait_for(lambda: len(bench.output_images(stack, "cold")) >= n, 3600, 0.5, "outputs in S3")
+        total = time.monotonic() - started
+        bench.wait_backfills(stack, [backfill_id], 900)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        inst = bench.instance(stack)
+        print(f"N={n}: {total:.1f} s, bound {n * t / w:.1f} s, ratio {total / (n * t / w):.3f}")
+        records = inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        for record in sorted(records, key=lambda r: r.create_timestamp):
+            run_id = record.dagster_run.run_id
+
+            def after(
+                kind: DagsterEventType, pick: Callable[[list[float]], float] = min, rid: str = run_id
+            ) -> str:
+                stamps = [e.timestamp for e in inst.all_logs(rid, of_type=kind)]
+                return f"{pick(stamps) - launched_wall:.1f}" if stamps else "-"
+
+            planned = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            mats = DagsterEventType.ASSET_MATERIALIZATION
+            print(
+                f"run {run_id[:8]} created {record.create_timestamp.timestamp() - launched_wall:.1f}"
+                f" planned {after(planned)}-{after(planned, max)} "
+                + " ".join(f"{kind.value.lower()} {after(kind)}" for kind in RUN_EVENTS)
+                + f" materializations {after(mats)}-{after(mats, max)}"
+            )
+        stats = bench.run_stats(stack, [backfill_id], launched_wall)
+        print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
