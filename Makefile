@@ -1,13 +1,21 @@
 # Every target runs from the repository root with the locked environment in .venv/.
 SHELL := /bin/bash
-UV ?= uv
+# A pinned uv comes with the repository's own files: a fresh machine needs only Python >= 3.11 and make.
+# It is installed into .tools/uv (pip --target, no venv module needed) the first time a target needs it.
+UV_VERSION := 0.9.30
+UV_HOME := .tools/uv
+UV ?= $(UV_HOME)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 OFFICIAL_VENV := .venv-official
 
 .PHONY: install lint typecheck validate test test-fast test-deploy test-ui screenshots sandbox dev clean bench bench-quick
 
-$(VENV)/.installed: pyproject.toml uv.lock
+$(UV_HOME)/bin/uv:
+	@echo "Installing uv $(UV_VERSION) into $(UV_HOME) (once)"
+	python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME) uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev
 	touch $@
 
