@@ -38,7 +38,7 @@ typecheck: $(VENV)/.installed
 
 # Definitions load (no network: every address points at a closed port) and validate as Dagster sees them.
 validate: $(VENV)/.installed
-	AUTORETOUCH_API_URL=http://127.0.0.1:9 S3_ENDPOINT_URL=http://127.0.0.1:9 \
+	AUTORETOUCH_API_URL=http://127.0.0.1:9 S3_ENDPOINT_URL=http://127.0.0.1:9 CATALOG_SOURCE_BUCKET=catalog \
 	  $(VENV)/bin/dagster definitions validate -m retouch_pipeline.definitions
 
 test: install lint typecheck validate

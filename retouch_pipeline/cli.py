@@ -29,6 +29,7 @@ from retouch_pipeline.autoretouch import (
     DeviceFlow,
     revoke,
 )
+from retouch_pipeline.settings import SettingsError
 
 
 @dataclass
@@ -102,7 +103,7 @@ def clear_errors() -> Iterator[None]:
     """Turn library errors into one line on stderr and exit status 1, as a shell user expects."""
     try:
         yield
-    except AutoRetouchError as error:
+    except (AutoRetouchError, SettingsError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 

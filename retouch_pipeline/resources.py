@@ -20,10 +20,9 @@ from pydantic import Field
 
 from retouch_pipeline.autoretouch import DEFAULT_API_URL, DEFAULT_AUTH_URL, AutoRetouchClient, RetryConfig
 from retouch_pipeline.catalog.scanner import normalize_prefix
+from retouch_pipeline.settings import DEFAULT_APP_URL
 
 __all__ = ["DEFAULT_APP_URL", "AutoRetouchResource", "CatalogResource"]
-
-DEFAULT_APP_URL = "https://app.autoretouch.com"
 
 
 class AutoRetouchResource(dg.ConfigurableResource):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,9 @@ from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, SandboxServer
+
+# The definitions need a catalog bucket to load (no default: a production setting); test modules import them.
+os.environ.setdefault("CATALOG_SOURCE_BUCKET", "catalog")
 
 CLIENT_ID = "V8EkfbxtBi93cAySTVWAecEum4d6pt4J"
 FAST = {"processing_seconds": 0.05, "auto_approve": True, "workers": 4}

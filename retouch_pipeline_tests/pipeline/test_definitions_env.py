@@ -1,4 +1,4 @@
-"""Dev-stack defaults only against a loopback (sandbox) API; production settings must be explicit."""
+"""The definitions from the environment: production defaults, offline loading, the SQS scan mode."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.definitions import (
-    SANDBOX_WORKFLOW_ID,
-    ConfigurationError,
-    build_catalog_sensor_from_env,
+    build_catalog_sensor_from_settings,
     build_resources,
     build_scan_config,
-    is_loopback_url,
 )
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline.resources import AutoRetouchResource
+from retouch_pipeline.settings import SettingsError, read_settings
 from retouch_pipeline_tests.catalog.conftest import CREDENTIALS, put_many
 from retouch_pipeline_tests.catalog.test_sqs import notify_queue
 
@@ -31,36 +29,38 @@ REAL = "https://api.autoretouch.com"
 QUEUE = "https://sqs.eu-central-1.amazonaws.com/123456789012/catalog-events"
 
 
-def test_loopback_detection() -> None:
-    for url in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765", "http://127.1.2.3"):
-        assert is_loopback_url(url), url
-    for url in (REAL, "http://10.0.0.5:8765", "http://sandbox.internal:8765", "not a url"):
-        assert not is_loopback_url(url), url
+SHOP = {"CATALOG_SOURCE_BUCKET": "shop"}
 
 
-def test_dev_defaults_apply_to_the_sandbox_only() -> None:
-    dev = build_resources({})
-    assert isinstance(dev["autoretouch"], AutoRetouchResource) and isinstance(dev["s3"], S3Resource)
-    assert dev["autoretouch"].workflow_id == SANDBOX_WORKFLOW_ID
-    assert dev["autoretouch"].auth_url == "http://127.0.0.1:8765"
-    assert dev["s3"].endpoint_url == "http://127.0.0.1:9000"
-    assert build_resources({"S3_ENDPOINT_URL": ""})["s3"].endpoint_url is None  # explicitly AWS
+def resources_of(env: dict[str, str]) -> dict[str, object]:
+    return build_resources(read_settings(env))
 
-    prod = build_resources({"AUTORETOUCH_API_URL": REAL})
-    assert prod["autoretouch"].workflow_id == dg.EnvVar("AUTORETOUCH_WORKFLOW_ID")  # not the sandbox's id
-    assert prod["autoretouch"].auth_url == "https://auth.autoretouch.com"
-    assert prod["autoretouch"].app_url == "https://app.autoretouch.com"
-    assert prod["s3"].endpoint_url is None  # AWS, not 127.0.0.1:9000
-    explicit = build_resources(
+
+def scan_of(env: dict[str, str]) -> object:
+    return build_scan_config(read_settings(env))
+
+
+def test_defaults_are_production_defaults_even_on_a_loopback_api() -> None:
+    """No sandbox workflow id, no 127.0.0.1:9000: the dev stack supplies its own values."""
+    for env in (SHOP, {**SHOP, "AUTORETOUCH_API_URL": "http://127.0.0.1:8765"}):
+        resources = resources_of(env)
+        autoretouch, s3 = resources["autoretouch"], resources["s3"]
+        assert isinstance(autoretouch, AutoRetouchResource) and isinstance(s3, S3Resource)
+        assert autoretouch.workflow_id == dg.EnvVar("AUTORETOUCH_WORKFLOW_ID")
+        assert autoretouch.auth_url == "https://auth.autoretouch.com"
+        assert autoretouch.app_url == "https://app.autoretouch.com"
+        assert s3.endpoint_url is None  # AWS
+    explicit = resources_of(
         {
+            **SHOP,
             "AUTORETOUCH_API_URL": REAL,
             "AUTORETOUCH_WORKFLOW_ID": "wf-1",
             "S3_ENDPOINT_URL": "https://s3.example",
         }
     )
-    assert (
-        explicit["autoretouch"].workflow_id == "wf-1" and explicit["s3"].endpoint_url == "https://s3.example"
-    )
+    autoretouch, s3 = explicit["autoretouch"], explicit["s3"]
+    assert isinstance(autoretouch, AutoRetouchResource) and isinstance(s3, S3Resource)
+    assert autoretouch.workflow_id == "wf-1" and s3.endpoint_url == "https://s3.example"
 
 
 def test_missing_workflow_id_fails_at_run_time_naming_the_variable(
@@ -68,13 +68,13 @@ def test_missing_workflow_id_fails_at_run_time_naming_the_variable(
 ) -> None:
     monkeypatch.delenv("AUTORETOUCH_WORKFLOW_ID", raising=False)
     monkeypatch.setenv("AUTORETOUCH_REFRESH_TOKEN", "not-used")
-    resources = build_resources({"AUTORETOUCH_API_URL": REAL})
+    resources = resources_of({**SHOP, "AUTORETOUCH_API_URL": REAL})
     with pytest.raises(Exception, match="AUTORETOUCH_WORKFLOW_ID"):
         dg.materialize([autoretouch_costs], resources=resources, instance=dg.DagsterInstance.ephemeral())
 
 
 def test_production_definitions_load_offline_without_workflow_id() -> None:
-    env = {"AUTORETOUCH_API_URL": REAL, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    env = {**SHOP, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9"}
     code = (
         "import retouch_pipeline.definitions as d; d.defs.get_repository_def().load_all_definitions(); "
         "print(d.resources['s3'].endpoint_url, d.resources['autoretouch'].workflow_id.env_var_name)"
@@ -85,11 +85,11 @@ def test_production_definitions_load_offline_without_workflow_id() -> None:
 
 
 def test_catalog_scan_mode_from_env() -> None:
-    listing = build_scan_config({"CATALOG_SOURCE_BUCKET": "shop", "CATALOG_SQS_QUEUE_URL": QUEUE})
+    listing = scan_of({"CATALOG_SOURCE_BUCKET": "shop", "CATALOG_SQS_QUEUE_URL": QUEUE})
     assert listing.mode == "listing" and listing.sqs_queue_url is None  # a queue URL alone changes nothing
     assert (listing.source_bucket, listing.source_prefix, listing.batch_size) == ("shop", "incoming/", 100)
 
-    sqs = build_scan_config(
+    sqs = scan_of(
         {
             "CATALOG_SOURCE_BUCKET": "shop",
             "CATALOG_SOURCE_PREFIX": "in/",
@@ -106,8 +106,9 @@ def test_catalog_scan_mode_from_env() -> None:
         "eu-central-1",
     )
     assert (sqs.source_bucket, sqs.source_prefix, sqs.batch_size) == ("shop", "in/", 50)
-    local = build_scan_config(
+    local = scan_of(
         {
+            **SHOP,
             "CATALOG_SCAN_MODE": "sqs",
             "CATALOG_SQS_QUEUE_URL": "http://127.0.0.1:9324/000000000000/q",
             "CATALOG_SQS_ENDPOINT_URL": "http://127.0.0.1:9324",
@@ -115,7 +116,9 @@ def test_catalog_scan_mode_from_env() -> None:
         }
     )
     assert local.sqs_endpoint_url == "http://127.0.0.1:9324" and local.sqs_region_name == "us-east-1"
-    sensor = build_catalog_sensor_from_env({"CATALOG_SCAN_MODE": "sqs", "CATALOG_SQS_QUEUE_URL": QUEUE})
+    sensor = build_catalog_sensor_from_settings(
+        read_settings({**SHOP, "CATALOG_SCAN_MODE": "sqs", "CATALOG_SQS_QUEUE_URL": QUEUE})
+    )
     assert sensor.name == "catalog_sensor"  # built offline: the queue is first read by a tick
 
 
@@ -138,12 +141,12 @@ def test_catalog_scan_mode_from_env() -> None:
     ],
 )
 def test_bad_catalog_scan_settings_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        build_scan_config(env)
+    with pytest.raises(SettingsError, match=message):
+        read_settings({**SHOP, **env})
 
 
 def test_scan_mode_is_checked_when_the_definitions_load_offline() -> None:
-    base = {"AUTORETOUCH_API_URL": REAL, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    base = {**SHOP, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9"}
     code = (
         "import retouch_pipeline.definitions as d; d.defs.get_repository_def().load_all_definitions(); "
         "print(d.defs.get_sensor_def('catalog_sensor').name)"
@@ -159,7 +162,7 @@ def test_scan_mode_is_checked_when_the_definitions_load_offline() -> None:
     assert ok.stdout.split()[-1] == "catalog_sensor"
     bad = load(CATALOG_SCAN_MODE="sqs")
     assert bad.returncode != 0
-    assert "ConfigurationError: CATALOG_SCAN_MODE=sqs needs CATALOG_SQS_QUEUE_URL" in bad.stderr
+    assert "SettingsError: CATALOG_SCAN_MODE=sqs needs CATALOG_SQS_QUEUE_URL" in bad.stderr
 
 
 def test_sqs_mode_from_env_registers_an_object_delivered_through_the_queue(moto_url: str) -> None:
@@ -178,8 +181,9 @@ def test_sqs_mode_from_env_registers_an_object_delivered_through_the_queue(moto_
         "CATALOG_SQS_QUEUE_URL": queue_url,
         "CATALOG_SQS_ENDPOINT_URL": moto_url,
     }
-    sensor = build_catalog_sensor_from_env(env)
-    resources = build_resources(env)
+    settings = read_settings(env)
+    sensor = build_catalog_sensor_from_settings(settings)
+    resources = build_resources(settings)
     defs = dg.Definitions(assets=[catalog_pipeline], sensors=[sensor], resources=resources)
 
     def queue() -> tuple[int, int]:
