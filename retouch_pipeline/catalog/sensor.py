@@ -28,6 +28,7 @@ Resets
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import boto3
@@ -154,6 +155,101 @@ def _deleted_partition_keys(
     return names
 
 
+@dataclass(frozen=True)
+class _TickPlan:
+    """What one tick does with a scan: partitions to add and run, adopted (baseline) and deleted ones."""
+
+    to_run: list[str]
+    adopted: list[str]
+    deleted: list[str]
+
+    @classmethod
+    def of(cls, result: ScanResult, registered: set[str], deleted: list[str]) -> _TickPlan:
+        new_keys = [partition_key_for(o.relative_key) for o in result.new]
+        to_run = [k for k in new_keys if k not in registered]
+        to_run += [partition_key_for(o.relative_key) for o in result.changed]
+        return cls(list(dict.fromkeys(to_run)), [k for k in new_keys if k in registered], deleted)
+
+    def partition_requests(
+        self, partitions_def: dg.DynamicPartitionsDefinition, delete_deleted: bool
+    ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+        requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+        if self.to_run:
+            requests.append(partitions_def.build_add_request(self.to_run))
+        if self.deleted and delete_deleted:
+            requests.append(partitions_def.build_delete_request(self.deleted))
+        return requests
+
+    def summary(self, result: ScanResult, state: ScanState, batches: int) -> str:
+        return (
+            f"listed {result.listed} objects in {result.seconds:.2f}s ({result.requests} requests): "
+            f"{len(result.new) - len(self.adopted)} new, {len(result.changed)} changed, "
+            f"{len(self.deleted)} deleted, {len(self.adopted)} adopted, {result.skipped_junk} junk; "
+            f"{batches} batch requests"
+            + ("; pass complete" if result.pass_completed else f"; resumes after {state.start_after!r}")
+        )
+
+
+@dataclass(frozen=True)
+class _CatalogTick:
+    """One evaluation of a catalog sensor: scan, plan, request (the sensor's settings fixed at build)."""
+
+    name: str
+    partitions_def: dg.DynamicPartitionsDefinition
+    partitions_name: str
+    selection: dg.AssetSelection
+    config: ScanConfig
+    s3_resource_key: str
+    tags: Mapping[str, str]
+    sqs_client_factory: Callable[[], Any] | None
+
+    def evaluate(self, context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
+        # resources are built once per evaluation, so this is one S3 client per tick.
+        resource = getattr(context.resources, self.s3_resource_key)
+        s3_client = resource.get_client() if hasattr(resource, "get_client") else resource
+        scanner = make_scanner(self.config, s3_client, self.sqs_client_factory)
+        store = StateStore(context.instance.run_storage, namespace=self.name)
+        cursor = CatalogCursor.parse(context.cursor, scanner.source)
+        state = store.load(cursor)
+        if state is None:
+            if context.cursor:
+                context.log.warning("Catalog cursor or state unreadable: starting a baseline pass.")
+            state = ScanState()
+        registered = (
+            set(context.instance.get_dynamic_partitions(self.partitions_name)) if state.baseline else set()
+        )
+        result = scanner.scan(state)
+        plan = _TickPlan.of(
+            result, registered, _deleted_partition_keys(result, context.instance, self.partitions_def)
+        )
+        run_requests = (
+            batch_run_requests(
+                plan.to_run,
+                _partitioned_target_keys(context, self.selection, self.partitions_def),
+                self.partitions_def,
+                self.config.batch_size,
+                self.tags,
+            )
+            if plan.to_run
+            else []
+        )
+        new_cursor = store.save(state, cursor, scanner.source)
+        summary = plan.summary(result, state, len(run_requests))
+        context.log.info(summary)
+        if plan.deleted:
+            shown = ", ".join(plan.deleted[:20])
+            context.log.info(f"Deleted from S3: {shown}{' ...' if len(plan.deleted) > 20 else ''}")
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=plan.partition_requests(
+                self.partitions_def, self.config.delete_partitions_of_deleted_objects
+            ),
+            cursor=new_cursor.serialize(),
+            skip_reason=None if run_requests else summary,
+        )
+
+
 def build_catalog_sensor(
     name: str,
     partitions_def: dg.DynamicPartitionsDefinition,
@@ -178,6 +274,10 @@ def build_catalog_sensor(
     partitions_name: str = partitions_def.name
     tags = {TRIGGER_TAG: name, **(run_tags or {})}
 
+    tick = _CatalogTick(
+        name, partitions_def, partitions_name, selection, config, s3_resource_key, tags, sqs_client_factory
+    )
+
     @dg.sensor(
         name=name,
         asset_selection=selection,  # not target=: backfill requests are only accepted with asset_selection
@@ -188,61 +288,6 @@ def build_catalog_sensor(
         f"as partitions of '{partitions_def.name}' and requests them in batches of {config.batch_size}.",
     )
     def catalog_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
-        # resources are built once per evaluation, so this is one S3 client per tick.
-        resource = getattr(context.resources, s3_resource_key)
-        s3_client = resource.get_client() if hasattr(resource, "get_client") else resource
-        scanner = make_scanner(config, s3_client, sqs_client_factory)
-        store = StateStore(context.instance.run_storage, namespace=name)
-        cursor = CatalogCursor.parse(context.cursor, scanner.source)
-        state = store.load(cursor)
-        if state is None:
-            if context.cursor:
-                context.log.warning("Catalog cursor or state unreadable: starting a baseline pass.")
-            state = ScanState()
-        baseline = state.baseline
-        result = scanner.scan(state)
-
-        registered = set(context.instance.get_dynamic_partitions(partitions_name)) if baseline else set()
-        new_keys = [partition_key_for(o.relative_key) for o in result.new]
-        adopted = [k for k in new_keys if k in registered]
-        to_run = [k for k in new_keys if k not in registered]
-        to_run += [partition_key_for(o.relative_key) for o in result.changed]
-        deleted = _deleted_partition_keys(result, context.instance, partitions_def)
-
-        partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-        if to_run:
-            partition_requests.append(partitions_def.build_add_request(list(dict.fromkeys(to_run))))
-        if deleted and config.delete_partitions_of_deleted_objects:
-            partition_requests.append(partitions_def.build_delete_request(deleted))
-        run_requests = (
-            batch_run_requests(
-                to_run,
-                _partitioned_target_keys(context, selection, partitions_def),
-                partitions_def,
-                config.batch_size,
-                tags,
-            )
-            if to_run
-            else []
-        )
-        new_cursor = store.save(state, cursor, scanner.source)
-        summary = (
-            f"listed {result.listed} objects in {result.seconds:.2f}s ({result.requests} requests): "
-            f"{len(result.new) - len(adopted)} new, {len(result.changed)} changed, {len(deleted)} deleted, "
-            f"{len(adopted)} adopted, {result.skipped_junk} junk; {len(run_requests)} batch requests"
-            + ("; pass complete" if result.pass_completed else f"; resumes after {state.start_after!r}")
-        )
-        context.log.info(summary)
-        if deleted:
-            context.log.info(
-                f"Deleted from S3: {', '.join(deleted[:20])}{' ...' if len(deleted) > 20 else ''}"
-            )
-        return dg.SensorResult(
-            run_requests=run_requests,
-            dynamic_partitions_requests=partition_requests,
-            cursor=new_cursor.serialize(),
-            skip_reason=None if run_requests else summary,
-        )
+        return tick.evaluate(context)
 
     return catalog_sensor
