@@ -1,0 +1,63 @@
+"""The quick start on a fresh machine: a clean clone, Python and make, no uv anywhere on the PATH.
+
+Why a test: CI's runner may already have uv, which is how "the Makefile installs everything" stayed untrue.
+Here `make install` runs in a clean clone of this repository's HEAD with a PATH that has Python, git and make
+but no uv, and must bring its own pinned uv and a working environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bare_path(tmp: Path) -> str:
+    """A PATH with python3 (this interpreter's base), make, git and coreutils, and no uv."""
+    tools = tmp / "bin"
+    tools.mkdir()
+    base_python = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    (tools / "python3").symlink_to(base_python)
+    path = os.pathsep.join([str(tools), "/usr/bin", "/bin"])
+    assert shutil.which("uv", path=path) is None, "a uv on /usr/bin or /bin: this test would prove nothing"
+    return path
+
+
+@pytest.mark.deploy
+def test_make_install_from_a_clean_clone_without_uv(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
+    env = {
+        "PATH": bare_path(tmp_path),
+        "HOME": str(tmp_path / "home"),
+        "LANG": "C.UTF-8",
+        # the package caches of this machine: the registries are reachable, this only saves the download
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
+        "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")),
+    }
+    started = time.monotonic()
+    make = subprocess.run(
+        ["make", "install"], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+    )
+    seconds = time.monotonic() - started
+    assert make.returncode == 0, make.stdout[-3000:] + make.stderr[-3000:]
+    assert "Installing uv" in make.stdout, "the Makefile says what it installs"
+    uv = clone / ".tools" / "uv" / "bin" / "uv"
+    assert uv.exists()
+    pinned = subprocess.run([str(uv), "--version"], capture_output=True, text=True, check=True).stdout
+    makefile = (clone / "Makefile").read_text()
+    assert f"UV_VERSION := {pinned.split()[1]}" in makefile, pinned
+    check = subprocess.run(
+        [str(clone / ".venv" / "bin" / "python"), "-c", "import retouch_pipeline.cli, dagster"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    print(f"make install from a clean clone without uv: {seconds:.1f} s")
