@@ -18,7 +18,7 @@ import requests
 from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
-from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, SandboxServer
+from retouch_devtools.sandbox import FaultConfig, SandboxConfig, SandboxServer
 
 CLIENT_ID = "V8EkfbxtBi93cAySTVWAecEum4d6pt4J"
 FAST = {"processing_seconds": 0.05, "auto_approve": True, "workers": 4}
