@@ -12,7 +12,8 @@ of the real `catalog_pipeline` multi-asset with the real in-process executor (`d
 the partition range exactly as a `multi_run` backfill tags its runs). Driving ticks explicitly makes a
 profile deterministic (a fault can be placed between a listing and a read) and spares it the daemon's
 polling delays (timings: docs/reliability.md); the daemon's own backfill path is covered by
-`retouch_pipeline_tests/deploy/`. Runs that must be SIGKILLed go to a child process on the same instance (`killer`).
+`retouch_pipeline_tests/deploy/`. Runs that must be SIGKILLed go to a child process on the same instance
+(`killer`).
 """
 
 from __future__ import annotations
