@@ -15,8 +15,10 @@ $(UV_HOME)/bin/uv:
 	@echo "Installing uv $(UV_VERSION) into $(UV_HOME) (once)"
 	python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME) uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev
+# The product, the development tools (devtools/, a uv workspace member) and the test tools: the `dev` dependency
+# group of pyproject.toml. The production image installs the product alone (`uv sync --no-dev`).
+$(VENV)/.installed: pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --group dev
 	touch $@
 
 # The official client pins click==8.1.3, which must not enter our environment: it gets its own venv,
@@ -30,8 +32,8 @@ $(OFFICIAL_VENV)/.installed:
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check retouch_pipeline retouch_pipeline_tests benchmarks
-	$(VENV)/bin/ruff format --check retouch_pipeline retouch_pipeline_tests benchmarks
+	$(VENV)/bin/ruff check retouch_pipeline devtools retouch_pipeline_tests benchmarks
+	$(VENV)/bin/ruff format --check retouch_pipeline devtools retouch_pipeline_tests benchmarks
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

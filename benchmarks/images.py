@@ -15,7 +15,7 @@ from functools import cache
 
 from PIL import Image
 
-from retouch_pipeline.samples import product_photo
+from retouch_devtools.samples import product_photo
 
 # (width, height, noise blend, JPEG quality) -> about 1.0, 1.6, 1.9 and 2.7 MB
 JPEG_SHAPES = ((1600, 1200, 0.3, 92), (1800, 1350, 0.3, 95), (2000, 1500, 0.25, 95), (2400, 1800, 0.25, 95))

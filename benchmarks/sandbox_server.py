@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
+from retouch_devtools.sandbox import SandboxConfig, SandboxServer
 
 LIVE_FIELDS = frozenset({"image_work_max_side"})
 

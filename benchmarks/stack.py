@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retouch_pipeline.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
+from retouch_devtools.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
 from retouch_pipeline_tests.deploy.harness import (
     CATALOG_BUCKET,
     REQUIRED_DAEMONS,

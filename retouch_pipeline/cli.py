@@ -9,6 +9,7 @@ with status 1 and one line on stderr; secrets are never printed.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import sys
 import time
@@ -207,108 +208,6 @@ def balance(conn: Connection, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback).")
-@click.option("--port", default=8765, show_default=True, type=int, help="Port (0 picks a free one).")
-@click.option("--processing-seconds", default=2.0, show_default=True, type=float, help="Time per execution.")
-@click.option("--workers", default=4, show_default=True, type=int, help="Executions processed in parallel.")
-@click.option("--balance", "balance_credits", default=100_000, show_default=True, type=int, help="Credits.")
-@click.option("--auto-approve", is_flag=True, help="Approve device-flow logins without the /activate page.")
-@click.option("--access-token-ttl", default=86400, show_default=True, type=int, help="Access token lifetime.")
-@click.option("--qa-seconds", default=None, type=float, help="Auto-approve IN_QA after this many seconds.")
-@click.option("--error-rate", default=0.0, type=float, help="Fraction of API calls answered 500/503.")
-@click.option("--rate-limit-rate", default=0.0, type=float, help="Fraction of API calls answered 429.")
-@click.option("--retry-after", default=1.0, type=float, help="Retry-After seconds sent with 429s.")
-@click.option("--latency", default=0.0, type=float, help="Seconds added to every API call.")
-@click.option("--drop-rate", default=0.0, type=float, help="Fraction of API calls whose connection drops.")
-@click.option("--lose-create-rate", default=0.0, type=float, help="Fraction of creates whose answer is lost.")
-@click.option("--failure-rate", default=0.0, type=float, help="Fraction of executions that end FAILED.")
-@click.option("--seed", default=0, type=int, help="Seed for the fault dice.")
-def sandbox(
-    host: str,
-    port: int,
-    processing_seconds: float,
-    workers: int,
-    balance_credits: int,
-    auto_approve: bool,
-    access_token_ttl: int,
-    qa_seconds: float | None,
-    error_rate: float,
-    rate_limit_rate: float,
-    retry_after: float,
-    latency: float,
-    drop_rate: float,
-    lose_create_rate: float,
-    failure_rate: float,
-    seed: int,
-) -> None:
-    """Run a local AutoRetouch. The first stdout line is JSON with URLs, ids and a refresh token."""
-    from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, run_foreground
-
-    faults = FaultConfig(
-        error_rate=error_rate,
-        rate_limit_rate=rate_limit_rate,
-        retry_after_seconds=retry_after,
-        latency_seconds=latency,
-        drop_rate=drop_rate,
-        lose_create_rate=lose_create_rate,
-        execution_failure_rate=failure_rate,
-    )
-    config = SandboxConfig(
-        host=host,
-        port=port,
-        processing_seconds=processing_seconds,
-        workers=workers,
-        balance=balance_credits,
-        auto_approve=auto_approve,
-        access_token_ttl=access_token_ttl,
-        qa_seconds=qa_seconds,
-        seed=seed,
-        faults=faults,
-    )
-    run_foreground(config)
-
-
-@main.command()
-@click.option("--dagster/--no-dagster", default=True, help="--no-dagster: only sandbox, S3 and the seed.")
-@click.option("--seed/--no-seed", default=True, help="Put the sample catalog under the source prefix.")
-@click.option("--keep-state", is_flag=True, help="Keep Dagster's run history from the previous start.")
-@click.option("--sandbox-port", type=int, default=None, help="Default RETOUCH_DEV_SANDBOX_PORT or 8765.")
-@click.option("--s3-port", type=int, default=None, help="Default RETOUCH_DEV_S3_PORT or 9000.")
-@click.option("--dagster-port", type=int, default=None, help="Default RETOUCH_DEV_DAGSTER_PORT or 3000.")
-def dev(
-    dagster: bool,
-    seed: bool,
-    keep_state: bool,
-    sandbox_port: int | None,
-    s3_port: int | None,
-    dagster_port: int | None,
-) -> None:
-    """Run the embedded stack: sandbox AutoRetouch, local S3 with a sample catalog, Dagster. Ctrl-C stops it.
-
-    Every address and name is read from RETOUCH_DEV_* and the pipeline's variables (README, configuration).
-    """
-    import dataclasses
-
-    from retouch_pipeline.devstack import DevSettings, run_dev
-
-    settings = DevSettings.from_env()
-    settings = dataclasses.replace(
-        settings,
-        sandbox_port=settings.sandbox_port if sandbox_port is None else sandbox_port,
-        s3_port=settings.s3_port if s3_port is None else s3_port,
-        dagster_port=settings.dagster_port if dagster_port is None else dagster_port,
-    )
-    try:
-        status = run_dev(
-            settings, dagster=dagster, seed=seed, keep_state=keep_state, echo=lambda m: click.echo(m)
-        )
-    except (RuntimeError, ValueError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(1)
-    sys.exit(status)
-
-
-@main.command()
 @click.argument("collection")
 @click.option("--dry-run", is_flag=True, help="Only print the number of images and the projected credits.")
 def backfill(collection: str, dry_run: bool) -> None:
@@ -322,24 +221,21 @@ def backfill(collection: str, dry_run: bool) -> None:
         sys.exit(run_backfill(collection, dry_run, echo=click.echo))
 
 
-@main.command()
-@click.option(
-    "--images", default=300, show_default=True, type=click.IntRange(1), help="Catalog size per profile."
-)
-@click.option("--profile", default="all", show_default=True, help="A profile name, a comma list, or all.")
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write figures here."
-)
-def chaos(images: int, profile: str, json_path: Path | None) -> None:
-    """Run the real pipeline under fault profiles and check its invariants (docs/reliability.md)."""
-    from retouch_pipeline.chaos.cli import run_cli
+COMMANDS_GROUP = "retouch_pipeline.commands"
 
-    try:
-        sys.exit(run_cli(images, profile, json_path, echo=click.echo))
-    except ValueError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
 
+def add_installed_commands(group: click.Group) -> None:
+    """Add the click commands other distributions register under the entry-point group `COMMANDS_GROUP`.
+
+    The development tools (`retouch-devtools`: `sandbox`, `dev`, `chaos`) are not part of the product; where
+    they are installed, the same `retouch-pipeline` command offers them. A product command keeps its name.
+    """
+    for entry_point in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        if entry_point.name not in group.commands:
+            group.add_command(entry_point.load(), entry_point.name)
+
+
+add_installed_commands(main)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ import requests
 from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
-from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, SandboxServer
+from retouch_devtools.sandbox import FaultConfig, SandboxConfig, SandboxServer
 
 # The definitions need a catalog bucket to load (no default: a production setting); test modules import them.
 os.environ.setdefault("CATALOG_SOURCE_BUCKET", "catalog")

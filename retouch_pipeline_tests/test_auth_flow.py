@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from retouch_devtools.sandbox import SandboxServer
 from retouch_pipeline.autoretouch import (
     AccessDeniedError,
     AutoRetouchClient,
@@ -22,7 +23,6 @@ from retouch_pipeline.autoretouch import (
     revoke,
 )
 from retouch_pipeline.autoretouch.models import DeviceCode
-from retouch_pipeline.sandbox import SandboxServer
 
 FAST_RETRY = RetryConfig(initial_delay=0.01, max_delay=0.05, total_timeout=30)
 

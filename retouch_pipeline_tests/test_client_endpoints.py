@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from retouch_devtools.sandbox import SandboxServer
 from retouch_pipeline.autoretouch import (
     IDEMPOTENCY_LABEL,
     AutoRetouchClient,
@@ -25,7 +26,6 @@ from retouch_pipeline.autoretouch import (
     PermissionDeniedError,
     RetryConfig,
 )
-from retouch_pipeline.sandbox import SandboxServer
 
 FAST_RETRY = RetryConfig(initial_delay=0.01, max_delay=0.05, total_timeout=30)
 
@@ -238,7 +238,7 @@ def test_in_qa_and_payment_required_are_returned_not_waited_on(
 
 
 def test_other_organization_is_forbidden(sandbox: SandboxServer) -> None:
-    from retouch_pipeline.sandbox.catalog import FOREIGN_ORGANIZATION_ID
+    from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
 
     with make_client(sandbox) as client, pytest.raises(PermissionDeniedError) as info:
         client.get_balance(FOREIGN_ORGANIZATION_ID)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from retouch_devtools.sandbox import SandboxServer
 from retouch_pipeline.autoretouch import (
     IDEMPOTENCY_LABEL,
     AmbiguousCreateError,
@@ -21,7 +22,6 @@ from retouch_pipeline.autoretouch import (
     ImageRef,
     RetryConfig,
 )
-from retouch_pipeline.sandbox import SandboxServer
 
 FAST_RETRY = RetryConfig(max_retries=10, initial_delay=0.01, max_delay=0.05, total_timeout=60)
 

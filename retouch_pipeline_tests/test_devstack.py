@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from retouch_pipeline.devstack import (
+from retouch_devtools.devstack import (
     PIPELINE_ENV,
     DevSettings,
     pipeline_environment,

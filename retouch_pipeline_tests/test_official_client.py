@@ -21,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
-from retouch_pipeline.sandbox import SandboxServer
+from retouch_devtools.sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-official"

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from retouch_pipeline.sandbox import SandboxServer
+from retouch_devtools.sandbox import SandboxServer
 
 CLIENT_ID = "V8EkfbxtBi93cAySTVWAecEum4d6pt4J"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

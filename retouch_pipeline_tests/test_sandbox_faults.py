@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from retouch_pipeline.sandbox import SandboxServer
+from retouch_devtools.sandbox import SandboxServer
 
 CLIENT_ID = "V8EkfbxtBi93cAySTVWAecEum4d6pt4J"
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from retouch_pipeline.sandbox import SandboxConfig, SandboxServer, imaging
-from retouch_pipeline.sandbox.catalog import WORKFLOWS
+from retouch_devtools.sandbox import SandboxConfig, SandboxServer, imaging
+from retouch_devtools.sandbox.catalog import WORKFLOWS
 
 
 def decode(data: bytes) -> Image.Image:

@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from retouch_pipeline.sandbox import SandboxServer
+from retouch_devtools.sandbox import SandboxServer
 
 CONTROL = "/_sandbox/executions"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from retouch_pipeline.sandbox import SandboxServer
+from retouch_devtools.sandbox import SandboxServer
 
 UUID_KEYS = ("id", "workflow", "workflowVersion", "organizationId")
 EXECUTION_KEYS = {
@@ -240,15 +240,15 @@ def test_401_without_or_with_bad_token(sandbox: SandboxServer) -> None:
         resp = requests.get(url, headers=headers, timeout=5)
         assert_spring(resp, 401, "/v1/workflow")
         assert "Bearer" in resp.headers["www-authenticate"]
-    from retouch_pipeline.sandbox import SandboxConfig
-    from retouch_pipeline.sandbox.auth import AuthService
+    from retouch_devtools.sandbox import SandboxConfig
+    from retouch_devtools.sandbox.auth import AuthService
 
     forged = AuthService(SandboxConfig()).mint_access_token()  # signed with another server's key
     assert_spring(requests.get(url, headers={"Authorization": f"Bearer {forged}"}, timeout=5), 401)
 
 
 def test_403_for_foreign_organization(api: Any) -> None:
-    from retouch_pipeline.sandbox.catalog import FOREIGN_ORGANIZATION_ID
+    from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
 
     for path in (
         f"/v1/workflow?organization={FOREIGN_ORGANIZATION_ID}",

@@ -1,7 +1,7 @@
 """Every chaos profile at a small N: the invariants hold and each profile's own promise is kept.
 
 One moto server for the module; each profile builds its own sandbox, S3 proxy, bucket and Dagster instance
-(`retouch_pipeline.chaos.stack`). Small catalogs keep the module within a few minutes on two cores.
+(`retouch_devtools.chaos.stack`). Small catalogs keep the module within a few minutes on two cores.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from retouch_devtools.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
+from retouch_devtools.chaos.harness import run_profile
+from retouch_devtools.chaos.profiles import PROFILES
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
-from retouch_pipeline.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
-from retouch_pipeline.chaos.harness import run_profile
-from retouch_pipeline.chaos.profiles import PROFILES
 from retouch_pipeline_tests.conftest import running_moto
 
 SMALL_N = 6

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retouch_pipeline.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
+from retouch_devtools.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
 from retouch_pipeline_tests.conftest import running_moto
 from retouch_pipeline_tests.deploy.harness import (
     CATALOG_BUCKET,

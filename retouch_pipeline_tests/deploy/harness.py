@@ -31,7 +31,7 @@ from typing import Any
 import psycopg2
 import yaml
 
-from retouch_pipeline.devstack import PIPELINE_ENV
+from retouch_devtools.devstack import PIPELINE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

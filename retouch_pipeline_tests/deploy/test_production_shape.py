@@ -16,8 +16,8 @@ import dagster as dg
 import psycopg2
 import pytest
 
+from retouch_devtools.devstack import s3_client, seed_catalog
 from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.devstack import s3_client, seed_catalog
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline_tests.deploy.harness import (
     OUTPUT_PREFIX,

@@ -214,6 +214,9 @@ def test_image_is_locked_non_root_and_secret_free() -> None:
     ignore = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[0].strip() == "*" or "*" in ignore, "the build context should be allow-listed"
     assert "**/.env" in ignore
+    # The product alone: the development tools (devtools/) are neither in the build context nor copied.
+    assert not [line for line in ignore if line.startswith("!devtools")]
+    assert not re.search(r"^COPY\b.*devtools", text, re.M)
     compose_text = COMPOSE_FILE.read_text()
     for name in SECRET_NAMES:
         assert not re.search(rf"{name}:\s*[\"']?[A-Za-z0-9]", compose_text), f"{name} has a value in compose"

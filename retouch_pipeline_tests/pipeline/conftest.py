@@ -15,13 +15,13 @@ import pytest
 from dagster_aws.s3 import S3Resource
 from PIL import Image
 
+from retouch_devtools.sandbox import SandboxServer
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
-from retouch_pipeline.sandbox import SandboxServer
 
 REGION = "us-east-1"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}

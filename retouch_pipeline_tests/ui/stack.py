@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import requests
 from botocore.exceptions import BotoCoreError, ClientError
 
+from retouch_devtools.devstack import DevSettings, s3_client, seed_catalog
 from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.devstack import DevSettings, s3_client, seed_catalog
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
 CLI = str(Path(sys.executable).parent / "retouch-pipeline")

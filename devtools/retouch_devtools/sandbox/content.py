@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from retouch_pipeline.sandbox.imaging import ImageInfo, inspect_image
+from retouch_devtools.sandbox.imaging import ImageInfo, inspect_image
 
 _CHUNK = 1 << 20
 

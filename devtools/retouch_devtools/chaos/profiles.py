@@ -14,34 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from retouch_pipeline.chaos.killer import STAGES, fail_orphaned_runs, run_and_kill
-from retouch_pipeline.chaos.stack import SOURCE_PREFIX, range_tags
-from retouch_pipeline.sandbox.catalog import FOREIGN_ORGANIZATION_ID
-
-if TYPE_CHECKING:
-    from retouch_pipeline.chaos.harness import ProfileRun
-
-Hook = Callable[["ProfileRun"], None]
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    faults: dict[str, Any] = field(default_factory=dict)
-    sandbox: dict[str, Any] = field(default_factory=dict)
-    autoretouch: dict[str, Any] = field(default_factory=dict)
-    s3_error_rate: float = 0.0
-    workflow: str = "Background Removal"
-    catalog: str = "good"
-    expect_all: str | None = None
-    """Configuration profiles: the failure name every image must end with (no resume, no credit)."""
-    first_pass: Hook | None = None
-    during: Hook | None = None
-    recover: Hook | None = None
+from retouch_devtools.chaos.killer import STAGES, fail_orphaned_runs, run_and_kill
+from retouch_devtools.chaos.profile import Hook, Profile, ProfileRun
+from retouch_devtools.chaos.stack import SOURCE_PREFIX, range_tags
+from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
 
 
 def _wait_until(condition: Callable[[], bool], stop: threading.Event, timeout: float = 120) -> bool:
@@ -110,7 +87,7 @@ def _delete_between_list_and_read(run: ProfileRun) -> None:
 def _overwrite_while_processed(run: ProfileRun) -> None:
     import hashlib
 
-    from retouch_pipeline.samples import product_photo
+    from retouch_devtools.samples import product_photo
 
     stack = run.stack
     target = run.loaded[0]

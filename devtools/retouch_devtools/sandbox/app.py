@@ -9,10 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from retouch_pipeline.sandbox import api, auth_routes, control
-from retouch_pipeline.sandbox.errors import ApiError, api_error_handler, spring_error
-from retouch_pipeline.sandbox.middleware import SandboxMiddleware
-from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox import api, auth_routes, control
+from retouch_devtools.sandbox.errors import ApiError, api_error_handler, spring_error
+from retouch_devtools.sandbox.middleware import SandboxMiddleware
+from retouch_devtools.sandbox.state import SandboxState
 
 EXECUTION = "/workflow/execution/{execution_id}"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from retouch_pipeline.sandbox.auth import OAuthError
-from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox.auth import OAuthError
+from retouch_devtools.sandbox.state import SandboxState
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

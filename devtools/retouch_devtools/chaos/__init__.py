@@ -6,6 +6,7 @@ stage), `observer` (a concurrent reader of the outputs), `catalog` (good and bad
 `invariants`, `harness` (orchestration), `cli` (the command).
 """
 
-from retouch_pipeline.chaos.profiles import PROFILES, Profile
+from retouch_devtools.chaos.profile import Profile
+from retouch_devtools.chaos.profiles import PROFILES
 
 __all__ = ["PROFILES", "Profile"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
-from retouch_pipeline.sandbox.accounting import Accounting
-from retouch_pipeline.sandbox.config import FaultConfig
+from retouch_devtools.sandbox.accounting import Accounting
+from retouch_devtools.sandbox.config import FaultConfig
 
 
 class FaultInjector:

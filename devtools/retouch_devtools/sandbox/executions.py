@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from retouch_pipeline.sandbox import imaging
-from retouch_pipeline.sandbox.accounting import Accounting, Charge
-from retouch_pipeline.sandbox.catalog import Workflow
-from retouch_pipeline.sandbox.config import SandboxConfig
-from retouch_pipeline.sandbox.content import ContentStore
-from retouch_pipeline.sandbox.faults import FaultInjector
-from retouch_pipeline.sandbox.webhooks import WebhookDispatcher
+from retouch_devtools.sandbox import imaging
+from retouch_devtools.sandbox.accounting import Accounting, Charge
+from retouch_devtools.sandbox.catalog import Workflow
+from retouch_devtools.sandbox.config import SandboxConfig
+from retouch_devtools.sandbox.content import ContentStore
+from retouch_devtools.sandbox.faults import FaultInjector
+from retouch_devtools.sandbox.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 

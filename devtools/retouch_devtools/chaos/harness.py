@@ -13,20 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from moto.server import ThreadedMotoServer
 
-from retouch_pipeline.assets import RETOUCHED
-from retouch_pipeline.chaos.catalog import SourceImage, bad_inputs, good_catalog
-from retouch_pipeline.chaos.invariants import Outcome, evaluate
-from retouch_pipeline.chaos.observer import OutputObserver
-from retouch_pipeline.chaos.profiles import PROFILES, Profile
-from retouch_pipeline.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
-from retouch_pipeline.sandbox import FaultConfig, SandboxConfig
-
-MAX_RESUME_PASSES = 6
+from retouch_devtools.chaos.catalog import SourceImage, bad_inputs, good_catalog
+from retouch_devtools.chaos.invariants import Outcome, evaluate
+from retouch_devtools.chaos.observer import OutputObserver
+from retouch_devtools.chaos.profile import Profile, ProfileRun
+from retouch_devtools.chaos.profiles import PROFILES
+from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_devtools.sandbox import FaultConfig, SandboxConfig
 
 
 class _Capture(logging.Handler):
@@ -41,47 +38,6 @@ class _Capture(logging.Handler):
             self.lines.append(self.format(record))
         except Exception:
             self.lines.append(str(record.msg))
-
-
-@dataclass
-class ProfileRun:
-    """The state of one profile run, handed to the profile's hooks."""
-
-    profile: Profile
-    stack: ProfileStack
-    images: int
-    loaded: list[SourceImage]
-    texts: list[bytes] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    stop_during: threading.Event = field(default_factory=threading.Event)
-
-    def default_first_pass(self) -> int:
-        """Tick the catalog sensor and run each batch it requests; the number of batches."""
-        batches = self.stack.tick_catalog()
-        for selection, keys in batches:
-            self.stack.run(keys, selection)
-        return len(batches)
-
-    def resume(self) -> int:
-        """Passes until quiet; the number of passes that changed something."""
-        stack = self.stack
-        productive = 0
-        for _ in range(MAX_RESUME_PASSES):
-            before = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
-            for selection, keys in stack.tick_catalog():
-                stack.run(keys, selection)
-            for _selection, keys in stack.tick_pending():
-                stack.run(keys, [RETOUCHED])
-            done = stack.retouched_partitions()
-            leftover = [k for k in stack.registered() if k not in done]
-            if leftover:
-                stack.run(leftover)
-            after = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
-            if after == before:
-                break
-            productive += 1
-        return productive
 
 
 def load_catalog(profile: Profile, images: int) -> list[SourceImage]:

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from retouch_pipeline.sandbox.catalog import AUDIENCE, CLIENT_ID, ORGANIZATION_ID, SELECTED_ORG_CLAIM, USER_ID
-from retouch_pipeline.sandbox.config import SandboxConfig
+from retouch_devtools.sandbox.catalog import AUDIENCE, CLIENT_ID, ORGANIZATION_ID, SELECTED_ORG_CLAIM, USER_ID
+from retouch_devtools.sandbox.config import SandboxConfig
 
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 SLOW_DOWN_TOLERANCE = 0.2

@@ -21,17 +21,27 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from retouch_pipeline.sandbox.accounting import Charge
-from retouch_pipeline.sandbox.catalog import WORKFLOWS_BY_ID
-from retouch_pipeline.sandbox.content import StoredContent
-from retouch_pipeline.sandbox.executions import Execution, Result
-
-if TYPE_CHECKING:
-    from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox.accounting import Accounting, Charge
+from retouch_devtools.sandbox.auth import AuthService
+from retouch_devtools.sandbox.catalog import WORKFLOWS_BY_ID
+from retouch_devtools.sandbox.content import ContentStore, StoredContent
+from retouch_devtools.sandbox.executions import Execution, ExecutionEngine, Result
 
 SNAPSHOT_NAME = "sandbox-state.json"
+
+
+class SandboxState(Protocol):
+    """What a snapshot holds of `state.SandboxState` (a protocol: this module does not import `state`)."""
+
+    data_dir: Path
+    engine: ExecutionEngine
+    accounting: Accounting
+    auth: AuthService
+    store: ContentStore
+
+
 _EXECUTION_FIELDS = (
     "id",
     "seq",

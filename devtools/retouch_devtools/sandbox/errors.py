@@ -8,7 +8,7 @@ from http import HTTPStatus
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from retouch_pipeline.sandbox.middleware import ORIGINAL_PATH
+from retouch_devtools.sandbox.middleware import ORIGINAL_PATH
 
 
 class ApiError(Exception):

@@ -20,8 +20,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from retouch_pipeline.sandbox.auth import TokenError
-from retouch_pipeline.sandbox.catalog import (
+from retouch_devtools.sandbox.auth import TokenError
+from retouch_devtools.sandbox.catalog import (
     ORGANIZATION_ID,
     ORGANIZATIONS,
     SELECTED_ORG_CLAIM,
@@ -31,12 +31,12 @@ from retouch_pipeline.sandbox.catalog import (
     Workflow,
     organization_json,
 )
-from retouch_pipeline.sandbox.content import StoredContent
-from retouch_pipeline.sandbox.errors import ApiError
-from retouch_pipeline.sandbox.executions import TERMINAL, Execution
-from retouch_pipeline.sandbox.imaging import ImageRejected
-from retouch_pipeline.sandbox.state import SandboxState
-from retouch_pipeline.sandbox.webhooks import is_loopback_url
+from retouch_devtools.sandbox.content import StoredContent
+from retouch_devtools.sandbox.errors import ApiError
+from retouch_devtools.sandbox.executions import TERMINAL, Execution
+from retouch_devtools.sandbox.imaging import ImageRejected
+from retouch_devtools.sandbox.state import SandboxState
+from retouch_devtools.sandbox.webhooks import is_loopback_url
 
 MAX_PAGE_SIZE = 100
 """Larger `limit` values are silently capped to this."""

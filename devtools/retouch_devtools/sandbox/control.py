@@ -12,8 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from retouch_pipeline.sandbox.errors import ApiError
-from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox.errors import ApiError
+from retouch_devtools.sandbox.state import SandboxState
 
 
 def _state(request: Request) -> SandboxState:

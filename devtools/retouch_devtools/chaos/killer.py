@@ -1,6 +1,6 @@
 """SIGKILL a real run at a chosen stage: the run executes in a child process that stops at a stage marker.
 
-The child (`python -m retouch_pipeline.chaos.killer`, spec as JSON on stdin, the refresh token in its
+The child (`python -m retouch_devtools.chaos.killer`, spec as JSON on stdin, the refresh token in its
 environment, never on its command line) opens the profile's on-disk Dagster instance and runs the
 partitions like `ProfileStack.run`. Stage markers are wrappers installed in the child only:
 
@@ -98,9 +98,9 @@ def child_main() -> None:
     """Entry point of the child: read the spec, install the marker, run the partitions."""
     import dagster as dg
 
+    from retouch_devtools.chaos.stack import build_resources
     from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
     from retouch_pipeline.assets.costs import autoretouch_costs
-    from retouch_pipeline.chaos.stack import build_resources
 
     spec = json.load(sys.stdin)
     install_marker(spec["stage"], spec["after"])
@@ -122,7 +122,7 @@ def run_and_kill(
     """Run in a child, SIGKILL it at the marker; (killed at the marker?, the child's whole output)."""
     spec = {"home": home, "settings": settings, "tags": tags, "stage": stage, "after": after}
     child = subprocess.Popen(
-        [sys.executable, "-m", "retouch_pipeline.chaos.killer"],
+        [sys.executable, "-m", "retouch_devtools.chaos.killer"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -4,7 +4,7 @@ It exists so the client, the CLI and the pipeline can be developed, tested and b
 without spending credits, and so failures the real service may produce (5xx, 429, dropped
 connections, lost create responses, failed executions) can be provoked on demand.
 
-    from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
+    from retouch_devtools.sandbox import SandboxConfig, SandboxServer
     with SandboxServer(SandboxConfig(processing_seconds=0.05, auto_approve=True)) as sb:
         sb.api_url, sb.auth_url, sb.organization_id, sb.workflows, sb.refresh_token
         sb.state.faults.error_rate = 0.1          # live fault settings
@@ -60,7 +60,7 @@ Control routes (no auth, loopback clients only, never faulted):
 - DELETE /_sandbox/content/{hash}           forget an upload (retention; HEAD then 404)
 """
 
-from retouch_pipeline.sandbox.config import FaultConfig, SandboxConfig
-from retouch_pipeline.sandbox.server import SandboxServer, run_foreground
+from retouch_devtools.sandbox.config import FaultConfig, SandboxConfig
+from retouch_devtools.sandbox.server import SandboxServer, run_foreground
 
 __all__ = ["FaultConfig", "SandboxConfig", "SandboxServer", "run_foreground"]

@@ -8,15 +8,15 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from retouch_pipeline.sandbox import persistence
-from retouch_pipeline.sandbox.accounting import Accounting
-from retouch_pipeline.sandbox.auth import AuthService
-from retouch_pipeline.sandbox.catalog import ORGANIZATION_ID, WORKFLOWS
-from retouch_pipeline.sandbox.config import FaultConfig, SandboxConfig
-from retouch_pipeline.sandbox.content import ContentStore
-from retouch_pipeline.sandbox.executions import ExecutionEngine
-from retouch_pipeline.sandbox.faults import FaultInjector
-from retouch_pipeline.sandbox.webhooks import WebhookDispatcher
+from retouch_devtools.sandbox import persistence
+from retouch_devtools.sandbox.accounting import Accounting
+from retouch_devtools.sandbox.auth import AuthService
+from retouch_devtools.sandbox.catalog import ORGANIZATION_ID, WORKFLOWS
+from retouch_devtools.sandbox.config import FaultConfig, SandboxConfig
+from retouch_devtools.sandbox.content import ContentStore
+from retouch_devtools.sandbox.executions import ExecutionEngine
+from retouch_devtools.sandbox.faults import FaultInjector
+from retouch_devtools.sandbox.webhooks import WebhookDispatcher
 
 
 class SandboxState:

@@ -24,12 +24,12 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
+from retouch_devtools.chaos.catalog import SourceImage
+from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
 from retouch_pipeline.assets import RETOUCHED
 from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.scanner import is_junk
-from retouch_pipeline.chaos.catalog import SourceImage
-from retouch_pipeline.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
 
 
 @dataclass

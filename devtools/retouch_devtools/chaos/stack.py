@@ -10,9 +10,10 @@ are evaluated tick by tick (`build_sensor_context` + `evaluate_tick` on the pers
 dynamic-partition requests are applied to the instance and each of their run requests becomes one run
 of the real `catalog_pipeline` multi-asset with the real in-process executor (`dg.materialize`, tagged with
 the partition range exactly as a `multi_run` backfill tags its runs). Driving ticks explicitly makes a
-profile deterministic (a fault can be placed between a listing and a read) and keeps a 300-image profile
-inside minutes on two cores; the daemon's own backfill path is covered by `retouch_pipeline_tests/deploy/`.
-Runs that must be SIGKILLed go to a child process on the same instance (`killer`).
+profile deterministic (a fault can be placed between a listing and a read) and spares it the daemon's
+polling delays (timings: docs/reliability.md); the daemon's own backfill path is covered by
+`retouch_pipeline_tests/deploy/`. Runs that must be SIGKILLed go to a child process on the same instance
+(`killer`).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
 
+from retouch_devtools.chaos.s3proxy import S3FaultProxy
+from retouch_devtools.sandbox import SandboxConfig, SandboxServer
 from retouch_pipeline.assets import PIPELINE_KEYS, RETOUCHED, catalog_pipeline
 from retouch_pipeline.assets.common import iter_materializations
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
-from retouch_pipeline.chaos.s3proxy import S3FaultProxy
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
-from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
 from retouch_pipeline.sensors import build_pending_sensor
 
 REGION = "us-east-1"

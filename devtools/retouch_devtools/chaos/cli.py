@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from retouch_pipeline.chaos.harness import run_profiles
-from retouch_pipeline.chaos.profiles import PROFILES
+from retouch_devtools.chaos.harness import run_profiles
+from retouch_devtools.chaos.profiles import PROFILES
 
 
 def resolve(profile: str) -> list[str]:

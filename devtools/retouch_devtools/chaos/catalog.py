@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from retouch_pipeline.samples import product_photo
+from retouch_devtools.samples import product_photo
 
 COLLECTIONS = ("spring-2026", "summer-2026", "outlet", "accessories")
 FORMATS = (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"))

@@ -17,9 +17,9 @@ from typing import Any
 
 import uvicorn
 
-from retouch_pipeline.sandbox.app import create_app
-from retouch_pipeline.sandbox.config import SandboxConfig
-from retouch_pipeline.sandbox.state import SandboxState
+from retouch_devtools.sandbox.app import create_app
+from retouch_devtools.sandbox.config import SandboxConfig
+from retouch_devtools.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retouch_pipeline.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
+from retouch_devtools.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
 
 # The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read. Kept in one
 # place so that aligning with the definitions is a one-line change.
@@ -189,7 +189,7 @@ def seed_catalog(
     Idempotent by content: an object whose ETag is already the MD5 of the sample is left alone, so re-seeding
     neither duplicates nor bumps LastModified (which a sensor could take for a change).
     """
-    from retouch_pipeline.samples import sample_catalog
+    from retouch_devtools.samples import sample_catalog
 
     base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
     written: list[str] = []
@@ -302,7 +302,7 @@ def banner(settings: DevSettings, sandbox: Any, dagster: bool, seeded: tuple[int
     lines += [
         "",
         "  Look at the results:",
-        f"    {port_env}{sys.executable} -m retouch_pipeline.devstack ls {settings.output_prefix}",
+        f"    {port_env}{sys.executable} -m retouch_devtools.devstack ls {settings.output_prefix}",
         f"    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws --endpoint-url {endpoint} "
         f"s3 ls --recursive {out}",
         f"    {endpoint}/moto-api/   (moto's dashboard)",
@@ -323,7 +323,7 @@ def run_dev(
     stop: threading.Event | None = None,
 ) -> int:
     """Start the stack, serve until a stop signal (or `stop` is set), stop everything; the exit status."""
-    from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
+    from retouch_devtools.sandbox import SandboxConfig, SandboxServer
 
     ports = {"SANDBOX": settings.sandbox_port, "S3": settings.s3_port}
     if dagster:
@@ -382,10 +382,10 @@ def list_objects(settings: DevSettings, prefix: str) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m retouch_pipeline.devstack ls [PREFIX]`: list the dev S3 without the AWS CLI."""
+    """`python -m retouch_devtools.devstack ls [PREFIX]`: list the dev S3 without the AWS CLI."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "ls" or len(args) > 2:
-        print("usage: python -m retouch_pipeline.devstack ls [PREFIX]", file=sys.stderr)
+        print("usage: python -m retouch_devtools.devstack ls [PREFIX]", file=sys.stderr)
         return 2
     settings = DevSettings.from_env()
     for key, size in list_objects(settings, args[1] if len(args) == 2 else ""):
