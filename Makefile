@@ -38,10 +38,11 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-# Definitions load (no network: every address points at a closed port) and validate as Dagster sees them.
+# Definitions load (no network: every address points at a closed port) and check as Dagster's `dg` sees them
+# ([tool.dg] in pyproject.toml).
 validate: $(VENV)/.installed
 	AUTORETOUCH_API_URL=http://127.0.0.1:9 S3_ENDPOINT_URL=http://127.0.0.1:9 CATALOG_SOURCE_BUCKET=catalog \
-	  $(VENV)/bin/dagster definitions validate -m retouch_pipeline.definitions
+	  $(VENV)/bin/dg check defs
 
 test: install lint typecheck validate
 	$(VENV)/bin/pytest -q
