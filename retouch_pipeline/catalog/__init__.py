@@ -1,4 +1,10 @@
-"""The catalog layer: S3 keys as Dagster partitions, and a sensor that never loses an image."""
+"""The catalog layer: S3 keys as Dagster partitions, and a sensor that never loses an image.
+
+The sensor's names are imported on first use (`__getattr__`), so the Dagster-free parts (keys, scanner) can
+be imported by `retouch_pipeline.processing` without loading Dagster.
+"""
+
+from typing import Any
 
 from retouch_pipeline.catalog.keys import (
     DEFAULT_COLLECTION,
@@ -9,12 +15,8 @@ from retouch_pipeline.catalog.keys import (
     s3_key_from_partition_key,
 )
 from retouch_pipeline.catalog.scanner import ListingScanner, S3Object, Scanner, ScanResult, SqsScanner
-from retouch_pipeline.catalog.sensor import (
-    COLLECTION_TAG,
-    ScanConfig,
-    batch_run_requests,
-    build_catalog_sensor,
-)
+
+_SENSOR_NAMES = ("COLLECTION_TAG", "ScanConfig", "batch_run_requests", "build_catalog_sensor")
 
 __all__ = [
     "COLLECTION_TAG",
@@ -33,3 +35,11 @@ __all__ = [
     "partition_key_for",
     "s3_key_from_partition_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SENSOR_NAMES:
+        from retouch_pipeline.catalog import sensor
+
+        return getattr(sensor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADE
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.schedules import plan_refresh
+from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline_tests.pipeline.conftest import CREDENTIALS, Stack
 
