@@ -3,7 +3,8 @@
 Why a Protocol: the domain must never buy an execution twice, and what it knows about earlier purchases lives
 outside it (today Dagster's event log and the instance's key-value index; an S3-sidecar or an
 AutoRetouch-label implementation can answer the same questions). Every "has this been bought?" goes through
-these four methods, so a new source of truth is one new implementation, not a change to the stages.
+these four methods, so a new source of truth is one new implementation, not a change to the stages. (Only an
+intent without an execution id, i.e. an interrupted create, sends `create.py` on to AutoRetouch's label.)
 """
 
 from __future__ import annotations
