@@ -4,43 +4,59 @@ Launch path (decision): through the Dagster instance of `DAGSTER_HOME` (`instanc
 call the sensor daemon makes for a backfill request; the backfill daemon of that instance then runs it with
 the assets' `BackfillPolicy`. No webserver is needed; the daemon must run (as under `dagster dev`).
 
-Projection: images of the collection that have no recorded result, or whose source changed, need a new
-execution (an upper bound: identical content elsewhere is reused); the rest are reused for free.
+Projection: the run's own (`processing.create.forecast`, `processing.budget`): the same decisions from the
+same records, the same retries of FAILED / PAYMENT_REQUIRED executions, the same balance and
+`budget_credits`, and, when it does not fit, the same refusal the run would fail with. An image whose source
+is new or changed counts as one new execution (the run may reuse one when the same bytes appear twice).
+`budget_credits` is compared with the whole collection, a stricter test than the run's (which compares it with
+each run's images) when the collection spans several runs.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from retouch_pipeline.assets.common import PIPELINE_KEYS
+from retouch_pipeline.assets.records import EventLogRecords
+from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline.catalog.keys import collection_of_partition_key
 from retouch_pipeline.launch import submit_backfills
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.processing.budget import Projection, refusal
+from retouch_pipeline.processing.create import forecast
+from retouch_pipeline.processing.failures import BudgetRefused
+from retouch_pipeline.processing.step import Step
+from retouch_pipeline.refresh_plan import RefreshPlan, plan_refresh
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
-from retouch_pipeline.schedules import RefreshPlan, plan_refresh
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackfillEstimate:
     collection: str
     images: int
-    new_images: int
-    execution_price: int
+    projection: Projection
     balance: int
+    budget: int | None
 
     @property
-    def projected_credits(self) -> int:
-        return self.new_images * self.execution_price
+    def refused(self) -> BudgetRefused | None:
+        return refusal(self.projection, self.balance, self.budget)
 
     def describe(self) -> str:
-        verdict = "fits" if self.projected_credits <= self.balance else "EXCEEDS"
+        p = self.projection
+        retried = f", {p.retries} of them retries" if p.retries else ""
+        budget = f" and budget_credits={self.budget}" if self.budget is not None else ""
+        verdict = "fits" if self.refused is None else "refused"
         return (
-            f"collection {self.collection}: {self.images} image(s), "
-            f"{self.new_images} needing a new execution; "
-            f"projected {self.projected_credits} credits ({self.new_images} x {self.execution_price}) "
-            f"against a balance of {self.balance}: {verdict}"
+            f"collection {self.collection}: {self.images} image(s), {p.creates} needing a new execution; "
+            f"projected {p.credits} credits ({p.executions} x {p.price}{retried}) against a balance of "
+            f"{self.balance}{budget}: {verdict}"
         )
 
 
@@ -51,16 +67,46 @@ def estimate(
     s3: Any,
     collection: str,
 ) -> tuple[BackfillEstimate, RefreshPlan]:
+    """What the backfill of `collection` will buy, projected as its runs will project it."""
     plan = plan_refresh(instance, s3, catalog, collection)
+    records = EventLogRecords(instance)
+    recorded = records.executions(list(plan.etags))
+    contents = {
+        pk: (recorded[pk].input_hash if pk in recorded and recorded[pk].source_etag == etag else None)
+        for pk, etag in plan.etags.items()
+    }
     with autoretouch.get_client() as client:
-        workflow = client.get_workflow(autoretouch.workflow_id)
+        step = _step(client, autoretouch, catalog, s3, records)
+        projection = forecast(step, contents)
         balance = client.get_balance()
-    images = len(plan.full) + len(plan.outputs_missing) + plan.unchanged
-    return BackfillEstimate(collection, images, len(plan.full), workflow.execution_price, balance), plan
+    images = len(plan.etags)
+    return BackfillEstimate(collection, images, projection, balance, autoretouch.budget_credits), plan
+
+
+def _step(
+    client: AutoRetouchClient,
+    autoretouch: AutoRetouchResource,
+    catalog: CatalogResource,
+    s3: Any,
+    records: EventLogRecords,
+) -> Step:
+    workflow = client.get_workflow(autoretouch.workflow_id)
+    return Step(
+        client=client,
+        s3=s3,
+        workflow=workflow,
+        version=autoretouch.workflow_version or workflow.version,
+        batch_scope="backfill-estimate",
+        batch_created_at=datetime.now(UTC),
+        settings=autoretouch,
+        catalog=catalog,
+        records=records,
+        log=logging.getLogger(__name__),
+    )
 
 
 def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
-    """Print the estimate; without `dry_run` launch the backfill. Returns an exit status."""
+    """Print the estimate; without `dry_run` launch the backfill when it fits. Returns an exit status."""
     from dagster_aws.s3 import S3Resource
 
     from retouch_pipeline.definitions import resources
@@ -76,21 +122,30 @@ def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
         if est.images == 0:
             echo("nothing to do: no image under this collection")
             return 1
+        if est.refused is not None:
+            echo(est.refused.sentence)
+            return 1
         if dry_run:
             return 0
-        keys = plan.full + plan.outputs_missing
-        keys += [k for k in _all_keys(plan, instance, collection) if k not in set(keys)]
-        ids = submit_backfills(
-            instance,
-            keys,
-            list(PIPELINE_KEYS),
-            batch_size=catalog.batch_size,
-            title=f"collection {collection}",
-            progress=_progress_line,
-        )
-        print(file=sys.stderr)
-        echo(f"launched backfill(s) {', '.join(ids)} for {len(keys)} image(s)")
-        return 0
+        return _launch(instance, catalog, plan, collection, echo)
+
+
+def _launch(
+    instance: dg.DagsterInstance, catalog: CatalogResource, plan: RefreshPlan, collection: str, echo: Any
+) -> int:
+    keys = plan.full + plan.outputs_missing
+    keys += [k for k in _all_keys(instance, collection) if k not in set(keys)]
+    ids = submit_backfills(
+        instance,
+        keys,
+        list(PIPELINE_KEYS),
+        batch_size=catalog.batch_size,
+        title=f"collection {collection}",
+        progress=_progress_line,
+    )
+    print(file=sys.stderr)
+    echo(f"launched backfill(s) {', '.join(ids)} for {len(keys)} image(s)")
+    return 0
 
 
 def _progress_line(done: int, total: int, images: int) -> None:
@@ -98,11 +153,8 @@ def _progress_line(done: int, total: int, images: int) -> None:
     print(f"\rsubmitting backfills: {done}/{total} ({images} image(s))", end="", file=sys.stderr, flush=True)
 
 
-def _all_keys(plan: RefreshPlan, instance: dg.DagsterInstance, collection: str) -> list[str]:
+def _all_keys(instance: dg.DagsterInstance, collection: str) -> list[str]:
     """Every registered partition of the collection (unchanged ones re-run for free: reused executions)."""
-    from retouch_pipeline.catalog.keys import collection_of_partition_key
-    from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-
     out = []
     for key in instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME):
         try:

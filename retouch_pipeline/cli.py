@@ -209,9 +209,11 @@ def balance(conn: Connection, as_json: bool) -> None:
 
 @main.command()
 @click.argument("collection")
-@click.option("--dry-run", is_flag=True, help="Only print the number of images and the projected credits.")
+@click.option("--dry-run", is_flag=True, help="Only print the images, the projected credits and the verdict.")
 def backfill(collection: str, dry_run: bool) -> None:
-    """Backfill one product collection: images, projected credits vs balance, then a real Dagster backfill.
+    """Backfill one product collection: images, the run's projection vs balance and budget, then a backfill.
+
+    Exits non-zero, launching nothing, when the projection does not fit (the run would be refused).
 
     Uses the Dagster instance of DAGSTER_HOME and the pipeline's environment variables (definitions.py).
     """

@@ -15,103 +15,31 @@ recorded execution (idempotency key), so a refresh can never double-charge.
 
 Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
 restore; default one backfill run's worth, 100) is processed inside the refresh run itself, by the same
-stages, idempotency keys and per-partition materializations as a backfill run (`assets/stages.py`). Why: a
-backfill waits for the backfill daemon's loop (every 30 s), then for a run to be planned, queued and started;
-for the usual daily difference of a few dozen images that was most of the refresh's time. A larger
+stages, idempotency keys and per-partition materializations as a backfill run (`processing.orchestrator`).
+Why: a backfill waits for the backfill daemon's loop (every 30 s), then for a run to be planned, queued and
+started; for the usual daily difference of a few dozen images that is most of the refresh's time. A larger
 difference is launched as backfills (one per `CATALOG_BATCH_SIZE` images of a collection), which spread over
 parallel runs with their own retries. The asset checks run in backfill runs only (an op cannot report them).
 """
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from retouch_pipeline.assets.common import (
-    PIPELINE_KEYS,
-    RETOUCHED,
-    UPLOADED,
-    latest_materializations,
-    materialization_metadata,
-    metadata_value,
-)
+from retouch_pipeline.assets.common import PIPELINE_KEYS, RETOUCHED
 from retouch_pipeline.assets.pipeline import MAX_PARTITIONS_PER_RUN
-from retouch_pipeline.assets.spending import StepEnv
-from retouch_pipeline.assets.stages import (
-    failure_of,
-    make_item,
-    process_items,
-    report,
-    upload_and_create,
-    wait_and_download,
-)
-from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
+from retouch_pipeline.assets.presentation import failure_of
+from retouch_pipeline.assets.step import run_step
 from retouch_pipeline.launch import register_partitions, submit_backfills
+from retouch_pipeline.processing.orchestrator import ALL
+from retouch_pipeline.processing.validate import new_item
+from retouch_pipeline.refresh_plan import RefreshPlan, plan_refresh
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 REFRESH_TAG = "retouch/trigger"
-
-
-@dataclass
-class RefreshPlan:
-    """What the refresh will launch, and why."""
-
-    missed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    outputs_missing: list[str] = field(default_factory=list)
-    unchanged: int = 0
-
-    @property
-    def full(self) -> list[str]:
-        return self.missed + self.changed
-
-
-def _list(s3: Any, bucket: str, prefix: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = str(obj.get("ETag", "")).strip('"')
-    return out
-
-
-def plan_refresh(
-    instance: dg.DagsterInstance, s3: Any, catalog: CatalogResource, collection: str | None = None
-) -> RefreshPlan:
-    """Compare S3 (one listing of each prefix) with the event log; optionally one collection only."""
-    source_prefix = normalize_prefix(catalog.source_prefix)
-    listing_prefix = source_prefix + (f"{collection}/" if collection else "")
-    sources = {
-        key[len(source_prefix) :]: etag
-        for key, etag in _list(s3, catalog.source_bucket, listing_prefix).items()
-        if not is_junk(key[len(source_prefix) :])
-    }
-    by_partition = {partition_key_for(rel): etag for rel, etag in sources.items()}
-    keys = list(by_partition)
-    uploaded = latest_materializations(instance, UPLOADED, keys)
-    retouched = latest_materializations(instance, RETOUCHED, keys)
-    output_prefix = normalize_prefix(catalog.output_prefix)
-    outputs = set(_list(s3, catalog.output_bucket, output_prefix))
-    plan = RefreshPlan()
-    for pk, etag in by_partition.items():
-        up, ret = uploaded.get(pk), retouched.get(pk)
-        if up is None or ret is None:
-            plan.missed.append(pk)
-            continue
-        if metadata_value(materialization_metadata(up), "source_etag") != etag:
-            plan.changed.append(pk)
-            continue
-        uri = str(metadata_value(materialization_metadata(ret), "output_uri") or "")
-        key = uri.split("/", 3)[3] if uri.count("/") >= 3 else ""
-        if key not in outputs or key + ".json" not in outputs:
-            plan.outputs_missing.append(pk)
-        else:
-            plan.unchanged += 1
-    return plan
 
 
 class RefreshConfig(dg.Config):
@@ -162,19 +90,13 @@ def reconcile_catalog(
         f"{len(plan.outputs_missing)} outputs missing, {plan.unchanged} unchanged; "
         f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}"
     )
-    full = [make_item(pk, catalog) for pk in in_run.full]
-    restore = [make_item(pk, catalog) for pk in in_run.outputs_missing]
+    full = [new_item(pk, catalog) for pk in in_run.full]
+    restore = [new_item(pk, catalog) for pk in in_run.outputs_missing]
     items = full + restore
     if items:
         register_partitions(context.instance, in_run.full)  # missed by the sensor: as it would have
-        with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
-            env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
-            # creates first: AutoRetouch works on them while the deleted outputs are restored (downloads)
-            if full:
-                yield from upload_and_create(env, full, set(PIPELINE_KEYS), pool)
-            yield from process_items(env, restore, {RETOUCHED}, pool)
-            yield from wait_and_download(env, full, pool)
-            yield from report(env, {RETOUCHED}, set(), items)
+        # creates first: AutoRetouch works on them while the deleted outputs are restored (downloads)
+        yield from run_step(context, autoretouch, catalog, s3.get_client(), full, ALL, restore=restore)
     yield dg.Output(
         None,
         metadata={

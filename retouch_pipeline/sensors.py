@@ -29,10 +29,10 @@ from retouch_pipeline.assets.common import (
     materialization_metadata,
     metadata_value,
 )
-from retouch_pipeline.assets.executions import parse_time, read_statuses
-from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus
+from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
 from retouch_pipeline.catalog.sensor import batch_run_requests
 from retouch_pipeline.partitions import catalog_images
+from retouch_pipeline.processing.statuses import oldest_of, read_statuses
 from retouch_pipeline.resources import AutoRetouchResource
 
 TRIGGER_TAG = "retouch/trigger"
@@ -95,6 +95,71 @@ def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -
     }
 
 
+def _statuses(
+    autoretouch: AutoRetouchResource, eligible: dict[str, PendingEntry]
+) -> dict[str, WorkflowExecution]:
+    """One batched status read of the eligible executions."""
+    with autoretouch.get_client() as client:
+        return read_statuses(
+            client,
+            autoretouch.workflow_id,
+            {e.execution_id for e in eligible.values()},
+            oldest=oldest_of(e.created_at for e in eligible.values()),
+            max_pages=autoretouch.max_status_pages,
+        )
+
+
+def _finished(
+    cursor: PendingCursor,
+    eligible: dict[str, PendingEntry],
+    statuses: dict[str, WorkflowExecution],
+    now: float,
+) -> list[str]:
+    """The eligible partitions whose execution ended; COMPLETED ones are marked requested, others dropped."""
+    done = [
+        pk
+        for pk, e in eligible.items()
+        if e.execution_id in statuses and statuses[e.execution_id].status.is_terminal
+    ]
+    for pk in done:
+        if statuses[cursor.pending[pk].execution_id].status is ExecutionStatus.COMPLETED:
+            cursor.pending[pk].requested_at = now
+        else:  # FAILED / PAYMENT_REQUIRED: the requested run records the explained failure, once
+            del cursor.pending[pk]
+    return done
+
+
+def _tick(
+    context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource, name: str, batch_size: int
+) -> dg.SensorResult:
+    cursor = PendingCursor.parse(context.cursor)
+    _absorb_events(context.instance, cursor)
+    now = time.time()
+    eligible = _eligible(context.instance, cursor, now)
+    if not eligible:
+        return dg.SensorResult(
+            cursor=cursor.model_dump_json(), skip_reason=f"{len(cursor.pending)} pending, none to check"
+        )
+    try:
+        statuses = _statuses(autoretouch, eligible)
+    except AutoRetouchError as exc:
+        return dg.SensorResult(cursor=cursor.model_dump_json(), skip_reason=f"status read failed: {exc}")
+    done = _finished(cursor, eligible, statuses, now)
+    in_qa = sum(
+        1
+        for e in eligible.values()
+        if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
+    )
+    requests = (
+        batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name}) if done else []
+    )
+    summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
+    context.log.info(summary)
+    return dg.SensorResult(
+        run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary
+    )
+
+
 def build_pending_sensor(
     name: str = "pending_executions_sensor",
     *,
@@ -115,52 +180,6 @@ def build_pending_sensor(
     def pending_sensor(
         context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource
     ) -> dg.SensorResult:
-        cursor = PendingCursor.parse(context.cursor)
-        _absorb_events(context.instance, cursor)
-        now = time.time()
-        eligible = _eligible(context.instance, cursor, now)
-        if not eligible:
-            return dg.SensorResult(
-                cursor=cursor.model_dump_json(), skip_reason=f"{len(cursor.pending)} pending, none to check"
-            )
-        created = [t for t in (parse_time(e.created_at) for e in eligible.values()) if t]
-        try:
-            with autoretouch.get_client() as client:
-                statuses = read_statuses(
-                    client,
-                    autoretouch.workflow_id,
-                    {e.execution_id for e in eligible.values()},
-                    oldest=min(created) if created else None,
-                    max_pages=autoretouch.max_status_pages,
-                )
-        except AutoRetouchError as exc:
-            return dg.SensorResult(cursor=cursor.model_dump_json(), skip_reason=f"status read failed: {exc}")
-        done = [
-            pk
-            for pk, e in eligible.items()
-            if e.execution_id in statuses and statuses[e.execution_id].status.is_terminal
-        ]
-        for pk in done:
-            if statuses[cursor.pending[pk].execution_id].status is ExecutionStatus.COMPLETED:
-                cursor.pending[pk].requested_at = now
-            else:  # FAILED / PAYMENT_REQUIRED: the requested run records the explained failure, once
-                del cursor.pending[pk]
-        in_qa = sum(
-            1
-            for e in eligible.values()
-            if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
-        )
-        requests = (
-            batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name})
-            if done
-            else []
-        )
-        summary = (
-            f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
-        )
-        context.log.info(summary)
-        return dg.SensorResult(
-            run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary
-        )
+        return _tick(context, autoretouch, name, batch_size)
 
     return pending_sensor

@@ -59,7 +59,7 @@ CHECK_KEYS = {spec.key for spec in CHECK_SPECS}
 
 
 @dataclass(frozen=True)
-class Delivered:
+class DeliveredOutput:
     """One partition's delivered result, as the checks need it."""
 
     partition_key: str
@@ -70,16 +70,18 @@ class Delivered:
     """Bytes written by this run; None when unknown (audits): the output is then downloaded and decoded."""
 
 
-def delivered_from_records(instance: dg.DagsterInstance, partition_keys: Sequence[str]) -> list[Delivered]:
+def delivered_from_records(
+    instance: dg.DagsterInstance, partition_keys: Sequence[str]
+) -> list[DeliveredOutput]:
     """The latest recorded result of each partition (check-only runs over a partition range)."""
     records = latest_materializations(instance, RETOUCHED, partition_keys)
     return [_from_record(pk, record) for pk, record in records.items()]
 
 
-def recent_delivered(instance: dg.DagsterInstance, limit: int = AUDIT_LIMIT) -> list[Delivered]:
+def recent_delivered(instance: dg.DagsterInstance, limit: int = AUDIT_LIMIT) -> list[DeliveredOutput]:
     """The newest result of up to `limit` partitions, newest first (check-only runs without partitions)."""
     result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=RETOUCHED), limit=limit)
-    seen: dict[str, Delivered] = {}
+    seen: dict[str, DeliveredOutput] = {}
     for record in result.records:
         pk = record.partition_key or ""
         if pk not in seen:
@@ -87,9 +89,9 @@ def recent_delivered(instance: dg.DagsterInstance, limit: int = AUDIT_LIMIT) -> 
     return list(seen.values())
 
 
-def _from_record(partition_key: str, record: dg.EventLogRecord) -> Delivered:
+def _from_record(partition_key: str, record: dg.EventLogRecord) -> DeliveredOutput:
     meta = materialization_metadata(record)
-    return Delivered(
+    return DeliveredOutput(
         partition_key,
         int(metadata_value(meta, "chargedCredits") or 0),
         int(metadata_value(meta, "executionPrice") or 0),
@@ -97,7 +99,7 @@ def _from_record(partition_key: str, record: dg.EventLogRecord) -> Delivered:
     )
 
 
-def output_problem(s3: object, delivered: Delivered) -> str | None:
+def output_problem(s3: object, delivered: DeliveredOutput) -> str | None:
     """Why the output is not there or not an image; None when it is fine."""
     bucket, _, key = delivered.output_uri.removeprefix("s3://").partition("/")
     client = s3  # boto3 client; typed loosely (boto3 has no stubs here)
@@ -119,7 +121,7 @@ def output_problem(s3: object, delivered: Delivered) -> str | None:
 
 def evaluate_checks(
     selected: Iterable[dg.AssetCheckKey],
-    delivered: Sequence[Delivered],
+    delivered: Sequence[DeliveredOutput],
     s3: object,
     pool: ThreadPoolExecutor,
     scope: str,
@@ -145,7 +147,7 @@ def evaluate_checks(
 
 
 def _result(
-    name: str, delivered: Sequence[Delivered], bad: dict[str, str], scope: str, verb: str
+    name: str, delivered: Sequence[DeliveredOutput], bad: dict[str, str], scope: str, verb: str
 ) -> dg.AssetCheckResult:
     shown = dict(sorted(bad.items())[:SHOWN])
     description = (

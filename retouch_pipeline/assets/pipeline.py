@@ -5,8 +5,8 @@ Why one multi-asset step and not three assets with three steps
     A backfill run holds many partitions (`BackfillPolicy.multi_run`). With three steps, one broken image
     would make the first step fail (so the next steps are skipped for every image of the run) or the first
     step would have to yield its output, which Dagster records as a materialization of *every* partition of
-    the run, broken ones included. Here each image flows through its stages independently in a thread pool
-    (`stages.py`), and the step records each stage of each image as its own
+    the run, broken ones included. Here each image flows through its stages independently
+    (`processing.orchestrator`), and the step records each stage of each image as its own
     `AssetMaterialization(partition=...)` (the specs are `skippable`, so no output is required). The
     compute is a generator: each event is yielded from the main thread as soon as its work is done, which
     writes it to the event log at once (Dagster flushes user events when the compute yields), so a crash
@@ -19,16 +19,13 @@ Failed partitions
     those show as failed, the others as materialized. Executions still IN_QA (or processing after
     `max_wait_seconds`) are neither: the run succeeds and the pending-executions sensor finishes them.
 
-Executions are created batch by batch as uploads finish (`stages.upload_and_create`), so AutoRetouch
-works while the rest of the run is still uploading.
-
 `can_subset=True`: the pending sensor and large refreshes request `retouched_image` alone; the step then
 reads the execution of each partition (and its "before" thumbnail) from the event log and only downloads
 (nothing is paid again).
 
-What the UI gets from each run (`report`): an `AssetObservation` on `retouched_image` per failed or still
-pending partition with a human sentence (`presentation.py`), and one `AssetCheckResult` per asset check over
-the partitions the run delivered (`checks.py`: the checks are this step's `check_specs`, so every backfill,
+What the UI gets from each run: an `AssetObservation` on `retouched_image` per failed or still pending
+partition with a human sentence (`presentation.py`), and one `AssetCheckResult` per asset check over the
+partitions the run delivered (`checks.py`: the checks are this step's `check_specs`, so every backfill,
 sensor and backfill-launched refresh run evaluates them). A run that selects only the checks audits
 recorded results.
 """
@@ -48,17 +45,17 @@ from retouch_pipeline.assets.checks import (
     recent_delivered,
 )
 from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline.assets.presentation import OWNERS
-from retouch_pipeline.assets.spending import StepEnv
-from retouch_pipeline.assets.stages import failure_of, make_item, process_items, report
+from retouch_pipeline.assets.presentation import OWNERS, failure_of
+from retouch_pipeline.assets.step import run_step, stages_of
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
+from retouch_pipeline.processing.validate import new_item
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 # Images per run of a backfill (`BackfillPolicy.multi_run`). Why 100: the backfill daemon submits a backfill's
-# runs one after another and writes one planned event per asset and partition before each (~13 ms each
-# here), so AutoRetouch gets its first work only after the first run was submitted (~4 s at 100, ~8 s at 200)
-# and started; with 4 runs in flight per backfill (deploy/dagster.yaml) 400 images keep the service busy
-# while the next runs start. Also the catalog sensor's batch (CATALOG_BATCH_SIZE): one sensor batch, one run.
+# runs one after another and writes one planned event per asset and partition before each, so AutoRetouch
+# gets its first work only after the first run was submitted and started; with 4 runs in flight per backfill
+# (deploy/dagster.yaml) 400 images keep the service busy while the next runs start (figures:
+# docs/performance.md). Also the catalog sensor's batch (CATALOG_BATCH_SIZE): one sensor batch, one run.
 MAX_PARTITIONS_PER_RUN = 100
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 GROUP = "catalog"
@@ -119,15 +116,20 @@ def catalog_pipeline(
     if not selected:  # checks only (the UI's "Execute checks"): audit what is recorded
         yield from audit(context, s3)
         return
-    items = [make_item(pk, catalog) for pk in context.partition_keys]
+    items = [new_item(pk, catalog) for pk in context.partition_keys]
     started = time.monotonic()
-    with autoretouch.get_client() as client, ThreadPoolExecutor(autoretouch.concurrency) as pool:
-        env = StepEnv.build(context, autoretouch, catalog, client, s3.get_client())
-        yield from process_items(env, items, selected, pool)
-        yield from report(env, selected, context.selected_asset_check_keys, items)
+    step = yield from run_step(
+        context,
+        autoretouch,
+        catalog,
+        s3.get_client(),
+        items,
+        stages_of(selected),
+        check_keys=context.selected_asset_check_keys,
+    )
     context.log.info(
-        f"{sum(1 for i in items if not i.failure)} of {len(items)} image(s) without failure in "
-        f"{time.monotonic() - started:.1f}s ({env.summary()})"
+        f"{sum(1 for i in items if not i.failed)} of {len(items)} image(s) without failure in "
+        f"{time.monotonic() - started:.1f}s ({step.summary()})"
     )
     failure = failure_of(items)
     if failure is not None:

@@ -20,7 +20,7 @@ from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADE
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.schedules import plan_refresh
+from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline_tests.pipeline.conftest import CREDENTIALS, Stack
 
@@ -243,32 +243,3 @@ def test_definitions_load_without_network() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 10
-
-
-def test_cli_backfill_dry_run_and_launch(stack: Stack, make_image: Callable[..., bytes]) -> None:
-    for i in range(3):
-        stack.put(f"hats/{i}.png", make_image(width=40 + i))
-    home = stack.instance.root_directory
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DAGSTER_HOME": home,
-        "AUTORETOUCH_API_URL": stack.sandbox.api_url,
-        "AUTORETOUCH_ORGANIZATION_ID": stack.sandbox.organization_id,
-        "AUTORETOUCH_REFRESH_TOKEN": stack.sandbox.refresh_token,
-        "S3_ENDPOINT_URL": stack.moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "CATALOG_SOURCE_BUCKET": stack.bucket,
-        "RETOUCH_SENSORS_RUNNING": "0",
-    }
-    cmd = [sys.executable, "-m", "retouch_pipeline.cli", "backfill", "hats"]
-    dry = subprocess.run([*cmd, "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0, dry.stderr
-    assert "3 image(s), 3 needing a new execution; projected 30 credits" in dry.stdout
-    assert stack.instance.get_backfills() == []
-    real = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert real.returncode == 0, real.stderr
-    assert "submitting backfills: 1/1 (3 image(s))" in real.stderr  # progress while submitting
-    backfills = stack.instance.get_backfills()
-    assert len(backfills) == 1 and backfills[0].tags.get("retouch/collection") == "hats"
-    assert stack.charged() == 0  # the daemon runs it; nothing was spent by the CLI itself

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from retouch_pipeline.assets import EXECUTION, RETOUCHED
-from retouch_pipeline.assets.executions import ExecutionIndex
+from retouch_pipeline.assets.records import ExecutionIndex
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline_tests.pipeline.conftest import Stack
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from retouch_pipeline.assets.common import THUMBNAIL_SIDE, _reduce_by_bands, thumbnail_data_uri
-from retouch_pipeline.assets.uploaded import validate_image
+from retouch_pipeline.processing.failures import TruncatedImage
+from retouch_pipeline.processing.thumbnails import THUMBNAIL_SIDE, _reduce_by_bands, thumbnail_data_uri
+from retouch_pipeline.processing.validate import validate_image
 
 
 def decode(uri: str) -> Image.Image:
@@ -70,6 +71,6 @@ def test_jpeg_is_validated_at_reduced_scale_with_the_same_verdicts(tmp_path: Pat
         path.write_bytes(data[:cut])
         with Image.open(path) as full, pytest.raises(OSError, match="truncated"):
             full.load()  # what a full decode says
-        with pytest.raises(Exception, match="TruncatedImage") as failure:
+        with pytest.raises(TruncatedImage, match="TruncatedImage") as failure:
             validate_image(str(path), 10_000)
-        assert type(failure.value).__name__ == "PartitionFailure"
+        assert failure.value.stage == "validate" and failure.value.permanent

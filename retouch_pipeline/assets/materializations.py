@@ -1,0 +1,120 @@
+"""The per-partition materializations of the three catalog assets, from the domain's facts.
+
+Their metadata names are read back by re-runs, the refresh, the sensors, the cost roll-up and the UI tests:
+renaming one is a change of the recorded format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from retouch_pipeline.assets.common import (
+    EXECUTION,
+    RETOUCHED,
+    UPLOADED,
+    collection_tags,
+    preview_markdown,
+)
+from retouch_pipeline.autoretouch import Workflow, WorkflowExecution
+from retouch_pipeline.processing.deliver import sidecar_key
+from retouch_pipeline.processing.item import WorkItem
+
+
+def _urls(links: Mapping[str, str] | None) -> dict[str, dg.MetadataValue]:
+    return {name: dg.MetadataValue.url(url) for name, url in (links or {}).items()}
+
+
+def uploaded_event(item: WorkItem, source_bucket: str) -> dg.AssetMaterialization:
+    """The per-partition materialization of `uploaded_image`."""
+    assert item.content_hash is not None and item.image is not None
+    return dg.AssetMaterialization(
+        asset_key=UPLOADED,
+        partition=item.partition_key,
+        metadata={
+            "source_uri": dg.MetadataValue.url(f"s3://{source_bucket}/{item.source_key}"),
+            "source_etag": item.source_etag or "",
+            "collection": item.collection,
+            "content_hash": item.content_hash,
+            "format": item.image.format,
+            "width": dg.MetadataValue.int(item.image.width),
+            "height": dg.MetadataValue.int(item.image.height),
+            "bytes": dg.MetadataValue.int(item.image.size),
+            "uploaded": item.bytes_sent,
+            "preview": preview_markdown(item.preview_before),
+        },
+        tags=collection_tags(item.collection),
+    )
+
+
+def execution_event(
+    item: WorkItem,
+    workflow: Workflow,
+    version: str,
+    execution: WorkflowExecution | None,
+    links: Mapping[str, str] | None = None,
+) -> dg.AssetMaterialization:
+    """The per-partition materialization of `autoretouch_execution` (links: web-app URLs by label)."""
+    status = execution.status.value if execution else (item.execution_status or "UNKNOWN")
+    return dg.AssetMaterialization(
+        asset_key=EXECUTION,
+        partition=item.partition_key,
+        metadata={
+            "execution_id": item.execution_id or "",
+            "status": status,
+            "action": item.purchase.value if item.purchase else "",
+            "idempotency_key": item.idempotency_key or "",
+            "workflow_id": workflow.id,
+            "workflow_version": version,
+            "executionPrice": dg.MetadataValue.int(workflow.execution_price),
+            "chargedCredits": dg.MetadataValue.int(execution.charged_credits if execution else 0),
+            "batch_id": item.batch_id or "",
+            "collection": item.collection,
+            "source_key": item.source_key,
+            "source_etag": item.source_etag or "",
+            "input_hash": item.content_hash or "",
+            "created_at": item.execution_created_at or "",
+            "preview": preview_markdown(item.preview_before),
+            **_urls(links),
+        },
+        tags=collection_tags(item.collection),
+    )
+
+
+def retouched_event(
+    item: WorkItem,
+    execution: WorkflowExecution,
+    workflow: Workflow,
+    bucket: str,
+    links: Mapping[str, str] | None = None,
+) -> dg.AssetMaterialization:
+    """The per-partition materialization of `retouched_image` (what the cost roll-up sums)."""
+    output = item.output
+    assert output is not None
+    finished = execution.finished_at or datetime.now(UTC)
+    return dg.AssetMaterialization(
+        asset_key=RETOUCHED,
+        partition=item.partition_key,
+        metadata={
+            "output_uri": dg.MetadataValue.url(f"s3://{bucket}/{output.key}"),
+            "sidecar_uri": dg.MetadataValue.url(f"s3://{bucket}/{sidecar_key(output.key)}"),
+            "result_hash": output.result_hash,
+            "input_hash": item.content_hash or "",
+            "execution_id": execution.id,
+            "status": execution.status.value,
+            "executionPrice": dg.MetadataValue.int(workflow.execution_price),
+            "chargedCredits": dg.MetadataValue.int(execution.charged_credits),
+            "batch_id": execution.labels.get("autoretouch_batch_id", ""),
+            "collection": item.collection,
+            "finished_day": finished.astimezone(UTC).date().isoformat(),
+            "width": dg.MetadataValue.int(output.width),
+            "height": dg.MetadataValue.int(output.height),
+            "mode": output.mode,
+            "bytes": dg.MetadataValue.int(output.size),
+            "preview": preview_markdown(item.preview_before, output.preview_after),
+            **_urls(links),
+        },
+        tags=collection_tags(item.collection),
+    )

@@ -1,0 +1,272 @@
+"""Stage 2, create: one execution per (image content, workflow, version), never two, and never over budget.
+
+Idempotency
+    The key is derived from what decides the result and the price: SHA-256 of the input bytes, the workflow id
+    and the workflow version (`idempotency_key`). Before creating, a step asks the purchase records
+    (`records.PurchaseRecords`): (1) the partition's last recorded execution carries its key; (2) the key's
+    own entry (same content under another partition, or a crash after the create and before the record); an
+    entry that only holds an *intent* (written, in one batch, right before the creates) means a create may
+    have reached AutoRetouch without its id being kept: then AutoRetouch itself is asked, by the idempotency
+    label (E3). Only when all three say "none" is an execution created. FAILED and PAYMENT_REQUIRED executions
+    are retried (E8), not re-created.
+
+Order: decide for every image (`resolve`), project the spend of what is left (`budget.py`) and refuse *before*
+the first create; then create or retry on the step's pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from retouch_pipeline.autoretouch import ImageRef, WorkflowExecution
+from retouch_pipeline.processing.budget import Projection, check
+from retouch_pipeline.processing.failures import (
+    BudgetRefused,
+    DuplicateContentNotCreated,
+    ExecutionNotFound,
+    UnexpectedError,
+)
+from retouch_pipeline.processing.item import Purchase, State, WorkItem
+from retouch_pipeline.processing.records import PurchaseEntry
+from retouch_pipeline.processing.statuses import RETRYABLE_STATUSES, oldest_of, parse_time, read_statuses
+from retouch_pipeline.processing.step import Step
+
+BATCH_NAMESPACE = uuid.UUID("6f1d3c52-9a43-4df0-a3a6-2b4c9f1e7d10")
+BATCH_LABELS = ("autoretouch_batch_id", "autoretouch_batch_name", "autoretouch_batch_createdAt")
+Settled = tuple[WorkItem, WorkflowExecution | None]
+
+
+def idempotency_key(content_hash: str, workflow_id: str, workflow_version: str) -> str:
+    """Deterministic: same bytes + same workflow version = same key = at most one execution."""
+    digest = hashlib.sha256(f"{content_hash}|{workflow_id}|{workflow_version}".encode()).hexdigest()
+    return f"rp1-{digest[:48]}"
+
+
+def batch_labels(collection: str, batch_scope: str, created_at: datetime) -> dict[str, str]:
+    """The three labels that make AutoRetouch show one order per collection and backfill (or run)."""
+    batch_id = str(uuid.uuid5(BATCH_NAMESPACE, f"{batch_scope}/{collection}"))
+    return {
+        "autoretouch_batch_id": batch_id,
+        "autoretouch_batch_name": f"{collection} {created_at.strftime('%Y-%m-%d %H:%M')}",
+        "autoretouch_batch_createdAt": created_at.astimezone(UTC).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one idempotency key needs: an existing execution (REUSE) or a new one (CREATE)."""
+
+    purchase: Purchase
+    execution_id: str | None = None
+    created_at: str | None = None
+    recovered: PurchaseEntry | None = None
+    """Set when the execution was found by its label: the entry that spares the next run the lookup."""
+
+
+def decide(step: Step, keys: Mapping[str, str]) -> dict[str, Decision]:
+    """partition -> decision, for partitions whose idempotency key is known (`keys`: partition -> key)."""
+    recorded = step.records.executions(list(keys))
+    entries = step.records.purchases(set(keys.values()))
+    decisions: dict[str, Decision] = {}
+    for partition_key, key in keys.items():
+        record, entry = recorded.get(partition_key), entries.get(key)
+        if record is not None and record.idempotency_key == key:
+            decisions[partition_key] = Decision(Purchase.REUSE, record.execution_id, record.created_at)
+        elif entry is not None and entry.execution_id:
+            decisions[partition_key] = Decision(Purchase.REUSE, entry.execution_id, entry.created_at)
+        elif (
+            entry is not None
+        ):  # an intent without an id: a create may have reached AutoRetouch before a crash
+            decisions[partition_key] = _recover(step, partition_key, key, entry)
+        else:
+            decisions[partition_key] = Decision(Purchase.CREATE)
+    return decisions
+
+
+def _recover(step: Step, partition_key: str, key: str, intent: PurchaseEntry) -> Decision:
+    found = step.client.find_execution_by_idempotency_key(step.workflow.id, key, since=parse_time(intent.at))
+    if found is None:
+        return Decision(Purchase.CREATE)
+    step.log.warning(f"{partition_key}: recovered execution {found.id} by its idempotency label")
+    created_at = found.created_at.isoformat() if found.created_at else None
+    entry = PurchaseEntry(execution_id=found.id, at=intent.at, recovered=True)
+    return Decision(Purchase.REUSE, found.id, created_at, recovered=entry)
+
+
+def resolve(step: Step, items: Sequence[WorkItem]) -> None:
+    """Decide for every uploaded item (it becomes RESOLVED); recovered executions are recorded."""
+    ready = [i for i in items if not i.failed]
+    for item in ready:
+        assert item.content_hash is not None
+        item.idempotency_key = idempotency_key(item.content_hash, step.workflow.id, step.version)
+    decisions = decide(step, {i.partition_key: i.idempotency_key or "" for i in ready})
+    recovered: dict[str, PurchaseEntry] = {}
+    for item in ready:
+        decision = decisions[item.partition_key]
+        item.purchase, item.execution_id = decision.purchase, decision.execution_id
+        item.execution_created_at = decision.created_at
+        if decision.recovered is not None:
+            recovered[item.idempotency_key or ""] = decision.recovered
+        item.advance(State.RESOLVED)
+    step.records.record(recovered)  # the next run needs no label lookup
+
+
+def current_executions(step: Step, items: Sequence[WorkItem]) -> dict[str, WorkflowExecution]:
+    """The state at AutoRetouch of the executions the items would reuse (one batched read)."""
+    reused = [i for i in items if not i.failed and i.execution_id]
+    return read_statuses(
+        step.client,
+        step.workflow.id,
+        [i.execution_id or "" for i in reused],
+        oldest=oldest_of(i.execution_created_at for i in items),
+        max_pages=step.settings.max_status_pages,
+    )
+
+
+def spenders(items: Sequence[WorkItem], current: Mapping[str, WorkflowExecution]) -> list[WorkItem]:
+    """The items that will spend (one per distinct key or execution), after marking retries."""
+    spending: dict[str, WorkItem] = {}
+    for item in items:
+        if item.failed:
+            continue
+        if item.purchase is Purchase.REUSE:
+            execution = current.get(item.execution_id or "")
+            if execution is None:
+                item.fail(ExecutionNotFound(f"{item.execution_id} is unknown to AutoRetouch"))
+            elif execution.status in RETRYABLE_STATUSES:
+                item.purchase = Purchase.RETRY
+                spending.setdefault(execution.id, item)
+        elif item.purchase is Purchase.CREATE:
+            spending.setdefault(item.idempotency_key or item.partition_key, item)
+    return list(spending.values())
+
+
+def create(
+    step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor, *, budget_checked: bool = False
+) -> Iterator[Settled]:
+    """Give every resolved item an execution; yields (item, execution-if-known) as each is settled.
+
+    `budget_checked`: the caller has already checked the worst case of the whole step (`worst_case_fits`).
+    """
+    current = current_executions(step, items)
+    buying = spenders(items, current)
+    refused = None if budget_checked else check(step, Projection.of(buying, step.workflow.execution_price))
+    if refused:
+        _refuse(step, items, refused)
+        buying = []
+    now = datetime.now(UTC).isoformat()
+    bought = _buy(step, buying, pool, now)
+    yield from _settle(step, items, buying, bought, current, now)
+
+
+def _refuse(step: Step, items: Sequence[WorkItem], refused: BudgetRefused) -> None:
+    step.log.error(refused.reason)
+    for item in items:
+        if not item.failed and item.purchase in (Purchase.CREATE, Purchase.RETRY):
+            item.fail(BudgetRefused(refused.detail))
+
+
+def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: str) -> dict[str, str]:
+    """Intents first, then the creates and retries in parallel; returns idempotency key -> execution id."""
+    step.records.record(
+        {
+            i.idempotency_key: PurchaseEntry(partition=i.partition_key, at=now)
+            for i in buying
+            if i.purchase is Purchase.CREATE and i.idempotency_key
+        }
+    )
+    futures = {pool.submit(_spend, step, item): item for item in buying}
+    bought: dict[str, str] = {}  # also serves in-step duplicates of the same content
+    for future in as_completed(futures):
+        item = futures[future]
+        try:
+            execution_id = future.result()
+        except Exception as exc:
+            item.fail(UnexpectedError(exc, stage=item.purchase.value if item.purchase else "create"))
+            continue
+        item.execution_id = execution_id
+        item.execution_created_at = item.execution_created_at or now
+        if item.purchase is Purchase.CREATE:
+            item.execution_status, step.created = "CREATED", step.created + 1
+            item.advance(State.CREATED)
+        else:
+            item.execution_status, step.retried = "RETRIED", step.retried + 1
+            item.advance(State.RETRYING)
+        bought[item.idempotency_key or ""] = execution_id or ""
+    entries = {k: PurchaseEntry(execution_id=v, at=now, created_at=now) for k, v in bought.items() if k and v}
+    step.records.record(entries)
+    return bought
+
+
+def _spend(step: Step, item: WorkItem) -> str | None:
+    """Create (with batch labels and the idempotency key) or retry (E8); returns the execution id."""
+    if item.purchase is Purchase.RETRY:
+        assert item.execution_id is not None
+        step.client.retry_execution(item.execution_id)
+        return item.execution_id
+    labels = batch_labels(item.collection, step.batch_scope, step.batch_created_at)
+    item.batch_id = labels["autoretouch_batch_id"]
+    return step.client.create_execution(
+        step.workflow.id,
+        image=ImageRef(item.relative_key.rsplit("/", 1)[-1], item.content_hash or ""),
+        version=step.version,
+        labels=labels,
+        idempotency_key=item.idempotency_key,
+    )
+
+
+def _settle(
+    step: Step,
+    items: Sequence[WorkItem],
+    buying: Sequence[WorkItem],
+    bought: Mapping[str, str],
+    current: Mapping[str, WorkflowExecution],
+    now: str,
+) -> Iterator[Settled]:
+    """Duplicates take the execution bought for their content; reused items take theirs."""
+    buyers = {id(i) for i in buying}
+    for item in items:
+        if item.failed:
+            continue
+        if id(item) not in buyers and item.purchase is Purchase.CREATE:  # same content as another image here
+            item.execution_id = bought.get(item.idempotency_key or "")
+            if not item.execution_id:
+                item.fail(DuplicateContentNotCreated("the execution of the same image failed"))
+                continue
+            item.purchase, item.execution_created_at = Purchase.REUSE, now
+        if item.purchase is Purchase.REUSE:
+            step.reused += 1
+            item.advance(State.REUSED)
+        elif item.state is State.RESOLVED:  # a retry of an execution another image of the step retried
+            item.advance(State.RETRYING)
+        known = current.get(item.execution_id or "")
+        if known is not None:
+            item.execution_status = item.execution_status or known.status.value
+            item.batch_id = item.batch_id or known.labels.get("autoretouch_batch_id")
+        yield item, (known if item.purchase is Purchase.REUSE else None)
+
+
+def forecast(step: Step, contents: Mapping[str, str | None]) -> Projection:
+    """The projection a run over these partitions will make (partition -> content hash, None: unknown).
+
+    The same decisions (`decide`), the same retries and the same de-duplication as the run; an image whose
+    content is not known yet (new or changed in S3) counts as one new execution, which is what the run buys
+    unless the same bytes appear twice.
+    """
+    keys = {pk: idempotency_key(h, step.workflow.id, step.version) for pk, h in contents.items() if h}
+    decisions = decide(step, keys)
+    items = []
+    for partition_key in contents:
+        decision = decisions.get(partition_key, Decision(Purchase.CREATE))
+        item = WorkItem(
+            partition_key, "", "", "", state=State.RESOLVED, idempotency_key=keys.get(partition_key)
+        )
+        item.purchase, item.execution_id = decision.purchase, decision.execution_id
+        item.execution_created_at = decision.created_at
+        items.append(item)
+    return Projection.of(spenders(items, current_executions(step, items)), step.workflow.execution_price)

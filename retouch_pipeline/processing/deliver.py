@@ -1,0 +1,154 @@
+"""Stage 4, deliver: the result streamed to a temporary file, checked, written to S3 with a JSON sidecar.
+
+Ordering: image first, sidecar second. An S3 PUT (and a completed multipart upload) is atomic, so a reader
+sees either no object or the whole one, and a sidecar always describes an image that is already there. Writing
+an output again (refresh after a deletion) downloads the result again from AutoRetouch: no new charge.
+
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image
+
+from retouch_pipeline.autoretouch import WorkflowExecution
+from retouch_pipeline.catalog.keys import output_key
+from retouch_pipeline.processing.failures import NoExecution, ResultUndecodable
+from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
+from retouch_pipeline.processing.step import Step
+from retouch_pipeline.processing.thumbnails import thumbnail_data_uri, thumbnail_of_source
+
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".tiff": "image/tiff"}
+
+
+def from_records(step: Step, items: Sequence[WorkItem]) -> None:
+    """Delivery-only steps: the recorded execution of each item becomes its state (REUSED)."""
+    keys = [i.partition_key for i in items if not i.failed]
+    recorded = step.records.executions(keys)
+    unshown = [k for k in keys if k not in recorded or not recorded[k].thumbnail]
+    thumbnails = step.records.upload_thumbnails(unshown)
+    for item in items:
+        if item.failed:
+            continue
+        record = recorded.get(item.partition_key)
+        if record is None:
+            item.fail(NoExecution("materialize autoretouch_execution for this image first"))
+            continue
+        item.execution_id, item.idempotency_key = record.execution_id, record.idempotency_key
+        item.content_hash, item.source_etag = record.input_hash, record.source_etag
+        item.execution_created_at = record.created_at
+        # the "before" half of the preview: recorded thumbnails first, the source itself as a last resort
+        item.preview_before = (
+            record.thumbnail
+            or thumbnails.get(item.partition_key)
+            or thumbnail_of_source(
+                step.s3, step.catalog.source_bucket, item.source_key, step.catalog.max_image_bytes
+            )
+        )
+        item.advance(State.REUSED)
+
+
+def result_extension(execution: WorkflowExecution, export_extension: str | None) -> str:
+    """The result's extension: from its file name, else from the workflow's export format, else .png."""
+    name = execution.result_file_name or ""
+    if "." in name:
+        return "." + name.rsplit(".", 1)[1].lower()
+    return export_extension or ".png"
+
+
+def sidecar_key(image_key: str) -> str:
+    return image_key + ".json"
+
+
+def write_output(step: Step, item: WorkItem, execution: WorkflowExecution) -> OutputFacts:
+    """Download, decode-check, PUT image then sidecar (one pool thread's job)."""
+    extension = result_extension(execution, step.workflow.export_extension)
+    catalog = step.catalog
+    key = output_key(
+        catalog.output_prefix_normalized(),
+        item.relative_key,
+        extension,
+        keep_source_extension=catalog.keep_source_extension,
+    )
+    fd, path = tempfile.mkstemp(prefix="retouch-out-", suffix=extension)
+    os.close(fd)
+    try:
+        result = step.client.download_result(execution, path)
+        width, height, mode, preview = _checked(path)
+        content_type = execution.result_content_type or CONTENT_TYPES.get(
+            extension, "application/octet-stream"
+        )
+        # atomic: single PUT or a completed multipart upload
+        step.s3.upload_file(path, catalog.output_bucket, key, ExtraArgs={"ContentType": content_type})
+    finally:
+        os.unlink(path)
+    facts = OutputFacts(key, result.content_hash, result.size, width, height, mode, preview, _now_seconds())
+    sidecar = _sidecar(step, item, execution, facts, content_type)
+    step.s3.put_object(
+        Bucket=catalog.output_bucket,
+        Key=sidecar_key(key),
+        Body=json.dumps(sidecar, indent=2, sort_keys=True).encode(),
+        ContentType="application/json",
+    )
+    return facts
+
+
+def _checked(path: str) -> tuple[int, int, str, str]:
+    """(width, height, mode, thumbnail) of a result that decodes; else ResultUndecodable."""
+    try:
+        with Image.open(path) as image:
+            width, height, mode = image.width, image.height, image.mode
+            preview = thumbnail_data_uri(image)  # decodes it all (the check), then shrinks it in place
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ResultUndecodable(str(exc)) from exc
+    return width, height, mode, preview
+
+
+def _now_seconds() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _sidecar(
+    step: Step, item: WorkItem, execution: WorkflowExecution, facts: OutputFacts, content_type: str
+) -> dict[str, Any]:
+    """The provenance written beside the output: source, result, execution."""
+    return {
+        "source": {
+            "bucket": step.catalog.source_bucket,
+            "key": item.source_key,
+            "etag": item.source_etag,
+            "content_hash": item.content_hash,
+        },
+        "result": {
+            "bucket": step.catalog.output_bucket,
+            "key": facts.key,
+            "content_hash": facts.result_hash,
+            "content_type": content_type,
+            "width": facts.width,
+            "height": facts.height,
+            "mode": facts.mode,
+        },
+        "execution": {
+            "id": execution.id,
+            "workflow_id": execution.workflow or step.workflow.id,
+            "workflow_version": execution.workflow_version or step.version,
+            "status": execution.status.value,
+            "charged_credits": execution.charged_credits,
+            "batch_id": execution.labels.get("autoretouch_batch_id"),
+            "created_at": _iso(execution.created_at),
+            "finished_at": _iso(execution.finished_at),
+        },
+        "collection": item.collection,
+        "partition_key": item.partition_key,
+        "written_at": facts.written_at,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,87 @@
+"""What every stage of one step shares: the clients, the workflow, the settings, the records, a log.
+
+The settings and the catalog's layout are Protocols: the Dagster resources satisfy them as they are, and the
+domain reads only what it names here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from retouch_pipeline.autoretouch import AutoRetouchClient, Workflow
+from retouch_pipeline.processing.records import PurchaseRecords
+
+
+class Log(Protocol):
+    def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
+
+    def error(self, msg: str) -> None: ...
+
+
+class StepSettings(Protocol):
+    """How patient and how thrifty a step is."""
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def poll_interval_seconds(self) -> float: ...
+
+    @property
+    def max_wait_seconds(self) -> float: ...
+
+    @property
+    def max_status_pages(self) -> int: ...
+
+    @property
+    def budget_credits(self) -> int | None: ...
+
+
+class CatalogLayout(Protocol):
+    """Where sources are read and results written, and which sources are refused unread."""
+
+    @property
+    def source_bucket(self) -> str: ...
+
+    @property
+    def output_bucket(self) -> str: ...
+
+    @property
+    def keep_source_extension(self) -> bool: ...
+
+    @property
+    def max_image_bytes(self) -> int: ...
+
+    @property
+    def max_image_side(self) -> int: ...
+
+    def source_key(self, relative_key: str) -> str: ...
+
+    def output_prefix_normalized(self) -> str: ...
+
+
+@dataclass
+class Step:
+    """One step's shared state; `created`/`reused`/`retried` count what it did."""
+
+    client: AutoRetouchClient
+    s3: Any
+    workflow: Workflow
+    version: str
+    batch_scope: str
+    """Executions of one scope (a backfill, else a run) and one collection form one AutoRetouch batch."""
+    batch_created_at: datetime
+    settings: StepSettings
+    catalog: CatalogLayout
+    records: PurchaseRecords
+    log: Log
+    created: int = 0
+    reused: int = 0
+    retried: int = 0
+
+    def summary(self) -> str:
+        return f"{self.created} created, {self.reused} reused, {self.retried} retried"

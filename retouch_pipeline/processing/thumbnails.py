@@ -1,0 +1,64 @@
+"""The small "before" and "after" pictures a person sees for each image, made without a full-size copy."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from PIL import Image
+
+THUMBNAIL_SIDE = 96
+THUMBNAIL_REDUCING_GAP = 2.0  # Pillow's default: box-reduce to >= 2x the side, then resample
+_BAND_ROWS = 256
+
+
+def thumbnail_data_uri(image: Image.Image) -> str:
+    """A small PNG of `image` as a `data:` URI (the Dagster UI renders it inside markdown metadata).
+
+    Consumes `image` (every caller decodes an image for this and drops it right after): it may be shrunk in
+    place, and no full-size copy is made. An image not loaded yet is decoded here, a JPEG at a reduced DCT
+    scale (`Image.draft`, 1/2 to 1/8): that still entropy-decodes the whole stream, so truncated or corrupt
+    data raises exactly as a full decode does (validation relies on the errors propagating).
+    """
+    draft_side = int(THUMBNAIL_SIDE * THUMBNAIL_REDUCING_GAP)
+    image.draft(None, (draft_side, draft_side))  # no-op unless a JPEG not loaded yet
+    image.load()
+    factor = int(max(image.size) / draft_side)
+    if factor > 1 and image.mode in ("RGBA", "LA"):
+        image = _reduce_by_bands(image, factor)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), reducing_gap=THUMBNAIL_REDUCING_GAP)
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _reduce_by_bands(image: Image.Image, factor: int) -> Image.Image:
+    """`image.reduce(factor)` computed a band of rows at a time, for images with alpha.
+
+    Why: Pillow premultiplies an RGBA/LA image at full size before reducing or resizing it (one more
+    full-size buffer; `thumbnail` does the same and skips the reduce). Per band that buffer is band-sized.
+    Bands hold whole `factor`-row blocks, so the pixels are those of one `image.reduce(factor)`.
+    """
+    width, height = image.size
+    reduced = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, _BAND_ROWS // factor)
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))
+        reduced.paste(band.reduce(factor), (0, top // factor))
+    return reduced
+
+
+def thumbnail_of_source(s3: Any, bucket: str, key: str, max_bytes: int) -> str | None:
+    """Last resort for a delivery without a recorded thumbnail: one GET of the source (None on any error)."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        if int(head.get("ContentLength") or 0) > max_bytes:
+            return None
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        with Image.open(io.BytesIO(body)) as image:
+            return thumbnail_data_uri(image)
+    except Exception:  # a preview is a convenience: never fail the download for it
+        return None

@@ -1,0 +1,34 @@
+"""Stage 1b, upload: send the validated bytes to AutoRetouch, unless HEAD says it already has them."""
+
+from __future__ import annotations
+
+from retouch_pipeline.autoretouch import InvalidImageError
+from retouch_pipeline.processing.failures import HashMismatch, RejectedByAutoRetouch
+from retouch_pipeline.processing.item import State, WorkItem
+from retouch_pipeline.processing.step import Step
+from retouch_pipeline.processing.validate import ACCEPTED_FORMATS, source_file, validate
+
+
+def validate_and_upload(step: Step, item: WorkItem) -> None:
+    """Read, validate and upload one image (one thread's job); raises a `Failure` for a named failure."""
+    with source_file(step, item) as path:
+        validate(step, item, path)
+        upload(step, item, path)
+
+
+def upload(step: Step, item: WorkItem, path: str) -> None:
+    """The bytes at `path` to AutoRetouch, checked against the local hash; the item becomes UPLOADED."""
+    assert item.image is not None
+    try:
+        result = step.client.upload_image(
+            path,
+            filename=item.relative_key.rsplit("/", 1)[-1],
+            content_type=ACCEPTED_FORMATS[item.image.format],
+            skip_if_exists=True,
+        )
+    except InvalidImageError as exc:
+        raise RejectedByAutoRetouch(str(exc)) from exc
+    item.bytes_sent = result.uploaded
+    if result.content_hash != item.content_hash:
+        raise HashMismatch(f"server {result.content_hash} != local {item.content_hash}")
+    item.advance(State.UPLOADED)
