@@ -12,8 +12,9 @@ One foreground process owns everything: the sandbox AutoRetouch and moto's S3 se
   partitions whose objects no longer exist, and the catalog sensor's baseline pass would adopt the freshly
   seeded images silently instead of processing them. Only a folder this module created (marker file) is reset.
 
-Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `PIPELINE_ENV` (the variables the
-Dagster definitions read; bucket and prefixes are read from them too, so one override moves both sides).
+Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `stack.env.PIPELINE_ENV` (the
+variables the Dagster definitions read; bucket and prefixes are read from them too, so one override moves both
+sides). The pieces (moto's S3, the pipeline's environment) come from the stack builder (`stack`).
 """
 
 from __future__ import annotations
