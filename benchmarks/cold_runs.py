@@ -27,9 +27,9 @@ from benchmarks import pipeline as bench
 from benchmarks.__main__ import SANDBOX_WORK_SIDE
 from benchmarks.images import catalog_jpeg
 from benchmarks.stack import running_stack, wait_for
+from retouch_devtools.stack.env import SOURCE_PREFIX
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-from retouch_pipeline_tests.deploy.harness import SOURCE_PREFIX
 
 RUN_EVENTS = (
     DagsterEventType.RUN_ENQUEUED,

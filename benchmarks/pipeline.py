@@ -31,10 +31,11 @@ from dagster._core.storage.dagster_run import RunsFilter
 from benchmarks.images import catalog_jpeg, large_png, small_png
 from benchmarks.procs import TreeSampler, cpu_snapshot
 from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
+from retouch_devtools.stack.deploy import launch_collection_backfill
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-from retouch_pipeline_tests.deploy.harness import OUTPUT_PREFIX, SOURCE_PREFIX, launch_collection_backfill
 
 OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
 

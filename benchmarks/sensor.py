@@ -12,30 +12,27 @@ spend 80 s on setup; the sensor still lists them over HTTP.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import boto3
 import dagster as dg
 from dagster_aws.s3.sensor import get_objects
-from moto.server import ThreadedMotoServer
 
+from retouch_devtools.stack.s3 import (
+    new_bucket,
+    notify_queue,
+    running_moto,
+    s3_client,
+    seed_backend,
+    sqs_client,
+)
+from retouch_devtools.stack.sensor import PREFIX, SensorHarness, catalog_harness
 from retouch_pipeline.catalog.cursor import CatalogCursor
 from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
-from retouch_pipeline_tests.catalog.conftest import CREDENTIALS, SensorHarness, seed_backend
-from retouch_pipeline_tests.catalog.standin_assets import (
-    catalog_images,
-    cost_report,
-    retouched_image,
-    source_image,
-)
-
-PREFIX = "incoming"
+from retouch_pipeline.catalog.sensor import ScanConfig
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -52,17 +49,6 @@ def _plain_listing(s3: Any, bucket: str) -> int:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/"):
         count += len(page.get("Contents", []))
     return count
-
-
-def _harness(endpoint: str, instance: dg.DagsterInstance, config: ScanConfig) -> SensorHarness:
-    sensor = build_catalog_sensor(
-        "catalog_sensor",
-        catalog_images,
-        dg.AssetSelection.assets(source_image, retouched_image, cost_report),
-        config=config,
-        sqs_client_factory=lambda: boto3.client("sqs", endpoint_url=endpoint, **CREDENTIALS),
-    )
-    return SensorHarness(sensor, instance, endpoint)
 
 
 def _register_all(h: SensorHarness, bucket: str, expected: set[str], max_ticks: int) -> dict[str, Any]:
@@ -94,23 +80,19 @@ def h_source(h: SensorHarness, bucket: str) -> str:
 
 
 def run(objects: int, repeats: int = 5) -> dict[str, Any]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     out: dict[str, Any] = {"objects": objects}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    moto = contextlib.ExitStack()
+    endpoint = moto.enter_context(running_moto())
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
-        sqs = boto3.client("sqs", endpoint_url=endpoint, **CREDENTIALS)
+        s3 = s3_client(endpoint)
+        sqs = sqs_client(endpoint)
         # --- listing mode ---------------------------------------------------------------------------------
-        bucket = f"catalog-{uuid.uuid4().hex[:8]}"
-        s3.create_bucket(Bucket=bucket)
+        bucket = new_bucket(s3, "catalog")
         keys = [f"c{i % 4}/{i:06d}.jpg" for i in range(objects)]
         seed_backend(bucket, [f"{PREFIX}/{k}" for k in keys])
         expected = {partition_key_for(k) for k in keys}
         with dg.instance_for_test() as inst:
-            h = _harness(endpoint, inst, ScanConfig(source_bucket=bucket, source_prefix=PREFIX))
+            h = catalog_harness(endpoint, inst, ScanConfig(source_bucket=bucket, source_prefix=PREFIX))
             first = _register_all(h, bucket, expected, max_ticks=50)
             out["register_seconds"] = first["seconds"]
             out["register_ticks"] = first["ticks"]
@@ -148,25 +130,13 @@ def run(objects: int, repeats: int = 5) -> dict[str, Any]:
             out["dagster_aws_get_objects_seconds"] = statistics.median(dagster_aws)
             out["sensor_steady_ratio_to_floor"] = out["steady_tick_seconds"] / out["floor_list_seconds"]
         # --- SQS option -----------------------------------------------------------------------------------
-        bucket = f"catalog-{uuid.uuid4().hex[:8]}"
-        s3.create_bucket(Bucket=bucket)
+        bucket = new_bucket(s3, "catalog")
         # The catalog existed before notifications were switched on (the documented order): the first tick
         # lists it, the queue then only carries what arrives later.
         seed_backend(bucket, [f"{PREFIX}/{k}" for k in keys])
-        queue_url = sqs.create_queue(QueueName=f"catalog-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-                ]
-            },
-        )
+        queue_url = notify_queue(s3, sqs, bucket)
         with dg.instance_for_test() as inst:
-            h = _harness(
+            h = catalog_harness(
                 endpoint,
                 inst,
                 ScanConfig(source_bucket=bucket, source_prefix=PREFIX, mode="sqs", sqs_queue_url=queue_url),
@@ -192,5 +162,5 @@ def run(objects: int, repeats: int = 5) -> dict[str, Any]:
             out["sqs_steady_seconds"] = statistics.median(steady)
             out["sqs_steady_missed"] = missed
     finally:
-        server.stop()
+        moto.close()
     return out

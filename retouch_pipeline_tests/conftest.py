@@ -7,19 +7,17 @@ own client, which is tested against the sandbox separately.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 from PIL import Image, ImageDraw
 
 from retouch_devtools.sandbox import FaultConfig, SandboxConfig, SandboxServer
+from retouch_devtools.stack.s3 import DUMMY_AWS, running_moto
 
 # The definitions need a catalog bucket to load (no default: a production setting); test modules import them.
 os.environ.setdefault("CATALOG_SOURCE_BUCKET", "catalog")
@@ -175,25 +173,11 @@ def make_image_fixture() -> Callable[..., bytes]:
     return make_image
 
 
-@contextmanager
-def running_moto(port: int = 0) -> Iterator[str]:
-    """moto's server (S3 and SQS over real HTTP on loopback) while the block runs; yields its URL."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, bound = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """One moto server for the session, with dummy credentials in the environment."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            mp.setenv(name, DUMMY_AWS[name])
         with running_moto() as url:
             yield url

@@ -135,3 +135,20 @@ def test_sandbox_command_prints_json_first_line(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_development_commands_come_from_the_devtools_entry_points() -> None:
+    """`sandbox`, `dev` and `chaos` are registered by retouch-devtools, not defined by the product."""
+    from importlib.metadata import entry_points
+
+    registered = {ep.name: ep.value for ep in entry_points(group="retouch_pipeline.commands")}
+    assert registered == {
+        "sandbox": "retouch_devtools.commands:sandbox",
+        "dev": "retouch_devtools.commands:dev",
+        "chaos": "retouch_devtools.commands:chaos",
+    }
+    listed = run_cli(["--help"], dict(os.environ))
+    assert {"sandbox", "dev", "chaos", "backfill"} <= set(listed.stdout.split())
+    unknown = run_cli(["chaos", "--profile", "no-such-profile"], dict(os.environ))
+    assert unknown.returncode == 2
+    assert "unknown profile 'no-such-profile'" in unknown.stderr and "api-5xx" in unknown.stderr

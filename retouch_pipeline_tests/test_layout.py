@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from retouch_devtools.imports import find_cycle, import_graph, package_imports, top_level
+from retouch_devtools.imports import (
+    find_cycle,
+    import_graph,
+    module_name,
+    package_imports,
+    python_files,
+    top_level,
+)
 from retouch_devtools.product_alone import build_product_wheel, fresh_product_venv, run_checks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,3 +103,40 @@ def test_no_product_function_is_longer_than_a_screen() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "split these:\n" + "\n".join(long)
+
+
+def test_tests_and_benchmarks_import_no_test_module() -> None:
+    """Shared helpers live in the stack builder (retouch_devtools.stack) or in conftest.py fixtures."""
+    found = [
+        f"{imp.module}:{imp.line} imports {imp.target}"
+        for package in ("retouch_pipeline_tests", "benchmarks")
+        for imp in package_imports(REPO, package)
+        if top_level(imp.target) == "retouch_pipeline_tests"
+    ]
+    assert found == []
+
+
+def test_one_moto_starter_one_free_port_one_wait_until() -> None:
+    """moto's server (`moto.server` in this process, the `moto_server` command as a process) is started in one
+    module; `free_port` and `wait_until` are defined once."""
+    roots = [(REPO, "retouch_pipeline"), (REPO, "retouch_pipeline_tests"), (REPO, "benchmarks"), PACKAGES[1]]
+    moto_starters: set[str] = set()
+    defined: dict[str, list[str]] = {"free_port": [], "wait_until": []}
+    for root, package in roots:
+        for path in python_files(root / package):
+            if path == Path(__file__):
+                continue
+            module = module_name(path, root)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            defined_here = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in defined]
+            for name in defined_here:
+                defined[name].append(module)
+            for node in ast.walk(tree):
+                imports_server = isinstance(node, ast.ImportFrom) and node.module == "moto.server"
+                if imports_server or (isinstance(node, ast.Constant) and node.value == "moto_server"):
+                    moto_starters.add(module)
+    assert moto_starters == {"retouch_devtools.stack.s3"}
+    assert defined == {
+        "free_port": ["retouch_devtools.stack.net"],
+        "wait_until": ["retouch_devtools.stack.net"],
+    }

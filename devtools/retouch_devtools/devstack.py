@@ -12,15 +12,15 @@ One foreground process owns everything: the sandbox AutoRetouch and moto's S3 se
   partitions whose objects no longer exist, and the catalog sensor's baseline pass would adopt the freshly
   seeded images silently instead of processing them. Only a folder this module created (marker file) is reset.
 
-Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `PIPELINE_ENV` (the variables the
-Dagster definitions read; bucket and prefixes are read from them too, so one override moves both sides).
+Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `stack.env.PIPELINE_ENV` (the
+variables the Dagster definitions read; bucket and prefixes are read from them too, so one override moves both
+sides). The pieces (moto's S3, the pipeline's environment) come from the stack builder (`stack`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import shutil
 import socket
@@ -33,31 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from retouch_devtools.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
-
-# The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read. Kept in one
-# place so that aligning with the definitions is a one-line change.
-PIPELINE_ENV: dict[str, str] = {
-    "api_url": "AUTORETOUCH_API_URL",
-    "auth_url": "AUTORETOUCH_AUTH_URL",
-    "organization_id": "AUTORETOUCH_ORGANIZATION_ID",
-    "refresh_token": "AUTORETOUCH_REFRESH_TOKEN",
-    "workflow_id": "AUTORETOUCH_WORKFLOW_ID",
-    "s3_endpoint_url": "S3_ENDPOINT_URL",
-    "source_bucket": "CATALOG_SOURCE_BUCKET",
-    "source_prefix": "CATALOG_SOURCE_PREFIX",
-    "output_bucket": "CATALOG_OUTPUT_BUCKET",
-    "output_prefix": "CATALOG_OUTPUT_PREFIX",
-}
-
-# Credentials of the local S3: moto accepts anything, and explicit dummies keep a developer's real AWS profile
-# (and its SSO prompts) out of the child processes.
-DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
-REMOVED_AWS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+from retouch_devtools.stack.env import PIPELINE_ENV, pipeline_variables
+from retouch_devtools.stack.s3 import DUMMY_AWS, REMOVED_AWS, ensure_bucket, running_moto, s3_client
 
 MARKER = ".retouch-dev-home"
 DAGSTER_YAML = """\
@@ -163,24 +140,6 @@ def check_ports_free(host: str, ports: Mapping[str, int]) -> None:
                 ) from error
 
 
-def s3_client(endpoint_url: str) -> Any:
-    """A boto3 S3 client for the local S3, with dummy credentials whatever the developer's AWS setup."""
-    import boto3
-
-    return boto3.session.Session(
-        aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
-        region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
-    ).client("s3", endpoint_url=endpoint_url)
-
-
-def ensure_bucket(client: Any, bucket: str) -> None:
-    try:
-        client.head_bucket(Bucket=bucket)
-    except client.exceptions.ClientError:
-        client.create_bucket(Bucket=bucket)
-
-
 def seed_catalog(
     client: Any, bucket: str, prefix: str, collections: Mapping[str, int]
 ) -> tuple[list[str], list[str]]:
@@ -209,21 +168,6 @@ def seed_catalog(
     return written, unchanged
 
 
-def start_s3(host: str, port: int) -> Any:
-    """moto's S3 as a thread of this process (stops with it); werkzeug's access log is kept quiet."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as error:
-        raise RuntimeError(
-            "the local S3 needs moto[server]: `uv sync --extra dev` (or `make dev`)"
-        ) from error
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
-    return server
-
-
 def prepare_dagster_home(path: Path, *, keep_state: bool) -> Path:
     """Create DAGSTER_HOME with its dagster.yaml; reset its storage unless keep_state (see module doc)."""
     home = path.expanduser().resolve()
@@ -248,27 +192,23 @@ def pipeline_environment(
     settings: DevSettings, sandbox: Any, dagster_home: Path | None, base: Mapping[str, str]
 ) -> dict[str, str]:
     """The environment of `dagster dev`: the pipeline's variables pointed at the embedded services."""
-    workflow = next((w for w in sandbox.workflows if w["name"] == settings.workflow_name), None)
-    if workflow is None:
-        names = ", ".join(w["name"] for w in sandbox.workflows)
-        raise RuntimeError(f"no sandbox workflow named {settings.workflow_name!r} (have: {names})")
+    announced = {
+        name: getattr(sandbox, name)
+        for name in ("api_url", "auth_url", "organization_id", "refresh_token", "workflows")
+    }
     env = {k: v for k, v in base.items() if k not in REMOVED_AWS}
     env.update(DUMMY_AWS)
-    values = {
-        "api_url": sandbox.api_url,
-        "auth_url": sandbox.auth_url,
-        "organization_id": sandbox.organization_id,
-        "refresh_token": sandbox.refresh_token,
-        "workflow_id": workflow["id"],
-        "s3_endpoint_url": settings.s3_endpoint_url,
-        "source_bucket": settings.source_bucket,
-        "source_prefix": settings.source_prefix,
-        "output_bucket": settings.output_bucket,
-        "output_prefix": settings.output_prefix,
-    }
-    env.update({PIPELINE_ENV[name]: value for name, value in values.items()})
-    # boto3's own override: any S3 client in the child that was not given an endpoint still hits moto.
-    env["AWS_ENDPOINT_URL_S3"] = settings.s3_endpoint_url
+    env.update(
+        pipeline_variables(
+            announced,
+            settings.s3_endpoint_url,
+            workflow_name=settings.workflow_name,
+            source_bucket=settings.source_bucket,
+            source_prefix=settings.source_prefix,
+            output_bucket=settings.output_bucket,
+            output_prefix=settings.output_prefix,
+        )
+    )
     if dagster_home is not None:
         env["DAGSTER_HOME"] = str(dagster_home)
     env.update(settings.extra_env)
@@ -341,8 +281,7 @@ def run_dev(
         )
         stack.callback(echo, "Sandbox AutoRetouch stopped.")  # callbacks run last-in first-out
         sandbox = stack.enter_context(SandboxServer(sandbox_config))
-        s3_server = start_s3(settings.host, settings.s3_port)
-        stack.callback(s3_server.stop)
+        stack.enter_context(running_moto(settings.s3_port, settings.host))
         client = s3_client(settings.s3_endpoint_url)
         for bucket in {settings.source_bucket, settings.output_bucket}:
             ensure_bucket(client, bucket)
@@ -398,7 +337,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "PIPELINE_ENV",
     "DevSettings",
     "list_objects",
     "pipeline_environment",

@@ -10,8 +10,9 @@ from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
-from retouch_pipeline_tests.catalog.conftest import PREFIX, SensorHarness, seed_backend
-from retouch_pipeline_tests.catalog.standin_assets import retouched_image, source_image
+from retouch_devtools.stack.s3 import seed_backend
+from retouch_devtools.stack.sensor import PREFIX, SensorHarness
+from retouch_devtools.stack.standin import retouched_image, source_image
 
 
 def test_one_batch_becomes_policy_sized_runs(make_harness: Any, bucket: str, moto_url: str) -> None:
@@ -25,7 +26,7 @@ def test_one_batch_becomes_policy_sized_runs(make_harness: Any, bucket: str, mot
         tick = harness.tick()
         assert len(tick.requested_batches) == 1
         target = ModuleTarget(
-            module_name="retouch_pipeline_tests.catalog.standin_assets",
+            module_name="retouch_devtools.stack.standin",
             attribute="defs",
             working_directory=None,
             location_name="standin",

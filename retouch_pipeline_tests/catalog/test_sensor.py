@@ -13,10 +13,11 @@ import dagster as dg
 import pytest
 from dagster_aws.s3.sensor import get_objects
 
+from retouch_devtools.stack.s3 import put_many, seed_backend
+from retouch_devtools.stack.sensor import PREFIX
 from retouch_pipeline.catalog.cursor import CatalogCursor
 from retouch_pipeline.catalog.keys import partition_key_for, s3_key_from_partition_key
 from retouch_pipeline.catalog.sensor import COLLECTION_TAG
-from retouch_pipeline_tests.catalog.conftest import PREFIX, put_many, seed_backend
 
 
 def pk(relative_key: str) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from typing import Any
 
+from retouch_devtools.stack.s3 import notify_queue, put_many
+from retouch_devtools.stack.sensor import PREFIX
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.scanner import ListingScanner, SqsScanner
 from retouch_pipeline.catalog.state import ScanState
-from retouch_pipeline_tests.catalog.conftest import PREFIX, put_many
 
 
 class CountingClient:
@@ -22,18 +22,6 @@ class CountingClient:
     def __getattr__(self, name: str) -> Any:
         self.calls[name] += 1
         return getattr(self._client, name)
-
-
-def notify_queue(s3: Any, sqs: Any, bucket: str) -> str:
-    queue_url: str = sqs.create_queue(QueueName=f"catalog-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
-        },
-    )
-    return queue_url
 
 
 def test_sqs_sensor_bootstraps_by_listing_then_follows_events(

@@ -13,8 +13,8 @@ import pytest
 from retouch_devtools.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
 from retouch_devtools.chaos.harness import run_profile
 from retouch_devtools.chaos.profiles import PROFILES
+from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
-from retouch_pipeline_tests.conftest import running_moto
 
 SMALL_N = 6
 CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}

@@ -14,29 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from retouch_devtools.devstack import DUMMY_AWS, REMOVED_AWS, ensure_bucket, s3_client
-from retouch_pipeline_tests.conftest import running_moto
-from retouch_pipeline_tests.deploy.harness import (
-    CATALOG_BUCKET,
-    REQUIRED_DAEMONS,
+from retouch_devtools.stack.deploy import (
     DeployStack,
-    daemons_healthy,
-    dagster_services,
-    free_port,
     fresh_database,
-    http_ok,
-    location_loaded,
-    port_open,
-    postgres_env,
     postgres_reachable,
-    stack_pipeline_env,
-    start_sandbox,
-    wait_until,
-    write_dagster_home,
+    prepare_deploy_stack,
+    running_dagster,
 )
+from retouch_devtools.stack.net import free_port
+from retouch_devtools.stack.s3 import clean_environment, running_moto
+from retouch_devtools.stack.sandbox import cli_sandbox
 
 ENABLE_ENV = "RETOUCH_DEPLOY_TESTS"
-BUCKET = CATALOG_BUCKET
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -76,77 +65,29 @@ def moto_endpoint() -> Iterator[str]:
         yield url
 
 
-def base_environment() -> dict[str, str]:
-    """This process's environment without a developer's AWS profile, with moto's dummy credentials."""
-    env = {k: v for k, v in os.environ.items() if k not in REMOVED_AWS and not k.startswith("DAGSTER_")}
-    env.update(DUMMY_AWS)
-    return env
-
-
 @pytest.fixture(scope="module")
 def deploy_stack(
     database: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DeployStack]:
     """Sandbox, S3, code server, webserver and daemon on one fresh database; all stopped afterwards."""
     home = tmp_path_factory.mktemp("dagster_home")
-    grpc_port, webserver_port = free_port(), free_port()
-    write_dagster_home(home, grpc_port)
-    base = base_environment()
-    sandbox, info = start_sandbox(
-        home, base, "--processing-seconds", "0.3", "--workers", "8", "--balance", "100000"
+    sandbox, info = cli_sandbox(
+        home, clean_environment(), "--processing-seconds", "0.3", "--workers", "8", "--balance", "100000"
     )
-    env = {
-        **base,
-        **postgres_env(database),
-        "DAGSTER_HOME": str(home),
-        **stack_pipeline_env(info, moto_endpoint),
+    extra = {
         "AUTORETOUCH_POLL_SECONDS": "0.5",
         "AUTORETOUCH_MAX_WAIT_SECONDS": "120",
         "AUTORETOUCH_CONCURRENCY": "8",
         "DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS": "180",
     }
-    ensure_bucket(s3_client(moto_endpoint), BUCKET)
-    stack = DeployStack(
-        home=home,
-        env=env,
-        db_name=database,
-        grpc_port=grpc_port,
-        webserver_port=webserver_port,
-        sandbox_info=info,
-        s3_endpoint=moto_endpoint,
-        bucket=BUCKET,
-        services={"sandbox": sandbox},
-    )
     try:
-        code_server, webserver, daemon = dagster_services(home, env, grpc_port, webserver_port)
-        stack.services["code-server"] = code_server.start()
-        wait_until(lambda: port_open(grpc_port) or _died(code_server), 120, what="gRPC code server port")
-        _check_alive(stack, "code-server")
-        stack.services["webserver"] = webserver.start()
-        wait_until(
-            lambda: http_ok(stack.webserver_url + "/server_info") or _died(webserver), 120, what="webserver"
-        )
-        _check_alive(stack, "webserver")
-        wait_until(lambda: location_loaded(stack), 120, what="code location loaded over gRPC")
-        stack.services["daemon"] = daemon.start()
-        wait_until(lambda: daemons_healthy(stack, REQUIRED_DAEMONS), 120, what="daemon heartbeats")
-        yield stack
+        stack = prepare_deploy_stack(home, database, info, moto_endpoint, extra)
     except BaseException:
-        print(stack.logs())
+        sandbox.stop()
         raise
-    finally:
-        for name in ("daemon", "webserver", "code-server", "sandbox"):
-            if name in stack.services:
-                stack.services[name].stop()
-
-
-def _died(service: object) -> bool:
-    return not getattr(service, "alive", True)
-
-
-def _check_alive(stack: DeployStack, name: str) -> None:
-    if not stack.services[name].alive:
-        raise AssertionError(f"{name} exited during start-up\n{stack.logs()}")
+    stack.services["sandbox"] = sandbox
+    with running_dagster(stack, timeout=120) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

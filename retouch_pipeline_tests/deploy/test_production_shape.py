@@ -16,24 +16,24 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from retouch_devtools.devstack import s3_client, seed_catalog
-from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
-from retouch_pipeline_tests.deploy.harness import (
-    OUTPUT_PREFIX,
+from retouch_devtools.devstack import seed_catalog
+from retouch_devtools.stack.deploy import (
     PG_HOST,
     PG_PASSWORD,
     PG_PORT,
     PG_USER,
     PIPELINE_ASSETS,
     REQUIRED_DAEMONS,
-    SOURCE_PREFIX,
     DeployStack,
     daemon_service,
     daemons_healthy,
     launch_collection_backfill,
-    wait_until,
 )
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
+from retouch_devtools.stack.net import wait_until
+from retouch_devtools.stack.s3 import s3_client
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(420)]
 

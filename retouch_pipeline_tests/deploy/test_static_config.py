@@ -22,7 +22,7 @@ import pytest
 import yaml
 from dagster._core.instance.config import dagster_instance_config
 
-from retouch_pipeline_tests.deploy.harness import COMPOSE_FILE, DEPLOY, DEPLOY_DAGSTER_YAML, HELM_VALUES, REPO
+from retouch_devtools.stack.deploy import COMPOSE_FILE, DEPLOY, DEPLOY_DAGSTER_YAML, HELM_VALUES, REPO
 
 DOCKER_DIR = DEPLOY / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
+from retouch_devtools.stack.inprocess import check_results
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.checks import CHARGE_CHECK, OUTPUT_CHECK
-from retouch_pipeline_tests.pipeline.conftest import Stack, check_results
 
 
 def _wait_completed(stack: Stack, count: int) -> list[str]:

@@ -7,9 +7,9 @@ from typing import Any
 
 import dagster as dg
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import STATE_KEY, autoretouch_costs
-from retouch_pipeline_tests.pipeline.conftest import Stack
 
 
 def _costs(stack: Stack) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from retouch_devtools.stack.s3 import CREDENTIALS, notify_queue, put_many
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.keys import partition_key_for
@@ -22,8 +23,6 @@ from retouch_pipeline.definitions import (
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline.resources import AutoRetouchResource
 from retouch_pipeline.settings import SettingsError, read_settings
-from retouch_pipeline_tests.catalog.conftest import CREDENTIALS, put_many
-from retouch_pipeline_tests.catalog.test_sqs import notify_queue
 
 REAL = "https://api.autoretouch.com"
 QUEUE = "https://sqs.eu-central-1.amazonaws.com/123456789012/catalog-events"

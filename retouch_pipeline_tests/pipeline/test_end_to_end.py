@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline_tests.pipeline.conftest import Stack
 
 
 def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes]) -> None:

@@ -16,13 +16,14 @@ import requests
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
+from retouch_devtools.stack.s3 import CREDENTIALS
 from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
-from retouch_pipeline_tests.pipeline.conftest import CREDENTIALS, Stack
 
 
 def _requested(result: dg.SensorExecutionData) -> list[list[str]]:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED
 from retouch_pipeline.assets.records import ExecutionIndex
 from retouch_pipeline.autoretouch import AutoRetouchClient
-from retouch_pipeline_tests.pipeline.conftest import Stack
 
 
 class SimulatedCrash(Exception):

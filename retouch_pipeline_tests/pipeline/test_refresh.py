@@ -13,10 +13,11 @@ from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
+from retouch_devtools.stack.inprocess import check_results
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.checks import OUTPUT_CHECK
 from retouch_pipeline.schedules import build_refresh_schedule, catalog_refresh_job
-from retouch_pipeline_tests.pipeline.conftest import Stack, check_results
 
 
 def _refresh(

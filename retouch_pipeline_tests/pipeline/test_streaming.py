@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline_tests.pipeline.conftest import Stack
 
 
 def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:

@@ -13,9 +13,10 @@ import dagster as dg
 import requests
 from PIL import Image
 
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
+from retouch_devtools.stack.inprocess import observations
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
-from retouch_pipeline_tests.pipeline.conftest import Stack, observations
 
 APP = "https://app.example.test"
 

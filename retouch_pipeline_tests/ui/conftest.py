@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, ViewportSize, sync_playwright
 
-from retouch_pipeline_tests.ui.stack import SAMPLE_COUNT, UiStack, start_stack
+from retouch_devtools.stack.dev import SAMPLE_COUNT, DevProcess, start_dev_process
 
 ENABLE_ENV = "RETOUCH_UI_TESTS"
 CHROMIUM = os.environ.get("RETOUCH_UI_CHROMIUM", "/usr/bin/chromium")
@@ -73,11 +73,11 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[UiStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[DevProcess]:
     """`make dev`'s stack, with the seeded sample catalog already retouched by the sensors (no click):
     the state a developer finds a minute after `make dev`."""
     workdir = tmp_path_factory.mktemp("ui-stack")
-    dev = start_stack(workdir)
+    dev = start_dev_process(workdir)
     try:
         dev.wait_until(
             lambda: dev.graphql("{ version }").get("version"), 180, "the Dagster webserver to answer"

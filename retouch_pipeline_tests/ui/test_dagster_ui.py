@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from retouch_pipeline_tests.ui.dagster_ui import (
+from retouch_devtools.stack.dagster_ui import (
     asset_node,
     button,
     image_states,
@@ -30,7 +30,7 @@ from retouch_pipeline_tests.ui.dagster_ui import (
     save,
     toast_text,
 )
-from retouch_pipeline_tests.ui.stack import SAMPLE_COLLECTIONS, UiStack
+from retouch_devtools.stack.dev import SAMPLE_COLLECTIONS, DevProcess
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
@@ -42,7 +42,7 @@ BROKEN = "returns-2026/not-an-image.jpg"
 PRICE = 10  # the sandbox's "Background Removal" executionPrice
 
 
-def test_asset_graph_shows_the_pipeline_assets(page: Page, stack: UiStack, artifacts: Path) -> None:
+def test_asset_graph_shows_the_pipeline_assets(page: Page, stack: DevProcess, artifacts: Path) -> None:
     """Global asset lineage shows both groups; the catalog group's graph shows every asset, filled."""
     open_ui(page, stack.ui, "/asset-groups")
     expect(page.get_by_text("Global asset lineage").first).to_be_visible()
@@ -62,7 +62,7 @@ def test_asset_graph_shows_the_pipeline_assets(page: Page, stack: UiStack, artif
     save(page, artifacts, "asset-graph")
 
 
-def test_processed_partition_shows_before_and_after(page: Page, stack: UiStack, artifacts: Path) -> None:
+def test_processed_partition_shows_before_and_after(page: Page, stack: DevProcess, artifacts: Path) -> None:
     """Partition view of `retouched_image`: the preview opens and both thumbnails are really loaded."""
     partition = f"{SAMPLE_COLLECTIONS[0]}/mug-003.jpg"
     open_ui(page, stack.ui, "/assets/retouched_image?view=partitions")
@@ -90,14 +90,14 @@ def test_processed_partition_shows_before_and_after(page: Page, stack: UiStack, 
 
 
 @pytest.fixture(scope="module")
-def sensor_stopped(stack: UiStack) -> UiStack:
+def sensor_stopped(stack: DevProcess) -> DevProcess:
     """The stack with `catalog_sensor` stopped: what the tests add to S3 stays unprocessed (module doc)."""
     stack.stop_sensor("catalog_sensor")
     return stack
 
 
 def test_collection_backfill_by_clicks_lands_in_s3(
-    page: Page, sensor_stopped: UiStack, artifacts: Path
+    page: Page, sensor_stopped: DevProcess, artifacts: Path
 ) -> None:
     """Group page -> Materialize all -> Custom partitions filtered to one collection -> Launch backfill."""
     stack = sensor_stopped
@@ -143,7 +143,7 @@ def test_collection_backfill_by_clicks_lands_in_s3(
     save(page, artifacts, "backfill-done")
 
 
-def test_cost_asset_shows_its_figures(page: Page, stack: UiStack, artifacts: Path) -> None:
+def test_cost_asset_shows_its_figures(page: Page, stack: DevProcess, artifacts: Path) -> None:
     """`autoretouch_costs` materialized with its own Materialize button shows what the sandbox charged."""
     open_ui(page, stack.ui, f"/assets/{COSTS}")
     button(page, "Materialize").click()
@@ -170,7 +170,7 @@ def test_cost_asset_shows_its_figures(page: Page, stack: UiStack, artifacts: Pat
     save(page, artifacts, "costs")
 
 
-def test_failed_partition_explains_itself(page: Page, sensor_stopped: UiStack, artifacts: Path) -> None:
+def test_failed_partition_explains_itself(page: Page, sensor_stopped: DevProcess, artifacts: Path) -> None:
     """A file that is not an image: its partition shows Failed and says why and what to do, in the UI."""
     stack = sensor_stopped
     key = stack.add_object(BROKEN, b"this is not a JPEG", "image/jpeg")

@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from moto.server import ThreadedMotoServer
-
 from retouch_devtools.chaos.catalog import SourceImage, bad_inputs, good_catalog
 from retouch_devtools.chaos.invariants import Outcome, evaluate
 from retouch_devtools.chaos.observer import OutputObserver
@@ -24,6 +22,7 @@ from retouch_devtools.chaos.profile import Profile, ProfileRun
 from retouch_devtools.chaos.profiles import PROFILES
 from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
 from retouch_devtools.sandbox import FaultConfig, SandboxConfig
+from retouch_devtools.stack.s3 import running_moto
 
 
 class _Capture(logging.Handler):
@@ -124,15 +123,11 @@ def run_profiles(
     names: Sequence[str], images: int, echo: Any = print
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Every named profile on one moto server; the summed outcome and each profile's figures."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     total = Outcome()
     table = []
-    try:
+    with running_moto() as moto_url:
         for name in names:
-            outcome, figures = run_profile(PROFILES[name], images, f"http://{host}:{port}")
+            outcome, figures = run_profile(PROFILES[name], images, moto_url)
             table.append(figures)
             echo(describe(figures))
             for problem in outcome.problems[:20]:
@@ -149,6 +144,4 @@ def run_profiles(
                 setattr(total, attr, getattr(total, attr) + getattr(outcome, attr))
             total.leaked_secrets += outcome.leaked_secrets
             total.problems += [f"{name}: {p}" for p in outcome.problems]
-    finally:
-        server.stop()
     return total, table

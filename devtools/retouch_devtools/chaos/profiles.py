@@ -17,17 +17,23 @@ from collections.abc import Callable
 
 from retouch_devtools.chaos.killer import STAGES, fail_orphaned_runs, run_and_kill
 from retouch_devtools.chaos.profile import Hook, Profile, ProfileRun
-from retouch_devtools.chaos.stack import SOURCE_PREFIX, range_tags
+from retouch_devtools.chaos.stack import SOURCE_PREFIX
 from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
+from retouch_devtools.stack.inprocess import range_tags
+from retouch_devtools.stack.net import WaitAborted, wait_until
 
 
-def _wait_until(condition: Callable[[], bool], stop: threading.Event, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while not stop.is_set() and time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def _reached(condition: Callable[[], bool], stop: threading.Event, timeout: float = 120) -> bool:
+    """Whether `condition` held before `timeout` and before the first pass ended (`stop`)."""
+
+    def stopped() -> str | None:
+        return "the first pass ended" if stop.is_set() else None
+
+    try:
+        wait_until(condition, timeout, interval=0.05, what="a hook's moment", abort=stopped)
+    except (TimeoutError, WaitAborted):
+        return False
+    return True
 
 
 # ---- hooks ----------------------------------------------------------------------------------------
@@ -54,7 +60,7 @@ def _log_in_again(run: ProfileRun) -> None:
 def _drain_balance(run: ProfileRun) -> None:
     accounting = run.stack.sandbox.state.accounting
     third = max(1, run.images // 3)
-    if _wait_until(lambda: accounting.calls["E1"] >= third, run.stop_during):
+    if _reached(lambda: accounting.calls["E1"] >= third, run.stop_during):
         accounting.set_balance(0)  # executions created but not charged yet now end PAYMENT_REQUIRED
         run.notes["balance set to 0 after creates"] = accounting.calls["E1"]
 
@@ -92,7 +98,7 @@ def _overwrite_while_processed(run: ProfileRun) -> None:
     stack = run.stack
     target = run.loaded[0]
     digest = hashlib.sha256(target.data).hexdigest()
-    if _wait_until(lambda: stack.sandbox.state.store.get(digest) is not None, run.stop_during):
+    if _reached(lambda: stack.sandbox.state.store.get(digest) is not None, run.stop_during):
         stack.s3.put_object(
             Bucket=stack.bucket,
             Key=SOURCE_PREFIX + target.relative_key,
@@ -104,7 +110,7 @@ def _overwrite_while_processed(run: ProfileRun) -> None:
 def _restart_sandbox(run: ProfileRun) -> None:
     stack = run.stack
     third = max(1, run.images // 3)
-    if _wait_until(lambda: stack.sandbox.state.accounting.calls["E1"] >= third, run.stop_during):
+    if _reached(lambda: stack.sandbox.state.accounting.calls["E1"] >= third, run.stop_during):
         stack.restart_sandbox(down_seconds=1.0)
         run.notes["sandbox restarted after creates"] = third
         run.notes["sandbox state restored"] = stack.sandbox.state.restored

@@ -22,18 +22,19 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.chaos.s3proxy import S3FaultProxy
 from retouch_devtools.sandbox import SandboxConfig, SandboxServer
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX, TOKEN_ENV, workflow_named
+from retouch_devtools.stack.inprocess import materialize_range, range_tags
+from retouch_devtools.stack.s3 import CREDENTIALS, new_bucket, s3_client
 from retouch_pipeline.assets import PIPELINE_KEYS, RETOUCHED, catalog_pipeline
 from retouch_pipeline.assets.common import iter_materializations
 from retouch_pipeline.assets.costs import autoretouch_costs
@@ -42,15 +43,6 @@ from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 from retouch_pipeline.sensors import build_pending_sensor
 
-REGION = "us-east-1"
-CREDENTIALS: dict[str, Any] = {
-    "aws_access_key_id": "testing",
-    "aws_secret_access_key": "testing",
-    "region_name": REGION,
-}
-SOURCE_PREFIX = "incoming/"
-OUTPUT_PREFIX = "retouched/"
-TOKEN_ENV = "AUTORETOUCH_REFRESH_TOKEN"  # noqa: S105 - a variable name, not a secret
 BATCH_SIZE = 50
 
 log = logging.getLogger(__name__)
@@ -64,25 +56,6 @@ def build_resources(settings: dict[str, Any]) -> dict[str, Any]:
         "catalog": CatalogResource(**settings["catalog"]),
         "s3": S3Resource(endpoint_url=settings["s3_endpoint"], **CREDENTIALS),
     }
-
-
-def range_tags(registered: Sequence[str], keys: Sequence[str]) -> list[dict[str, str]]:
-    """Partition-range tags of the contiguous runs covering `keys` (in registration order)."""
-    index = {k: i for i, k in enumerate(registered)}
-    positions = sorted(index[k] for k in keys if k in index)
-    ranges: list[tuple[int, int]] = []
-    for pos in positions:
-        if ranges and pos == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], pos)
-        else:
-            ranges.append((pos, pos))
-    return [
-        {
-            "dagster/asset_partition_range_start": registered[a],
-            "dagster/asset_partition_range_end": registered[b],
-        }
-        for a, b in ranges
-    ]
 
 
 class ProfileStack:
@@ -109,11 +82,10 @@ class ProfileStack:
         self.secrets.add(self.sandbox.refresh_token)
         self.token = self.sandbox.refresh_token
         self.proxy = S3FaultProxy(moto_url, seed=s3_seed).start()
-        self.s3 = boto3.client("s3", endpoint_url=moto_url, **CREDENTIALS)  # the world's view, never faulted
-        self.bucket = f"chaos-{uuid.uuid4().hex[:12]}"
-        self.s3.create_bucket(Bucket=self.bucket)
+        self.s3 = s3_client(moto_url)  # the world's view, never faulted
+        self.bucket = new_bucket(self.s3, "chaos")
         self.instance = dg.DagsterInstance.local_temp(str(self.home))
-        self.workflow = next(w for w in self.sandbox.workflows if w["name"] == workflow_name)
+        self.workflow = workflow_named(self.sandbox.workflows, workflow_name)
         self.autoretouch = {
             "api_url": self.sandbox.api_url,
             "auth_url": self.sandbox.auth_url,
@@ -261,14 +233,8 @@ class ProfileStack:
         return run_ids
 
     def _materialize(self, selection: Sequence[dg.AssetKey], tags: dict[str, str]) -> Any:
-        return dg.materialize(
-            [catalog_pipeline, autoretouch_costs],
-            instance=self.instance,
-            resources=build_resources(self.settings()),
-            selection=list(selection),
-            raise_on_error=False,
-            tags={**tags, "retouch/trigger": "chaos"},
-        )
+        resources = build_resources(self.settings())
+        return materialize_range(self.instance, resources, selection, {**tags, "retouch/trigger": "chaos"})
 
     def retouched_partitions(self) -> set[str]:
         """Partitions with at least one `retouched_image` materialization."""

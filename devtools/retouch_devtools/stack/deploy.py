@@ -1,5 +1,5 @@
-"""The production shape of deploy/, started on this machine: PostgreSQL, a gRPC code server, the webserver and
-the daemon as separate processes, plus the sandbox AutoRetouch and moto's S3.
+"""Dagster in the production shape of deploy/, started on this machine: PostgreSQL, a gRPC code server, the
+webserver and the daemon as separate processes (the deploy tests and the benchmarks run their stacks so).
 
 Why separate processes and not `dagster dev`: production runs the webserver, the daemon and the code server
 apart, sharing only the PostgreSQL instance. Killing the daemon alone, or a code server reached over gRPC
@@ -16,12 +16,8 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,9 +27,12 @@ from typing import Any
 import psycopg2
 import yaml
 
-from retouch_devtools.devstack import PIPELINE_ENV
+from retouch_devtools.stack.env import CATALOG_BUCKET, pipeline_variables
+from retouch_devtools.stack.net import free_port, http_ok, port_open, wait_until
+from retouch_devtools.stack.process import Service
+from retouch_devtools.stack.s3 import clean_environment, ensure_bucket, s3_client
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 DEPLOY_DAGSTER_YAML = DEPLOY / "dagster.yaml"
 COMPOSE_FILE = DEPLOY / "docker" / "docker-compose.yml"
@@ -47,14 +46,6 @@ PG_PASSWORD = os.environ.get("RETOUCH_TEST_PG_PASSWORD", "")
 PG_ADMIN_DB = os.environ.get("RETOUCH_TEST_PG_ADMIN_DB", "test")
 
 DEFAULT_RUN_LAUNCHER = {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
-
-
-def free_port() -> int:
-    """A port free right now on loopback (the servers bind it a moment later; collisions are unlikely)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def postgres_reachable() -> bool:
@@ -138,68 +129,6 @@ def grpc_command(port: int) -> list[str]:
     return out
 
 
-@dataclass
-class Service:
-    """One child process in its own process group, its output in a log file (shown when a test fails)."""
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        log = self.log_path.open("ab")
-        # S603: our venv's own executables with fixed arguments; no shell.
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Signal the whole group (only ours: it was started in a new session), and reap it."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def stop(self, grace_seconds: float = 10.0) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left (run workers the code server started)."""
-        if self.process is None:
-            return
-        pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and self.process.poll() is None:
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return f"--- {self.name} ({self.log_path}) ---\n" + "\n".join(text[-lines:])
-
-
 class GraphQLError(AssertionError):
     pass
 
@@ -254,60 +183,6 @@ class DeployStack:
             timeout=timeout,
             check=False,
         )
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition"
-) -> Any:
-    """Poll `predicate` until it returns something truthy; its last exception or value is in the error."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception as exc:
-            last = exc
-        else:
-            if value:
-                return value
-            last = value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def start_sandbox(log_dir: Path, env: Mapping[str, str], *args: str) -> tuple[Service, dict[str, Any]]:
-    """`retouch-pipeline sandbox --port 0`; its first stdout line is JSON with URLs and a refresh token."""
-    command = [str(BIN / "retouch-pipeline"), "sandbox", "--port", "0", "--auto-approve", *args]
-    process = subprocess.Popen(
-        command,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=(log_dir / "sandbox.log").open("ab"),
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    if not first:
-        process.kill()
-        raise RuntimeError("the sandbox printed nothing: " + (log_dir / "sandbox.log").read_text()[-2000:])
-    info: dict[str, Any] = json.loads(first)
-    service = Service("sandbox", command, dict(env), log_dir, log_dir / "sandbox.log", process)
-    return service, info
 
 
 def dagster_services(
@@ -400,29 +275,78 @@ def launch_collection_backfill(
     return str(result["backfillId"])
 
 
-CATALOG_BUCKET = "catalog"
-SOURCE_PREFIX = "incoming/"
-OUTPUT_PREFIX = "retouched/"
-
-
-def stack_pipeline_env(sandbox_info: Mapping[str, Any], s3_endpoint: str) -> dict[str, str]:
-    """The pipeline's variables for a stack of separate processes: the sandbox's announcement, the local S3.
+def prepare_deploy_stack(
+    home: Path, database: str, sandbox: Mapping[str, Any], s3_endpoint: str, extra_env: Mapping[str, str]
+) -> DeployStack:
+    """A stack on `database` (not started yet): DAGSTER_HOME written, free ports, the catalog bucket, and
+    the environment of its processes (clean, PostgreSQL, the pipeline's variables, then `extra_env`).
 
     Sensors and schedules stay stopped: the callers launch their backfills themselves, as the UI does.
     """
-    workflow = next(w for w in sandbox_info["workflows"] if w["name"] == "Background Removal")
-    values = {
-        "api_url": sandbox_info["api_url"],
-        "auth_url": sandbox_info["auth_url"],
-        "organization_id": sandbox_info["organization_id"],
-        "refresh_token": sandbox_info["refresh_token"],
-        "workflow_id": workflow["id"],
-        "s3_endpoint_url": s3_endpoint,
-        "source_bucket": CATALOG_BUCKET,
-        "source_prefix": SOURCE_PREFIX,
-        "output_bucket": CATALOG_BUCKET,
-        "output_prefix": OUTPUT_PREFIX,
+    grpc_port, webserver_port = free_port(), free_port()
+    write_dagster_home(home, grpc_port)
+    env = {
+        **clean_environment(),
+        **postgres_env(database),
+        "DAGSTER_HOME": str(home),
+        **pipeline_variables(sandbox, s3_endpoint),
+        "RETOUCH_SENSORS_RUNNING": "0",
+        **extra_env,
     }
-    env = {PIPELINE_ENV[name]: str(value) for name, value in values.items()}
-    env.update({"AWS_ENDPOINT_URL_S3": s3_endpoint, "RETOUCH_SENSORS_RUNNING": "0"})
-    return env
+    ensure_bucket(s3_client(s3_endpoint), CATALOG_BUCKET)
+    return DeployStack(
+        home=home,
+        env=env,
+        db_name=database,
+        grpc_port=grpc_port,
+        webserver_port=webserver_port,
+        sandbox_info=dict(sandbox),
+        s3_endpoint=s3_endpoint,
+        bucket=CATALOG_BUCKET,
+    )
+
+
+def _exited(stack: DeployStack, name: str) -> Callable[[], str | None]:
+    """`wait_until`'s abort for the service `name`: a reason (with the logs) once it has exited."""
+
+    def reason() -> str | None:
+        alive = stack.services[name].alive
+        return None if alive else f"{name} exited during start-up\n{stack.logs()}"
+
+    return reason
+
+
+@contextlib.contextmanager
+def running_dagster(stack: DeployStack, timeout: float = 120.0) -> Iterator[DeployStack]:
+    """Code server, webserver and daemon started in that order, each waited for; afterwards every service
+    of the stack (the sandbox too, if the caller put it in `services`) is stopped, the daemon first. When
+    something fails, the services' logs go to stderr."""
+    try:
+        code_server, webserver, daemon = dagster_services(
+            stack.home, stack.env, stack.grpc_port, stack.webserver_port
+        )
+        stack.services["code-server"] = code_server.start()
+        wait_until(
+            lambda: port_open(stack.grpc_port),
+            timeout,
+            what="gRPC code server port",
+            abort=_exited(stack, "code-server"),
+        )
+        stack.services["webserver"] = webserver.start()
+        wait_until(
+            lambda: http_ok(stack.webserver_url + "/server_info"),
+            timeout,
+            what="webserver",
+            abort=_exited(stack, "webserver"),
+        )
+        wait_until(lambda: location_loaded(stack), timeout, what="code location loaded over gRPC")
+        stack.services["daemon"] = daemon.start()
+        wait_until(lambda: daemons_healthy(stack, REQUIRED_DAEMONS), timeout, what="daemon heartbeats")
+        yield stack
+    except BaseException:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        for name in dict.fromkeys(("daemon", "webserver", "code-server", *stack.services)):
+            if name in stack.services:
+                stack.services[name].stop()

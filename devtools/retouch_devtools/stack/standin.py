@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the pipeline's partitioned assets (a module, so a daemon test can load it)."""
+"""Tiny stand-ins for the pipeline's partitioned assets, for sensor tests (a module: a daemon can load it)."""
 
 from __future__ import annotations
 

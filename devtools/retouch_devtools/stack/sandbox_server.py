@@ -1,8 +1,8 @@
-"""The sandbox AutoRetouch in its own process for the benchmarks, with a live image-work setting.
+"""The sandbox AutoRetouch in its own process with a live image-work setting (the benchmarks run it so).
 
-Usage: `python -m benchmarks.sandbox_server '{"processing_seconds": 5, "workers": 16, ...}'` (SandboxConfig
-fields). The first stdout line is the sandbox's announcement JSON. Each stdin line is a JSON object of
-`SandboxConfig` fields changed live (only `image_work_max_side` is meant for it: the cold-collection
+Usage: `python -m retouch_devtools.stack.sandbox_server '{"processing_seconds": 5, "workers": 16, ...}'`
+(SandboxConfig fields). The first stdout line is the sandbox's announcement JSON. Each stdin line is a JSON
+object of `SandboxConfig` fields changed live (only `image_work_max_side` is meant for it: the cold-collection
 benchmark caps the sandbox's Pillow work so that its CPU does not compete with the pipeline on two cores, the
 memory benchmark needs full-size results). EOF stops the server.
 

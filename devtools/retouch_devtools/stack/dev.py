@@ -1,8 +1,10 @@
-"""The `make dev` stack as the browser tests see it: started on free ports, probed, prepared, stopped.
+"""`retouch-pipeline dev` as a child process, as the dev-stack and browser tests see it: started on free
+ports, probed, prepared, stopped.
 
-Why a real `retouch-pipeline dev` subprocess (and not Dagster's test helpers): the issue asks for the UI of
-`make dev`'s stack, so the tests run the very command a developer runs, with only ports, DAGSTER_HOME and the
-sandbox's processing time overridden through its documented `RETOUCH_DEV_*` variables.
+Why a real `retouch-pipeline dev` subprocess (and not Dagster's test helpers): the tests are about
+`make dev`'s stack, so they run the very command a developer runs, with only ports, DAGSTER_HOME and the
+sandbox's processing time overridden through its documented `RETOUCH_DEV_*` variables; on a pseudo-terminal
+when a test types Ctrl-C as a developer does.
 
 GraphQL is used only to *prepare* state (stop a sensor, register partitions) and to *verify* what the clicks
 did (backfill status, run status); every action under test is a click in the browser.
@@ -10,21 +12,25 @@ did (backfill status, run status); every action under test is a click in the bro
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
-import socket
 import subprocess
 import sys
-import time
+import termios
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from botocore.exceptions import BotoCoreError, ClientError
 
-from retouch_devtools.devstack import DevSettings, s3_client, seed_catalog
+from retouch_devtools.devstack import DevSettings, seed_catalog
+from retouch_devtools.stack.net import free_port, wait_until
+from retouch_devtools.stack.process import descendants, process_stat
+from retouch_devtools.stack.s3 import s3_client
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
@@ -37,66 +43,29 @@ SAMPLE_COUNT = 12
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ppid_and_pgid(pid: int) -> tuple[int, int] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[1]), int(fields[2])) if fields[0] != "Z" else None
-
-
-def descendants(root: int) -> set[int]:
-    """Every live process below `root` (from /proc): what a failed stop must still clean up."""
-    table = {
-        int(e.name): stat
-        for e in Path("/proc").iterdir()
-        if e.name.isdigit() and (stat := _ppid_and_pgid(int(e.name))) is not None
-    }
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-class StackExited(AssertionError):
-    """The dev stack died while a test waited on it: its log says why."""
-
-
 @dataclass
-class UiStack:
+class DevProcess:
     """A running `retouch-pipeline dev` and the ways the tests talk to it."""
 
     proc: subprocess.Popen[bytes]
     settings: DevSettings
     log: Path
+    terminal: int | None = None
+    """Master side of the pseudo-terminal the stack runs on, if any."""
 
     # ---- waiting -------------------------------------------------------------------------------------
 
     def wait_until(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
         """Poll `condition` until truthy; fail fast (with the log's tail) if the stack exits meanwhile."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                status = self.proc.returncode
-                raise StackExited(f"dev stack exited ({status}) waiting for {what}:\n{self.tail()}")
-            try:
-                result = condition()
-            except (OSError, requests.RequestException, KeyError, TypeError, BotoCoreError, ClientError):
-                result = None
-            if result:
-                return result
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(1.0)
+
+        def exited() -> str | None:
+            status = self.proc.poll()
+            return None if status is None else f"dev stack exited ({status}):\n{self.tail()}"
+
+        return wait_until(condition, timeout, what=what, abort=exited)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -125,6 +94,16 @@ class UiStack:
         prefix = self.settings.output_prefix + (f"{collection}/" if collection else "")
         listing = self.s3().list_objects_v2(Bucket=self.settings.output_bucket, Prefix=prefix)
         return sorted(o["Key"] for o in listing.get("Contents", []))
+
+    def sandbox_healthy(self) -> bool:
+        url = f"http://{self.settings.host}:{self.settings.sandbox_port}/health"
+        return bool(requests.get(url, timeout=2).json().get("status") == "UP")
+
+    def source_keys(self) -> list[str]:
+        listing = self.s3().list_objects_v2(
+            Bucket=self.settings.source_bucket, Prefix=self.settings.source_prefix
+        )
+        return [o["Key"] for o in listing.get("Contents", [])]
 
     def sandbox_state(self) -> dict[str, Any]:
         url = f"http://{self.settings.host}:{self.settings.sandbox_port}/_sandbox/state"
@@ -259,24 +238,61 @@ class UiStack:
         self.kill()
         return None
 
+    def send(self, sig: signal.Signals, timeout: float) -> int:
+        """Send `sig` to the stack's own process; its exit status."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def press_ctrl_c(self, timeout: float) -> int:
+        """Type Ctrl-C on the stack's terminal: the line discipline signals its foreground process group."""
+        assert self.terminal is not None
+        os.write(self.terminal, b"\x03")
+        return self.proc.wait(timeout=timeout)
+
     def kill(self) -> None:
-        for pid in descendants(self.proc.pid) | {self.proc.pid}:
-            stat = _ppid_and_pgid(pid)
+        """SIGKILL the stack and every process below it (their groups, never the caller's)."""
+        for pid in descendants({self.proc.pid}) | {self.proc.pid}:
+            stat = process_stat(pid)
             if stat is None:
                 continue
             try:
-                if stat[1] != os.getpgid(0):
-                    os.killpg(stat[1], signal.SIGKILL)
+                if stat[2] != os.getpgid(0):
+                    os.killpg(stat[2], signal.SIGKILL)
                 else:
                     os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
         self.proc.wait(timeout=10)
+        if self.terminal is not None:
+            os.close(self.terminal)
+            self.terminal = None
 
 
-def start_stack(workdir: Path, **overrides: str) -> UiStack:
-    """`retouch-pipeline dev` on free ports with its Dagster home in `workdir` (its own session, so a stray
-    signal to the test's process group never reaches it)."""
+def _take_terminal() -> None:
+    """In the child: a new session whose controlling terminal is stdin (the pty), like a shell's job."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _drain(master: int, log: Path) -> None:
+    """Copy the terminal's output to the log; a full pty buffer would block the stack's writes."""
+    with log.open("ab") as out:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out.write(chunk)
+            out.flush()
+
+
+def start_dev_process(
+    workdir: Path, *args: str, log_name: str = "dev-stack.log", terminal: bool = False, **overrides: str
+) -> DevProcess:
+    """`retouch-pipeline dev ARGS` on free ports with its Dagster home in `workdir`, in its own session (a
+    stray signal to the caller's process group never reaches it), or on a new pseudo-terminal."""
     env = {
         **os.environ,
         "RETOUCH_DEV_SANDBOX_PORT": str(free_port()),
@@ -287,9 +303,19 @@ def start_stack(workdir: Path, **overrides: str) -> UiStack:
         "RETOUCH_DEV_PROCESSING_SECONDS": "0.2",
         **overrides,
     }
-    log = workdir / "dev-stack.log"
-    with log.open("wb") as out:
+    log = workdir / log_name
+    command = [CLI, "dev", *args]
+    master: int | None = None
+    if terminal:
+        master, slave = pty.openpty()
         proc = subprocess.Popen(
-            [CLI, "dev"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, stdin=slave, stdout=slave, stderr=slave, preexec_fn=_take_terminal
         )
-    return UiStack(proc, DevSettings.from_env(env), log)
+        os.close(slave)
+        threading.Thread(target=_drain, args=(master, log), daemon=True).start()
+    else:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+    return DevProcess(proc, DevSettings.from_env(env), log, master)

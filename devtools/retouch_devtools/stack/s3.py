@@ -1,0 +1,128 @@
+"""The local S3 (and SQS) of every stack: moto's server, dummy credentials, clients, buckets, seeding.
+
+moto is started here and nowhere else: as a thread of this process (`running_moto`: tests, chaos, the dev
+stack, the sensor benchmark) or as a process of its own (`moto_process`: the benchmarks, whose CPU figures
+must not include it). Explicit dummy credentials keep a developer's real AWS profile (and its SSO prompts)
+out of every client and child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from retouch_devtools.stack.net import free_port, port_open, wait_until
+from retouch_devtools.stack.process import Service
+
+REGION = "us-east-1"
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
+REMOVED_AWS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+CREDENTIALS: dict[str, Any] = {
+    "aws_access_key_id": DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+    "region_name": REGION,
+}
+"""boto3 client / `S3Resource` keyword arguments for the local S3."""
+
+
+def clean_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without a developer's AWS profile and Dagster
+    settings, with the dummy credentials: the environment of a stack's child processes."""
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if k not in REMOVED_AWS and not k.startswith("DAGSTER_")
+    }
+    env.update(DUMMY_AWS)
+    return env
+
+
+@contextmanager
+def running_moto(port: int = 0, host: str = "127.0.0.1") -> Iterator[str]:
+    """moto's server (S3 and SQS over real HTTP) as a thread while the block runs; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    bound_host, bound = server.get_host_and_port()
+    try:
+        yield f"http://{bound_host}:{bound}"
+    finally:
+        server.stop()
+
+
+def moto_process(log_dir: Path, cwd: Path) -> tuple[Service, str]:
+    """moto's server as a process of its own on a free port (its CPU is not the caller's); its URL."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    service = Service("moto", command, clean_environment(), cwd, log_dir / "moto.log").start()
+    wait_until(lambda: port_open(port), 60, what="moto server")
+    return service, f"http://127.0.0.1:{port}"
+
+
+def s3_client(endpoint_url: str) -> Any:
+    """A boto3 S3 client for the local S3, with the dummy credentials whatever the developer's AWS setup."""
+    return boto3.session.Session(**CREDENTIALS).client("s3", endpoint_url=endpoint_url)
+
+
+def sqs_client(endpoint_url: str) -> Any:
+    return boto3.session.Session(**CREDENTIALS).client("sqs", endpoint_url=endpoint_url)
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=bucket)
+
+
+def new_bucket(client: Any, prefix: str) -> str:
+    """A bucket with a fresh name (tests and profiles share one moto server)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def put_many(s3: Any, bucket: str, keys: Iterable[str], body: bytes = b"img") -> None:
+    """Put objects over HTTP, 16 at a time (moto takes a few hundred puts per second that way)."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=body), keys))
+
+
+def seed_backend(bucket: str, keys: Iterable[str], body: bytes = b"img") -> None:
+    """Seed a large prefix straight into the in-process moto server's backend (much faster than HTTP);
+    a sensor still lists it over HTTP."""
+    from moto.backends import get_backend
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    backend = get_backend("s3")[DEFAULT_ACCOUNT_ID]["global"]
+    for key in keys:
+        backend.put_object(bucket, key, body)
+
+
+def notify_queue(s3: Any, sqs: Any, bucket: str) -> str:
+    """A new queue receiving the bucket's object-created and object-removed events; its URL."""
+    queue_url: str = sqs.create_queue(QueueName=f"catalog-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+        },
+    )
+    return queue_url

@@ -1,0 +1,104 @@
+"""A catalog sensor evaluated tick by tick the way the sensor daemon applies its ticks, on stand-in assets.
+
+The cursor is carried over, partition requests are applied to the instance, and each batch request becomes
+a real `PartitionBackfill` in the instance (proof that it is submittable). The catalog tests and the sensor
+benchmark drive the sensor this way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.execution.backfill import PartitionBackfill
+from dagster_aws.s3 import S3Resource
+
+from retouch_devtools.stack.s3 import CREDENTIALS, sqs_client
+from retouch_devtools.stack.standin import catalog_images, cost_report, retouched_image, source_image
+from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
+
+PREFIX = "incoming"
+
+
+@dataclass
+class Tick:
+    seconds: float
+    added: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    requested_batches: list[list[str]] = field(default_factory=list)
+    tags: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def requested(self) -> list[str]:
+        return [k for batch in self.requested_batches for k in batch]
+
+
+class SensorHarness:
+    """Evaluates ticks like the sensor daemon: cursor carried over, partition requests applied, and each
+    batch request turned into a real ``PartitionBackfill`` in the instance (proves it is submittable)."""
+
+    def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, endpoint: str) -> None:
+        self.sensor = sensor
+        self.instance = instance
+        self.cursor: str | None = None
+        self.resources = {"s3": S3Resource(endpoint_url=endpoint, **CREDENTIALS)}
+        self.defs = dg.Definitions(
+            assets=[source_image, retouched_image, cost_report], sensors=[sensor], resources=self.resources
+        )
+
+    def tick(self) -> Tick:
+        with dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, definitions=self.defs, resources=self.resources
+        ) as context:
+            started = time.monotonic()
+            data = self.sensor.evaluate_tick(context)
+        tick = Tick(seconds=time.monotonic() - started)
+        self.cursor = data.cursor
+        for request in data.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+                tick.added.extend(request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+                tick.deleted.extend(request.partition_keys)
+        for run_request in data.run_requests or []:
+            subset = run_request.asset_graph_subset
+            assert isinstance(subset, AssetGraphSubset)
+            assert subset.non_partitioned_asset_keys == set()
+            assert subset.asset_keys == {source_image.key, retouched_image.key}
+            tick.requested_batches.append(
+                list(subset.get_partitions_subset(source_image.key).get_partition_keys())
+            )
+            tick.tags.append(dict(run_request.tags))
+            self.instance.add_backfill(
+                PartitionBackfill.from_asset_graph_subset(
+                    backfill_id=uuid.uuid4().hex[:8],
+                    backfill_timestamp=time.time(),
+                    tags=run_request.tags,
+                    dynamic_partitions_store=self.instance,
+                    asset_graph_subset=subset,
+                    title=None,
+                    description=None,
+                    run_config=None,
+                )
+            )
+        return tick
+
+    def partitions(self) -> list[str]:
+        return list(self.instance.get_dynamic_partitions("catalog_images"))
+
+
+def catalog_harness(endpoint: str, instance: dg.DagsterInstance, config: ScanConfig) -> SensorHarness:
+    """The real catalog sensor with `config`, over the stand-in assets, its S3 and SQS at `endpoint`."""
+    sensor = build_catalog_sensor(
+        "catalog_sensor",
+        catalog_images,
+        dg.AssetSelection.assets(source_image, retouched_image, cost_report),
+        config=config,
+        sqs_client_factory=lambda: sqs_client(endpoint),
+    )
+    return SensorHarness(sensor, instance, endpoint)
