@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import requests
 
-from retouch_pipeline_tests.pipeline.conftest import Stack
+from retouch_devtools.stack.inprocess import InProcessStack as Stack
 
 
 def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -19,6 +19,8 @@ def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subproce
         "PATH": "/usr/bin:/bin",
         "DAGSTER_HOME": stack.instance.root_directory,
         "AUTORETOUCH_API_URL": stack.sandbox.api_url,
+        "AUTORETOUCH_AUTH_URL": stack.sandbox.auth_url,
+        "AUTORETOUCH_WORKFLOW_ID": stack.workflow["id"],
         "AUTORETOUCH_ORGANIZATION_ID": stack.sandbox.organization_id,
         "AUTORETOUCH_REFRESH_TOKEN": stack.sandbox.refresh_token,
         "S3_ENDPOINT_URL": stack.moto_url,

@@ -235,6 +235,7 @@ def test_definitions_load_without_network() -> None:
     env = {
         "AUTORETOUCH_API_URL": "http://127.0.0.1:9",
         "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "CATALOG_SOURCE_BUCKET": "catalog",
         "PATH": "/usr/bin:/bin",
     }
     code = (
