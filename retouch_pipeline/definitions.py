@@ -125,7 +125,7 @@ defs = dg.Definitions(
     resources=resources,
     # Every run here is one step (the catalog step, the cost roll-up or the refresh), which already runs its
     # images in threads: a process per step only added a second interpreter start and definitions load to
-    # every run (~2-3 s and ~150 MB). A crashed step still fails its run, which run monitoring and
+    # every run (docs/performance.md). A crashed step still fails its run, which run monitoring and
     # run_retries handle (deploy/dagster.yaml).
     executor=dg.in_process_executor,
 )

@@ -131,3 +131,10 @@ def test_only_the_settings_module_reads_the_environment() -> None:
         if re.search(r"os\.environ|os\.getenv|getenv\(", text):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders, offenders
+
+
+def test_the_stacks_set_the_settings_variables() -> None:
+    """The dev stack, the deploy tests and the benchmarks set the pipeline's variables by these names."""
+    from retouch_devtools.stack.env import PIPELINE_ENV
+
+    assert set(PIPELINE_ENV.values()) <= {v.name for v in VARIABLES}

@@ -55,9 +55,8 @@ class ScanConfig(BaseModel):
 
     source_bucket: str = Field(description="Bucket holding the source images.")
     source_prefix: str = Field(default="", description="Prefix of the catalog; collections are below it.")
-    # Why 100,000 and not less: the time budget below is what keeps a tick inside the sensor timeout; a count
-    # bound at the catalog's own size (it was 20,000) splits every steady pass of a 20,000-image catalog into
-    # two ticks, so new images waited a whole extra sensor interval (found by benchmarks/sensor.py).
+    # The time budget below is what keeps a tick inside the sensor timeout; the count bound only stops a
+    # runaway listing, so it sits well above a shop's catalog (docs/performance.md, the sensor benchmark).
     max_keys_per_tick: int = Field(default=100_000, gt=0, description="Objects listed at most per tick.")
     max_seconds_per_tick: float = Field(
         default=20.0, gt=0, description="Scan time per tick; keep well inside the 60 s sensor timeout."

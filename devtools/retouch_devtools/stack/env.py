@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read, by meaning.
-# Kept in one place so that aligning with the definitions is a one-line change.
+# The pipeline's variables a stack sets, by meaning. The names are the settings reader's
+# (`retouch_pipeline.settings.VARIABLES`; `test_settings.py` checks every one against it).
 PIPELINE_ENV: dict[str, str] = {
     "api_url": "AUTORETOUCH_API_URL",
     "auth_url": "AUTORETOUCH_AUTH_URL",
