@@ -23,6 +23,7 @@ resolves it as usual (AWS, or `AWS_ENDPOINT_URL_SQS`).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -107,8 +108,19 @@ resources = build_resources(settings)
 catalog_sensor = build_catalog_sensor_from_settings(settings, default_status=sensor_status)
 batch_size = settings.catalog.batch_size
 
+# The roll-up is refreshed hourly (at :15): older than two hours means the schedule or its runs are failing.
+COSTS_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75)
+)
+
 defs = dg.Definitions(
-    assets=[catalog_pipeline, autoretouch_costs],
+    # Code references: each asset links to the source that defines it ("Open in editor" in the UI).
+    assets=dg.with_source_code_references(
+        [
+            catalog_pipeline,
+            autoretouch_costs.map_asset_specs(lambda spec: dg.apply_freshness_policy(spec, COSTS_FRESHNESS)),
+        ]
+    ),
     jobs=[catalog_refresh_job],
     sensors=[catalog_sensor, build_pending_sensor(default_status=sensor_status, batch_size=batch_size)],
     schedules=[

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -24,6 +26,7 @@ from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline.resources import AutoRetouchResource
 from retouch_pipeline.settings import SettingsError, read_settings
 
+REPO = Path(__file__).resolve().parents[2]
 REAL = "https://api.autoretouch.com"
 QUEUE = "https://sqs.eu-central-1.amazonaws.com/123456789012/catalog-events"
 
@@ -225,3 +228,20 @@ def test_sqs_mode_from_env_registers_an_object_delivered_through_the_queue(moto_
         assert waiting == 0 and read >= 2
         assert tick() == []
         assert queue() == (0, 0)  # ... which deletes them
+
+
+def test_every_asset_links_to_its_source_and_the_costs_have_a_freshness_policy() -> None:
+    from retouch_pipeline.definitions import COSTS_FRESHNESS, defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"uploaded_image", "autoretouch_execution", "retouched_image", "autoretouch_costs"}
+    for key in graph.get_all_asset_keys():
+        references = graph.get(key).metadata["dagster/code_references"].code_references
+        assert references, key
+        for reference in references:
+            path = Path(reference.file_path)
+            assert path.is_file() and path.is_relative_to(REPO / "retouch_pipeline"), reference
+    costs = graph.get(dg.AssetKey("autoretouch_costs"))
+    assert costs.freshness_policy == COSTS_FRESHNESS
+    assert COSTS_FRESHNESS.fail_window.to_timedelta() > timedelta(hours=1)  # the schedule is hourly
