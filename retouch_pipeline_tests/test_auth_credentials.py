@@ -71,9 +71,27 @@ def test_env_var_wins_over_file_and_path_env_var_is_honoured(tmp_path: Path) -> 
     assert saved.api_url == "http://api"
 
 
-def test_default_location() -> None:
-    store = CredentialStore(environ={})
-    assert store.path == Path("~/.config/retouch-pipeline/credentials.json").expanduser()
+def test_default_location_is_the_platforms_config_folder(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert CredentialStore(environ={}).path == tmp_path / "home/.config/retouch-pipeline/credentials.json"
+    xdg = CredentialStore(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert xdg.path == tmp_path / "xdg/retouch-pipeline/credentials.json"
+
+
+def test_the_old_fixed_path_is_read_once_and_moved(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    old = CredentialStore(tmp_path / "home/.config/retouch-pipeline/credentials.json", environ={})
+    old.save("rt-old", api_url="http://127.0.0.1:1")
+    store = CredentialStore(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    loaded = store.load()
+    assert loaded is not None and loaded.refresh_token.get_secret_value() == "rt-old"
+    assert loaded.api_url == "http://127.0.0.1:1" and loaded.source == str(store.path)
+    assert not old.path.exists() and store.path.exists()
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+    old.save("rt-newer-at-old-path")  # the new file exists: the old path is never read again
+    again = CredentialStore(environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}).load()
+    assert again is not None and again.refresh_token.get_secret_value() == "rt-old"
 
 
 def test_not_logged_in_names_what_was_checked(tmp_path: Path) -> None:

@@ -17,12 +17,16 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import click
 
 from .errors import NotLoggedInError
 from .models import Secret
@@ -42,11 +46,29 @@ ENV_CREDENTIALS_PATH = "RETOUCH_PIPELINE_CREDENTIALS"
 FILE_VERSION = 1
 
 
+APP_NAME = "retouch-pipeline"
+#: Where releases before the platform's config folder kept the file: read once, then moved.
+LEGACY_PATH = "~/.config/retouch-pipeline/credentials.json"
+
+
+def config_directory(environ: Mapping[str, str] | None = None) -> Path:
+    """The platform's per-user config folder of this program.
+
+    `$XDG_CONFIG_HOME/retouch-pipeline` (else `~/.config/...`) on Linux and the BSDs, as the XDG base
+    directory specification says; click's app folder elsewhere (`~/Library/Application Support/...` on macOS,
+    `%APPDATA%\\...` on Windows).
+    """
+    env = os.environ if environ is None else environ
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return Path(env.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / APP_NAME
+    return Path(click.get_app_dir(APP_NAME))
+
+
 def default_credentials_path(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     if env.get(ENV_CREDENTIALS_PATH):
         return Path(env[ENV_CREDENTIALS_PATH]).expanduser()
-    return Path("~/.config/retouch-pipeline/credentials.json").expanduser()
+    return config_directory(env) / "credentials.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,8 @@ class CredentialStore:
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.path = Path(path).expanduser() if path is not None else default_credentials_path(self.environ)
+        defaulted = path is None and not self.environ.get(ENV_CREDENTIALS_PATH)
+        self._legacy = Path(LEGACY_PATH).expanduser() if defaulted else None
 
     def __repr__(self) -> str:
         return f"CredentialStore(path={str(self.path)!r})"
@@ -95,7 +119,22 @@ class CredentialStore:
             return StoredCredentials(refresh_token=Secret(from_env), source=f"${ENV_REFRESH_TOKEN}")
         return self.load_file()
 
+    def _move_legacy_file(self) -> None:
+        """A file at the old fixed path moves to the platform's config folder, once, still 0600."""
+        legacy = self._legacy
+        if legacy is None or legacy == self.path or self.path.exists() or not legacy.is_file():
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.replace(legacy, self.path)
+        except OSError:  # another file system: copy, then remove the old one
+            shutil.copyfile(legacy, self.path)
+            legacy.unlink()
+        os.chmod(self.path, 0o600)
+        log.info("moved the credentials file from %s to %s", legacy, self.path)
+
     def load_file(self) -> StoredCredentials | None:
+        self._move_legacy_file()
         try:
             st = self.path.stat()
         except FileNotFoundError:
