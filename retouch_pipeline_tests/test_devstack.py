@@ -99,6 +99,7 @@ def test_full_stack_answers_and_ctrl_c_leaves_no_process(start_dev: Callable[...
     assert survivors == set(), f"left running after Ctrl-C: {survivors}"
     assert elapsed < 30, f"shutdown took {elapsed:.1f} s"
     assert "Dagster stopped." in stack.output()
+    assert "SupersessionWarning" not in stack.output(), "started through dg dev, not dagster dev"
     for port in (stack.settings.sandbox_port, stack.settings.s3_port, stack.settings.dagster_port):
         assert port_free(port), port
 

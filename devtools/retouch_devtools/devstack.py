@@ -216,11 +216,15 @@ def pipeline_environment(
 
 
 def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """`dagster dev` in a new process group (see module doc), output straight to our terminal."""
+    """`dg dev` in a new process group (see module doc), output straight to our terminal.
+
+    Dagster's own CLI (`dg`, dagster-dg-cli) rather than `dagster dev`, which is superseded by it; with an
+    explicit workspace file it starts the same webserver, daemon and code server.
+    """
     command = [
-        sys.executable, "-m", "dagster", "dev",
-        "-h", settings.host, "-p", str(settings.dagster_port),
-        "-w", str(home / "workspace.yaml"),
+        str(Path(sys.executable).parent / "dg"), "dev",
+        "--host", settings.host, "--port", str(settings.dagster_port),
+        "--workspace", str(home / "workspace.yaml"),
     ]  # fmt: skip
     return start_in_own_group(command, env)
 
