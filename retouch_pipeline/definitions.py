@@ -23,6 +23,7 @@ resolves it as usual (AWS, or `AWS_ENDPOINT_URL_SQS`).
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from typing import Any
 
@@ -113,14 +114,18 @@ COSTS_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75)
 )
 
-defs = dg.Definitions(
-    # Code references: each asset links to the source that defines it ("Open in editor" in the UI).
-    assets=dg.with_source_code_references(
+with warnings.catch_warnings():  # code references are a beta API: used knowingly, not warned in every process
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    assets = dg.with_source_code_references(
         [
             catalog_pipeline,
             autoretouch_costs.map_asset_specs(lambda spec: dg.apply_freshness_policy(spec, COSTS_FRESHNESS)),
         ]
-    ),
+    )
+
+defs = dg.Definitions(
+    # Code references: each asset links to the source that defines it ("Open in editor" in the UI).
+    assets=assets,
     jobs=[catalog_refresh_job],
     sensors=[catalog_sensor, build_pending_sensor(default_status=sensor_status, batch_size=batch_size)],
     schedules=[
