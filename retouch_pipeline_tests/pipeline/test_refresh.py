@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 import dagster as dg
+import pytest
 from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import ModuleTarget
 from dagster._daemon.backfill import execute_backfill_iteration
@@ -146,7 +147,11 @@ def test_refresh_run_names_a_broken_image_and_keeps_the_rest(
     assert stack.instance.get_materialized_partitions(RETOUCHED) == {good}
 
 
-def test_large_difference_goes_out_as_backfills(stack: Stack, make_image: Callable[..., bytes]) -> None:
+def test_large_difference_goes_out_as_backfills(
+    stack: Stack, make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the backfill daemon loads the code location from this process's environment, as a deployment sets it
+    monkeypatch.setenv("AUTORETOUCH_WORKFLOW_ID", stack.workflow["id"])
     price = stack.workflow["executionPrice"]
     keys, missed, old_sidecar = _catalog_with_changes(stack, make_image)
     creates = stack.sandbox.state.accounting.calls.get("E1", 0)
