@@ -204,9 +204,9 @@ def test_revoked_refresh_token_raises_invalid_grant_without_looping(sandbox: San
             with pytest.raises(InvalidGrantError) as info:
                 client.get_balance()
         assert calls(sandbox, "A3") == before + 1  # remembered: no hammering of the auth server
-        assert (
-            str(info.value)
-            == "the refresh token was revoked or is invalid: run `retouch-pipeline login` again"
+        assert str(info.value) == (
+            "the refresh token was revoked or is invalid: run `retouch-pipeline login` again"
+            f" (OAuth server {sandbox.auth_url}/oauth/token)"
         )
         assert token not in str(info.value) + repr(info.value)
 
