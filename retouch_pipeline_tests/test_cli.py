@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import requests
 
+from retouch_pipeline.autoretouch import DEFAULT_CLIENT_ID
+
 CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
 
 
@@ -29,6 +31,7 @@ def cli_env(tmp_path: Path, sandbox: Any) -> dict[str, str]:
         HOME=str(tmp_path / "home"),
         AUTORETOUCH_API_URL=sandbox.api_url,
         AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+        AUTORETOUCH_ORGANIZATION_ID=sandbox.organization_id,  # the account has several (strict sandbox)
     )
     return env
 
@@ -44,6 +47,7 @@ def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, t
         HOME=str(tmp_path / "home"),
         AUTORETOUCH_API_URL=sandbox.api_url,
         AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+        AUTORETOUCH_ORGANIZATION_ID=sandbox.organization_id,  # saved by login: the account has several
     )
     result = run_cli(["login", "--no-browser"], env)
     assert result.returncode == 0, result.stderr
@@ -81,7 +85,7 @@ def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, t
     assert not path.exists()
     refreshed = requests.post(
         f"{sandbox.auth_url}/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "x"},
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": DEFAULT_CLIENT_ID},
         timeout=10,
     )
     assert refreshed.status_code == 403

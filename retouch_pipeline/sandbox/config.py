@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retouch_pipeline.sandbox.realism import Realism
+
 
 @dataclass
 class FaultConfig:
@@ -97,3 +99,5 @@ class SandboxConfig:
     `processing_seconds`, full-size Pillow work on many large inputs would otherwise eat the CPU of the
     client under test. Uploads are still fully decoded and validated."""
     faults: FaultConfig = field(default_factory=FaultConfig)
+    realism: Realism = field(default_factory=Realism.strict)
+    """The adversarial answers to the reference's open questions (`sandbox.realism`); strict by default."""
