@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from retouch_pipeline.autoretouch import (
     revoke,
 )
 from retouch_pipeline.settings import SettingsError
+
+if TYPE_CHECKING:
+    from retouch_pipeline.sandbox.realism import Realism
 
 
 @dataclass
@@ -118,6 +121,55 @@ def clear_errors() -> Iterator[None]:
     except (AutoRetouchError, SettingsError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
+
+
+REALISM_OPTIONS = [
+    click.option(
+        "--realism",
+        type=click.Choice(["lenient", "strict"]),
+        default="strict",
+        show_default=True,
+        help="strict: every switch below at its most adversarial plausible value (docs/api-assumptions.md).",
+    ),
+    click.option("--organizations", type=click.IntRange(1), default=None, help="Organizations (strict: 2)."),
+    click.option(
+        "--separate-auth-port/--shared-auth-port", default=None, help="OAuth on its own port (strict: on)."
+    ),
+    click.option(
+        "--list-order",
+        type=click.Choice(["newest", "oldest", "unordered"]),
+        default=None,
+        help="Executions list order (strict: oldest).",
+    ),
+    click.option(
+        "--list-lag", type=click.FloatRange(0), default=None, help="Seconds before a new execution is listed."
+    ),
+    click.option(
+        "--retry-recharges/--no-retry-recharges", default=None, help="E8 on COMPLETED re-runs and re-charges."
+    ),
+    click.option(
+        "--strict-oauth/--lenient-oauth", default=None, help="Only the public client id; audience required."
+    ),
+    click.option(
+        "--strict-file-names/--any-file-name", default=None, help="I4/E7 need the file name the API gave."
+    ),
+]
+
+
+def with_realism(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the sandbox realism options, handed to it as one `realism` argument (a `Realism`)."""
+
+    @functools.wraps(func)
+    def command(*, realism: str, **kwargs: Any) -> None:
+        from retouch_pipeline.sandbox.realism import Realism
+
+        names = [f.replace("-", "_") for f in Realism.__dataclass_fields__]
+        switches = {name: kwargs.pop(name) for name in names}
+        func(realism=Realism.named(realism, **switches), **kwargs)
+
+    for option in reversed(REALISM_OPTIONS):
+        command = option(command)
+    return command
 
 
 def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
@@ -242,6 +294,7 @@ def balance(conn: Connection, as_json: bool) -> None:
 @click.option("--lose-create-rate", default=0.0, type=float, help="Fraction of creates whose answer is lost.")
 @click.option("--failure-rate", default=0.0, type=float, help="Fraction of executions that end FAILED.")
 @click.option("--seed", default=0, type=int, help="Seed for the fault dice.")
+@with_realism
 def sandbox(
     host: str,
     port: int,
@@ -259,6 +312,7 @@ def sandbox(
     lose_create_rate: float,
     failure_rate: float,
     seed: int,
+    realism: Realism,
 ) -> None:
     """Run a local AutoRetouch. The first stdout line is JSON with URLs, ids and a refresh token."""
     from retouch_pipeline.sandbox import FaultConfig, SandboxConfig, run_foreground
@@ -283,6 +337,7 @@ def sandbox(
         qa_seconds=qa_seconds,
         seed=seed,
         faults=faults,
+        realism=realism,
     )
     run_foreground(config)
 
@@ -294,6 +349,7 @@ def sandbox(
 @click.option("--sandbox-port", type=int, default=None, help="Default RETOUCH_DEV_SANDBOX_PORT or 8765.")
 @click.option("--s3-port", type=int, default=None, help="Default RETOUCH_DEV_S3_PORT or 9000.")
 @click.option("--dagster-port", type=int, default=None, help="Default RETOUCH_DEV_DAGSTER_PORT or 3000.")
+@with_realism
 def dev(
     dagster: bool,
     seed: bool,
@@ -301,6 +357,7 @@ def dev(
     sandbox_port: int | None,
     s3_port: int | None,
     dagster_port: int | None,
+    realism: Realism,
 ) -> None:
     """Run the embedded stack: sandbox AutoRetouch, local S3 with a sample catalog, Dagster. Ctrl-C stops it.
 
@@ -319,7 +376,12 @@ def dev(
     )
     try:
         status = run_dev(
-            settings, dagster=dagster, seed=seed, keep_state=keep_state, echo=lambda m: click.echo(m)
+            settings,
+            dagster=dagster,
+            seed=seed,
+            keep_state=keep_state,
+            echo=lambda m: click.echo(m),
+            realism=realism,
         )
     except (RuntimeError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
@@ -349,12 +411,13 @@ def backfill(collection: str, dry_run: bool) -> None:
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write figures here."
 )
-def chaos(images: int, profile: str, json_path: Path | None) -> None:
+@with_realism
+def chaos(images: int, profile: str, json_path: Path | None, realism: Realism) -> None:
     """Run the real pipeline under fault profiles and check its invariants (docs/reliability.md)."""
     from retouch_pipeline.chaos.cli import run_cli
 
     try:
-        sys.exit(run_cli(images, profile, json_path, echo=click.echo))
+        sys.exit(run_cli(images, profile, json_path, echo=click.echo, realism=realism))
     except ValueError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)

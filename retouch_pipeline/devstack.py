@@ -30,9 +30,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retouch_pipeline.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
+
+if TYPE_CHECKING:
+    from retouch_pipeline.sandbox.realism import Realism
 
 # The environment variables the Dagster definitions (`retouch_pipeline/definitions.py`) read. Kept in one
 # place so that aligning with the definitions is a one-line change.
@@ -321,6 +324,7 @@ def run_dev(
     keep_state: bool = False,
     echo: Callable[[str], None] = print,
     stop: threading.Event | None = None,
+    realism: Realism | None = None,
 ) -> int:
     """Start the stack, serve until a stop signal (or `stop` is set), stop everything; the exit status."""
     from retouch_pipeline.sandbox import SandboxConfig, SandboxServer
@@ -339,6 +343,8 @@ def run_dev(
             balance=settings.balance,
             auto_approve=True,
         )
+        if realism is not None:  # else SandboxConfig's default: strict
+            sandbox_config.realism = realism
         stack.callback(echo, "Sandbox AutoRetouch stopped.")  # callbacks run last-in first-out
         sandbox = stack.enter_context(SandboxServer(sandbox_config))
         s3_server = start_s3(settings.host, settings.s3_port)
