@@ -72,6 +72,8 @@ class SandboxConfig:
     host: str = "127.0.0.1"
     port: int = 0
     """0 picks a free port; read the real one from `SandboxServer.api_url`."""
+    auth_port: int = 0
+    """The OAuth port with `realism.separate_auth_port` (0 picks a free one; see `SandboxServer.auth_url`)."""
     processing_seconds: float = 2.0
     """Wall time one worker spends on one execution (N images take N*T/W)."""
     workers: int = 4

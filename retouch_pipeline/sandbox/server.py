@@ -88,7 +88,7 @@ class SandboxServer:
     def _prepare(self) -> uvicorn.Server:
         self._socket = _bind(self.config)
         if self.config.realism.separate_auth_port:
-            self._auth_socket = _bind(dataclasses.replace(self.config, port=0))
+            self._auth_socket = _bind(dataclasses.replace(self.config, port=self.config.auth_port))
             self.state.auth_port = self._auth_socket.getsockname()[1]
         self.state.start(self.base_url, self.auth_url)
         self._refresh_token = self.state.auth.mint_refresh_token()
