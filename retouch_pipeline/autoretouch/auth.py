@@ -63,7 +63,8 @@ def _oauth_request(
         return transport.retrying(send, idempotent=True, retry_rate_limits=retry_rate_limits)
     except APIStatusError as exc:
         body = exc.body
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
+        # OAuth errors are 4xx; a 5xx is the server failing (its body may carry a Spring `error` phrase).
+        if exc.status_code < 500 and isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")
             cls = oauth_error_for(body["error"])
             extra: dict[str, Any] = {"source": token_source} if cls is InvalidGrantError else {}

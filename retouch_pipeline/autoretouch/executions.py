@@ -365,7 +365,17 @@ class ExecutionsMixin(ClientBase):
     # -- actions ---------------------------------------------------------------------------------------
 
     def retry_execution(self, execution_id: str) -> None:
-        """E8: rerun a FAILED or PAYMENT_REQUIRED execution. A lost response is settled via E4, not resent."""
+        """E8: rerun a FAILED or PAYMENT_REQUIRED execution. A lost response is settled via E4, not resent.
+
+        Any other status raises `ValueError` without calling E8: whether E8 re-runs (and re-charges) a
+        COMPLETED execution is not documented, so it is never asked to.
+        """
+        status = self.get_execution(execution_id).status
+        if status not in (ExecutionStatus.FAILED, ExecutionStatus.PAYMENT_REQUIRED):
+            raise ValueError(
+                f"execution {execution_id} is {status.value}: only FAILED or PAYMENT_REQUIRED executions are"
+                " retried (a retry of any other might run and be charged again)"
+            )
         path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/retry"
         for attempt in range(self.transport.retry.max_retries + 1):
             try:
