@@ -15,7 +15,7 @@ from retouch_pipeline_tests.pipeline.conftest import Stack, check_results
 def _wait_completed(stack: Stack, count: int) -> list[str]:
     deadline = time.monotonic() + 15
     while True:
-        done = [e.id for e in stack.client().iter_executions() if e.status.value == "COMPLETED"]
+        done = [e.id for e in stack.executions() if e.status.value == "COMPLETED"]
         if len(done) >= count:
             return done
         assert time.monotonic() < deadline, "sandbox did not complete the executions"
