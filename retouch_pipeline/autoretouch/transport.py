@@ -169,6 +169,19 @@ def _server_message(response: requests.Response) -> tuple[str | None, Any]:
     return None, body
 
 
+def _status_error(response: requests.Response, method: str, url: str, service: str) -> APIStatusError:
+    """The `APIStatusError` subclass for a non-2xx response (which is closed here)."""
+    try:
+        message, body = _server_message(response)
+    finally:
+        response.close()
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    cls = status_error_for(response.status_code)
+    return cls(
+        response.status_code, method, url, message, body=body, retry_after=retry_after, service=service
+    )
+
+
 class Transport:
     """Sends requests; `request()` = one `send()` wrapped in `retrying()`."""
 
@@ -245,21 +258,7 @@ class Transport:
         )
         if response.status_code < 300:
             return response
-        try:
-            message, body = _server_message(response)
-        finally:
-            response.close()
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        cls = status_error_for(response.status_code)
-        raise cls(
-            response.status_code,
-            method,
-            full_url,
-            message,
-            body=body,
-            retry_after=retry_after,
-            service=service,
-        )
+        raise _status_error(response, method, full_url, service)
 
     def should_retry(
         self, exc: AutoRetouchError, *, idempotent: bool, retry_rate_limits: bool = True
