@@ -191,7 +191,7 @@ def service_timeline(stack: Stack, since_wall: float, step_start: float | None) 
     """
     client = AutoRetouchClient(
         stack.sandbox.url,
-        stack.sandbox.url,
+        stack.sandbox.info["auth_url"],
         refresh_token=stack.sandbox.info["refresh_token"],
         organization_id=stack.sandbox.info["organization_id"],
     )
@@ -224,7 +224,7 @@ def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
     try:
         cfg = {
             "api_url": stack.sandbox.url,
-            "auth_url": stack.sandbox.url,
+            "auth_url": stack.sandbox.info["auth_url"],
             "refresh_token": stack.sandbox.info["refresh_token"],
             "organization_id": stack.sandbox.info["organization_id"],
             "workflow_id": stack.sandbox.workflow["id"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -52,11 +53,22 @@ class Connection:
 
     def client(self) -> AutoRetouchClient:
         """A client from the stored login; options and environment win over what `login` saved."""
+        saved = self.store.load_file()
+
+        def origin(given: str | None, option: str, saved_value: str | None) -> str:
+            if given:
+                return f"--{option} or $AUTORETOUCH_{option.upper().replace('-', '_')}"
+            return str(self.store.path) if saved_value else "the production default"
+
         return AutoRetouchClient.from_credentials(
             self.store,
             api_url=self.resolved_api_url(),
             auth_url=self.resolved_auth_url(),
             organization_id=self.organization_id,
+            sources={
+                "api_url": origin(self.api_url, "api-url", saved.api_url if saved else None),
+                "auth_url": origin(self.auth_url, "auth-url", saved.auth_url if saved else None),
+            },
         )
 
 
@@ -124,8 +136,15 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
 
 @click.group()
 @click.version_option(package_name="retouch-pipeline")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log each retry and wait on stderr (never a token).")
+def main(verbose: bool) -> None:
     """Run an e-commerce image catalog through AutoRetouch, with every credit accounted for."""
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        client_log = logging.getLogger("retouch_pipeline.autoretouch")
+        client_log.addHandler(handler)
+        client_log.setLevel(logging.INFO)
 
 
 @main.command()

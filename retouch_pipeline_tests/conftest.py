@@ -17,6 +17,7 @@ import requests
 from PIL import Image, ImageDraw
 
 from retouch_devtools.sandbox import FaultConfig, SandboxConfig, SandboxServer
+from retouch_devtools.sandbox.realism import Realism
 from retouch_devtools.stack.s3 import DUMMY_AWS, running_moto
 
 # The definitions need a catalog bucket to load (no default: a production setting); test modules import them.
@@ -87,6 +88,8 @@ class Api:
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {**self.headers, **kwargs.pop("headers", {})}
         kwargs.setdefault("timeout", 30)
+        if "organization=" not in path:  # like every careful client (the token's selected one may differ)
+            kwargs.setdefault("params", {"organization": self.server.organization_id})
         return self.session.request(method, self.base + path, headers=headers, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -154,8 +157,10 @@ def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
 
 
 @pytest.fixture
-def sandbox(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
-    return sandbox_factory()
+def sandbox(sandbox_factory: Callable[..., SandboxServer], request: pytest.FixtureRequest) -> SandboxServer:
+    """Strict realism (the default) unless the test is marked `@pytest.mark.realism("lenient")`."""
+    marker = request.node.get_closest_marker("realism")
+    return sandbox_factory(**({"realism": Realism.named(marker.args[0])} if marker else {}))
 
 
 @pytest.fixture

@@ -204,18 +204,19 @@ def test_revoked_refresh_token_raises_invalid_grant_without_looping(sandbox: San
             with pytest.raises(InvalidGrantError) as info:
                 client.get_balance()
         assert calls(sandbox, "A3") == before + 1  # remembered: no hammering of the auth server
-        assert (
-            str(info.value)
-            == "the refresh token was revoked or is invalid: run `retouch-pipeline login` again"
+        assert str(info.value) == (
+            "the refresh token was revoked or is invalid: run `retouch-pipeline login` again"
+            f" (OAuth server {sandbox.auth_url}/oauth/token)"
         )
         assert token not in str(info.value) + repr(info.value)
 
 
 def test_token_manager_can_be_shared_between_clients(sandbox: SandboxServer) -> None:
     manager = TokenManager(sandbox.refresh_token, auth_url=sandbox.auth_url)
+    org = sandbox.organization_id
     with (
-        AutoRetouchClient(sandbox.api_url, sandbox.auth_url, token_manager=manager) as a,
-        AutoRetouchClient(sandbox.api_url, sandbox.auth_url, token_manager=manager) as b,
+        AutoRetouchClient(sandbox.api_url, sandbox.auth_url, token_manager=manager, organization_id=org) as a,
+        AutoRetouchClient(sandbox.api_url, sandbox.auth_url, token_manager=manager, organization_id=org) as b,
     ):
         assert a.get_balance() == b.get_balance()
     assert calls(sandbox, "A3") == 1 and manager.refresh_count == 1

@@ -7,11 +7,14 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+
+from retouch_pipeline.autoretouch import DEFAULT_CLIENT_ID
 
 CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
 
@@ -29,6 +32,7 @@ def cli_env(tmp_path: Path, sandbox: Any) -> dict[str, str]:
         HOME=str(tmp_path / "home"),
         AUTORETOUCH_API_URL=sandbox.api_url,
         AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+        AUTORETOUCH_ORGANIZATION_ID=sandbox.organization_id,  # the account has several (strict sandbox)
     )
     return env
 
@@ -44,6 +48,7 @@ def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, t
         HOME=str(tmp_path / "home"),
         AUTORETOUCH_API_URL=sandbox.api_url,
         AUTORETOUCH_AUTH_URL=sandbox.auth_url,
+        AUTORETOUCH_ORGANIZATION_ID=sandbox.organization_id,  # saved by login: the account has several
     )
     result = run_cli(["login", "--no-browser"], env)
     assert result.returncode == 0, result.stderr
@@ -81,7 +86,7 @@ def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, t
     assert not path.exists()
     refreshed = requests.post(
         f"{sandbox.auth_url}/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "x"},
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": DEFAULT_CLIENT_ID},
         timeout=10,
     )
     assert refreshed.status_code == 403
@@ -107,6 +112,8 @@ def test_revoked_token_fails_with_one_clear_line(cli_env: dict[str, str], sandbo
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert "login" in lines[0]
     assert "not-a-valid-token" not in result.stderr
+    # The token came from the variable, which overrides the file: logging in again alone would not help.
+    assert "from $AUTORETOUCH_REFRESH_TOKEN" in lines[0] and "unset it" in lines[0]
 
 
 def test_unreachable_api_fails_clearly(cli_env: dict[str, str], sandbox: Any) -> None:
@@ -152,3 +159,27 @@ def test_development_commands_come_from_the_devtools_entry_points() -> None:
     unknown = run_cli(["chaos", "--profile", "no-such-profile"], dict(os.environ))
     assert unknown.returncode == 2
     assert "unknown profile 'no-such-profile'" in unknown.stderr and "api-5xx" in unknown.stderr
+
+
+def test_verbose_logs_each_retry_and_an_unreachable_auth_server_fails_within_20_s(
+    cli_env: dict[str, str], sandbox: Any
+) -> None:
+    cli_env["AUTORETOUCH_REFRESH_TOKEN"] = sandbox.refresh_token
+    started = time.monotonic()
+    result = run_cli(["-v", "balance", "--auth-url", "http://127.0.0.1:9"], cli_env, timeout=60)
+    assert result.returncode == 1 and time.monotonic() - started < 20
+    lines = result.stderr.strip().splitlines()
+    assert sum("retry" in line for line in lines) >= 3  # each retry logged
+    assert lines[-1].startswith("error: OAuth server POST http://127.0.0.1:9/oauth/token: could not connect")
+    assert "--auth-url or $AUTORETOUCH_AUTH_URL" in lines[-1]
+    assert sandbox.refresh_token not in result.stderr
+
+
+def test_an_account_with_several_organizations_must_choose_one(cli_env: dict[str, str], sandbox: Any) -> None:
+    cli_env["AUTORETOUCH_REFRESH_TOKEN"] = sandbox.refresh_token
+    del cli_env["AUTORETOUCH_ORGANIZATION_ID"]
+    result = run_cli(["balance"], cli_env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "AUTORETOUCH_ORGANIZATION_ID" in lines[0]
+    assert all(org in lines[0] for org in sandbox.state.config.realism.member_organizations())

@@ -9,6 +9,7 @@ import os
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ def test_health_organizations_balance_workflows(sandbox: SandboxServer, client: 
     assert AutoRetouchClient("http://127.0.0.1:9", retry=RetryConfig(max_retries=0)).health() is False
 
 
+@pytest.mark.realism("lenient")  # listed at once: this is about pages
 def test_iterators_walk_every_page(sandbox: SandboxServer, make_image: Callable[..., bytes]) -> None:
     with make_client(sandbox, page_size=2) as client:
         assert len(list(client.iter_workflows())) == 3  # pages of 2 + 1
@@ -140,13 +142,13 @@ def test_upload_from_urls_and_download_image(
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/a.jpg"
-        hashes = client.upload_from_urls({"a.jpg": url})
+        hashes = client.upload_from_urls({"a b.jpg": url})  # strict: I4 needs the name the API was given
     finally:
         httpd.shutdown()
-    assert hashes == {"a.jpg": hashlib.sha256(data).hexdigest()}
-    result = client.download_image(hashes["a.jpg"], "a b.jpg", tmp_path / "out" / "a.jpg")
+    assert hashes == {"a b.jpg": hashlib.sha256(data).hexdigest()}
+    result = client.download_image(hashes["a b.jpg"], "a b.jpg", tmp_path / "out" / "a.jpg")
     assert result.path == tmp_path / "out" / "a.jpg" and result.path.read_bytes() == data
-    assert result.size == len(data) and result.content_hash == hashes["a.jpg"]
+    assert result.size == len(data) and result.content_hash == hashes["a b.jpg"]
     with pytest.raises(NotFoundError):
         client.download_image("f" * 64, "x.jpg", tmp_path / "missing.jpg")
     assert not (tmp_path / "missing.jpg").exists()
@@ -179,7 +181,8 @@ def test_execution_lifecycle_create_wait_download(
     assert blocking.path is None and Image.open(tmp_path / "r1.png").mode == "RGBA"
 
     assert client.get_execution(execution_id) == done
-    found = client.find_execution_by_idempotency_key(wf, "k-1")
+    # Strict sandbox: listed only after 10 s, oldest first; `since` makes the lookup wait for the lag.
+    found = client.find_execution_by_idempotency_key(wf, "k-1", since=datetime.now(UTC))
     assert found is not None and found.id == execution_id
     assert client.find_execution_by_idempotency_key(wf, "nope") is None
 

@@ -8,10 +8,64 @@ only when it runs, so the product's other commands do not pay for it.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from retouch_devtools.sandbox.realism import Realism
+
+REALISM_OPTIONS = [
+    click.option(
+        "--realism",
+        type=click.Choice(["lenient", "strict"]),
+        default="strict",
+        show_default=True,
+        help="strict: every switch below at its most adversarial plausible value (docs/api-assumptions.md).",
+    ),
+    click.option("--organizations", type=click.IntRange(1), default=None, help="Organizations (strict: 2)."),
+    click.option(
+        "--separate-auth-port/--shared-auth-port", default=None, help="OAuth on its own port (strict: on)."
+    ),
+    click.option(
+        "--list-order",
+        type=click.Choice(["newest", "oldest", "unordered"]),
+        default=None,
+        help="Executions list order (strict: oldest).",
+    ),
+    click.option(
+        "--list-lag", type=click.FloatRange(0), default=None, help="Seconds before a new execution is listed."
+    ),
+    click.option(
+        "--retry-recharges/--no-retry-recharges", default=None, help="E8 on COMPLETED re-runs and re-charges."
+    ),
+    click.option(
+        "--strict-oauth/--lenient-oauth", default=None, help="Only the public client id; audience required."
+    ),
+    click.option(
+        "--strict-file-names/--any-file-name", default=None, help="I4/E7 need the file name the API gave."
+    ),
+]
+
+
+def with_realism(func: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the sandbox realism options, handed to it as one `realism` argument (a `Realism`)."""
+
+    @functools.wraps(func)
+    def command(*, realism: str, **kwargs: Any) -> None:
+        from retouch_devtools.sandbox.realism import Realism
+
+        names = [f.replace("-", "_") for f in Realism.__dataclass_fields__]
+        switches = {name: kwargs.pop(name) for name in names}
+        func(realism=Realism.named(realism, **switches), **kwargs)
+
+    for option in reversed(REALISM_OPTIONS):
+        command = option(command)
+    return command
 
 
 @click.command()
@@ -31,6 +85,7 @@ import click
 @click.option("--lose-create-rate", default=0.0, type=float, help="Fraction of creates whose answer is lost.")
 @click.option("--failure-rate", default=0.0, type=float, help="Fraction of executions that end FAILED.")
 @click.option("--seed", default=0, type=int, help="Seed for the fault dice.")
+@with_realism
 def sandbox(
     host: str,
     port: int,
@@ -48,6 +103,7 @@ def sandbox(
     lose_create_rate: float,
     failure_rate: float,
     seed: int,
+    realism: Realism,
 ) -> None:
     """Run a local AutoRetouch. The first stdout line is JSON with URLs, ids and a refresh token."""
     from retouch_devtools.sandbox import FaultConfig, SandboxConfig, run_foreground
@@ -72,6 +128,7 @@ def sandbox(
         qa_seconds=qa_seconds,
         seed=seed,
         faults=faults,
+        realism=realism,
     )
     run_foreground(config)
 
@@ -83,6 +140,7 @@ def sandbox(
 @click.option("--sandbox-port", type=int, default=None, help="Default RETOUCH_DEV_SANDBOX_PORT or 8765.")
 @click.option("--s3-port", type=int, default=None, help="Default RETOUCH_DEV_S3_PORT or 9000.")
 @click.option("--dagster-port", type=int, default=None, help="Default RETOUCH_DEV_DAGSTER_PORT or 3000.")
+@with_realism
 def dev(
     dagster: bool,
     seed: bool,
@@ -90,6 +148,7 @@ def dev(
     sandbox_port: int | None,
     s3_port: int | None,
     dagster_port: int | None,
+    realism: Realism,
 ) -> None:
     """Run the embedded stack: sandbox AutoRetouch, local S3 with a sample catalog, Dagster. Ctrl-C stops it.
 
@@ -108,7 +167,12 @@ def dev(
     )
     try:
         status = run_dev(
-            settings, dagster=dagster, seed=seed, keep_state=keep_state, echo=lambda m: click.echo(m)
+            settings,
+            dagster=dagster,
+            seed=seed,
+            keep_state=keep_state,
+            echo=lambda m: click.echo(m),
+            realism=realism,
         )
     except (RuntimeError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
@@ -124,12 +188,13 @@ def dev(
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write figures here."
 )
-def chaos(images: int, profile: str, json_path: Path | None) -> None:
+@with_realism
+def chaos(images: int, profile: str, json_path: Path | None, realism: Realism) -> None:
     """Run the real pipeline under fault profiles and check its invariants (docs/reliability.md)."""
     from retouch_devtools.chaos.cli import run_cli
 
     try:
-        sys.exit(run_cli(images, profile, json_path, echo=click.echo))
+        sys.exit(run_cli(images, profile, json_path, echo=click.echo, realism=realism))
     except ValueError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)

@@ -30,11 +30,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retouch_devtools.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
 from retouch_devtools.stack.env import PIPELINE_ENV, pipeline_variables
 from retouch_devtools.stack.s3 import DUMMY_AWS, REMOVED_AWS, ensure_bucket, running_moto, s3_client
+
+if TYPE_CHECKING:
+    from retouch_devtools.sandbox.realism import Realism
 
 MARKER = ".retouch-dev-home"
 DAGSTER_YAML = """\
@@ -265,6 +268,7 @@ def run_dev(
     keep_state: bool = False,
     echo: Callable[[str], None] = print,
     stop: threading.Event | None = None,
+    realism: Realism | None = None,
 ) -> int:
     """Start the stack, serve until a stop signal (or `stop` is set), stop everything; the exit status."""
     from retouch_devtools.sandbox import SandboxConfig, SandboxServer
@@ -283,6 +287,8 @@ def run_dev(
             balance=settings.balance,
             auto_approve=True,
         )
+        if realism is not None:  # else SandboxConfig's default: strict
+            sandbox_config.realism = realism
         stack.callback(echo, "Sandbox AutoRetouch stopped.")  # callbacks run last-in first-out
         sandbox = stack.enter_context(SandboxServer(sandbox_config))
         stack.enter_context(running_moto(settings.s3_port, settings.host))

@@ -1,11 +1,14 @@
-"""Plumbing shared by the client's endpoint methods: URLs, auth headers, 401 handling, pagination."""
+"""Plumbing shared by the client's endpoint methods: URLs, auth headers, 401 handling, pagination, and the
+organization every organization-scoped call names (never left to the server's "selected" one, which on a
+multi-organization account may not be the one to bill)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -14,8 +17,14 @@ from pydantic import BaseModel
 
 from .auth import TokenManager
 from .constants import DEFAULT_API_URL, DEFAULT_AUTH_URL, DEFAULT_CLIENT_ID
-from .errors import APIConnectionError, AuthenticationError, NotLoggedInError
-from .models import Page, Secret
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    NotLoggedInError,
+    OrganizationRequiredError,
+)
+from .models import Organization, Page, Secret
 from .transport import IDEMPOTENT_METHODS, RetryConfig, Transport, translate_request_exception
 
 log = logging.getLogger("retouch_pipeline.autoretouch")
@@ -48,14 +57,24 @@ class ClientBase:
         read_timeout: float = 60.0,
         pool_size: int = 32,
         page_size: int = 50,
+        create_settle_seconds: float = 30.0,
+        sources: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.auth_url = auth_url.rstrip("/")
         self.organization_id = organization_id
+        self._org_lock = threading.Lock()
         self.client_id = client_id
         self.page_size = page_size
+        #: How long after a create attempt an execution may still be missing from the list (E3) before its
+        #: absence counts as proof that the create did not happen (see `executions.py`).
+        self.create_settle_seconds = create_settle_seconds
+        #: Where `api_url`, `auth_url` and `refresh_token` came from (option, variable, file), for errors.
+        self.sources = dict(sources or {})
+        origin = self.sources.get("api_url")
+        self._api_setting = f"the API URL ({origin})" if origin else "the API URL"
         self.transport = Transport(
             retry=retry,
             connect_timeout=connect_timeout,
@@ -66,7 +85,12 @@ class ClientBase:
         )
         if token_manager is None and refresh_token is not None:
             token_manager = TokenManager(
-                refresh_token, auth_url=self.auth_url, client_id=client_id, transport=self.transport
+                refresh_token,
+                auth_url=self.auth_url,
+                client_id=client_id,
+                transport=self.transport,
+                source=self.sources.get("refresh_token"),
+                auth_url_source=self.sources.get("auth_url"),
             )
         self.tokens = token_manager
 
@@ -88,11 +112,24 @@ class ClientBase:
         return f"{self.api_url}{path if path.startswith('/') else '/' + path}"
 
     def _params(self, params: Params | None = None, organization_id: str | None = None) -> Params:
-        out = list(params or [])
-        org = organization_id or self.organization_id
-        if org:
-            out.append(("organization", org))
-        return out
+        """`params` plus `organization=` (the given id, else the client's resolved one)."""
+        return [*(params or []), ("organization", organization_id or self.resolve_organization())]
+
+    def resolve_organization(self) -> str:
+        """The organization this client bills, resolved once: the configured id, else the account's only one.
+
+        Raises `OrganizationRequiredError` (listing the account's organizations) when there are several.
+        """
+        if self.organization_id:
+            return self.organization_id
+        with self._org_lock:
+            if not self.organization_id:
+                found = list(self._paginate(Organization, "/v1/organization", scoped=False))
+                if len(found) != 1:
+                    raise OrganizationRequiredError([(o.id, o.name) for o in found], self.api_url)
+                self.organization_id = found[0].id
+                log.info("organization %s (%s): the account's only one", found[0].id, found[0].name)
+            return self.organization_id
 
     def _access_token(self) -> Secret:
         if self.tokens is None:
@@ -111,10 +148,11 @@ class ClientBase:
     ) -> requests.Response:
         """One send; on a 401, invalidate the rejected token, refresh once and resend once."""
         url = self._url(path)
+        kwargs.setdefault("setting", self._api_setting)
         if not auth:
             with body() as extra:
                 return self.transport.send(method, url, params=params, **extra, **kwargs)
-        token = self._access_token()
+        token = self._token_before_request()
         try:
             with body() as extra:
                 return self._send_with(token, method, url, params, extra, kwargs)
@@ -122,9 +160,17 @@ class ClientBase:
             assert self.tokens is not None
             log.info("access token rejected (401): refreshing once")
             self.tokens.invalidate(token)
-            token = self._access_token()
+            token = self._token_before_request()
             with body() as extra:
                 return self._send_with(token, method, url, params, extra, kwargs)
+
+    def _token_before_request(self) -> Secret:
+        """`_access_token()`, marking its failures as happening before the API request was sent."""
+        try:
+            return self._access_token()
+        except (APIStatusError, APIConnectionError) as exc:
+            exc.before_request = True
+            raise
 
     def _send_with(
         self,
@@ -156,22 +202,28 @@ class ClientBase:
             lambda: self._attempt(method, path, params=params, **dict(kwargs)), idempotent=idempotent
         )
 
-    def _get_json(self, path: str, params: Params | None = None) -> Any:
-        response = self._request("GET", path, params=self._params(params))
+    def _get_json(self, path: str, params: Params | None = None, *, scoped: bool = True) -> Any:
+        """GET and parse JSON; `scoped` adds `organization=` (everything but the organization routes)."""
+        response = self._request("GET", path, params=self._params(params) if scoped else list(params or []))
         try:
             return response.json()
         except ValueError as exc:
             raise APIConnectionError(f"GET {path}", "the response was not valid JSON") from exc
 
-    def _get_model(self, model: type[M], path: str, params: Params | None = None) -> M:
-        return model.model_validate(self._get_json(path, params))
+    def _get_model(
+        self, model: type[M], path: str, params: Params | None = None, *, scoped: bool = True
+    ) -> M:
+        return model.model_validate(self._get_json(path, params, scoped=scoped))
 
-    def _paginate(self, model: type[M], path: str, params: Params | None = None) -> Iterator[M]:
+    def _paginate(
+        self, model: type[M], path: str, params: Params | None = None, *, scoped: bool = True
+    ) -> Iterator[M]:
         """Every entry of every page: offsets advance by what arrived; stop at `total` or an empty page."""
         offset = 0
         while True:
             page_params = [*(params or []), ("limit", str(self.page_size)), ("offset", str(offset))]
-            page = Page[model].model_validate(self._get_json(path, page_params))  # type: ignore[valid-type]
+            data = self._get_json(path, page_params, scoped=scoped)
+            page = Page[model].model_validate(data)  # type: ignore[valid-type]
             if not page.entries:
                 return
             yield from page.entries

@@ -38,24 +38,44 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def _oauth_request(
-    transport: Transport, url: str, *, data: Any = None, json: Any = None, retry_rate_limits: bool = True
+    transport: Transport,
+    url: str,
+    *,
+    data: Any = None,
+    json: Any = None,
+    retry_rate_limits: bool = True,
+    retrying: bool = True,
+    setting: str = "the auth URL",
+    token_source: str | None = None,
 ) -> requests.Response:
-    """POST to the auth server; `{"error": ...}` bodies become `OAuthError` subclasses whatever the status."""
+    """POST to the auth server; `{"error": ...}` bodies become `OAuthError` subclasses whatever the status.
+
+    `retrying=False` sends once: the caller's own retry loop (the API call needing a token) retries, so
+    that an auth-server outage costs one token call per API attempt, not a nested loop of them.
+    """
+
+    def send() -> requests.Response:
+        return transport.send("POST", url, data=data, json=json, service="OAuth server", setting=setting)
+
     try:
-        return transport.request(
-            "POST", url, data=data, json=json, idempotent=True, retry_rate_limits=retry_rate_limits
-        )
+        if not retrying:
+            return send()
+        return transport.retrying(send, idempotent=True, retry_rate_limits=retry_rate_limits)
     except APIStatusError as exc:
         body = exc.body
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
+        # OAuth errors are 4xx; a 5xx is the server failing (its body may carry a Spring `error` phrase).
+        if exc.status_code < 500 and isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")
             cls = oauth_error_for(body["error"])
+            extra: dict[str, Any] = {"source": token_source} if cls is InvalidGrantError else {}
             # `from None`: the generic 403 status error's hint ("not a member of that organization") is wrong
             # for the auth server, and readers of the chain (Dagster's error view, the chaos harness) show it.
             raise cls(
                 body["error"],
                 description if isinstance(description, str) else None,
                 status_code=exc.status_code,
+                url=url,
+                **extra,
             ) from None
         raise
 
@@ -157,8 +177,13 @@ class TokenManager:
         access_token: str | Secret | None = None,
         expires_in: float | None = None,
         on_refresh_token_rotated: Callable[[Secret], None] | None = None,
+        source: str | None = None,
+        auth_url_source: str | None = None,
     ) -> None:
         self._refresh_token = Secret(refresh_token)
+        #: Where the refresh token came from (`$AUTORETOUCH_REFRESH_TOKEN`, a file path), for messages.
+        self.source = source
+        self.auth_setting = f"the auth URL ({auth_url_source})" if auth_url_source else "the auth URL"
         self.auth_url = auth_url.rstrip("/")
         self.client_id = client_id
         self.transport = transport or Transport()
@@ -225,7 +250,15 @@ class TokenManager:
         }
         self.refresh_count += 1
         try:
-            response = _oauth_request(self.transport, f"{self.auth_url}/oauth/token", data=form)
+            # Sent once: the API call that needs the token retries it within its own deadline.
+            response = _oauth_request(
+                self.transport,
+                f"{self.auth_url}/oauth/token",
+                data=form,
+                retrying=False,
+                setting=self.auth_setting,
+                token_source=self.source,
+            )
         except InvalidGrantError as exc:
             self._fatal = exc
             self._access = None

@@ -34,8 +34,10 @@ log = logging.getLogger("retouch_pipeline.autoretouch")
 class AutoRetouchClient(ExecutionsMixin):
     """Typed AutoRetouch API client.
 
-    Pass a `refresh_token` (or a shared `token_manager`); `organization_id`, when set, is sent as
-    `organization=` on every call. Retries follow `retry` (see `transport.py`); timeouts are per request.
+    Pass a `refresh_token` (or a shared `token_manager`). Every organization-scoped call sends
+    `organization=`: `organization_id` when set, else the account's only organization (looked up once);
+    an account with several and none configured raises `OrganizationRequiredError`. Retries follow
+    `retry` (see `transport.py`); timeouts are per request.
     """
 
     @classmethod
@@ -54,12 +56,23 @@ class AutoRetouchClient(ExecutionsMixin):
         """
         creds = (store or CredentialStore()).require()
         client_id = kwargs.pop("client_id", None) or creds.client_id or DEFAULT_CLIENT_ID
+        given = dict(kwargs.pop("sources", None) or {})
+
+        def source(name: str, explicit: str | None, saved: str | None) -> str:
+            return given.get(name) or ("the caller" if explicit else creds.source if saved else "the default")
+
+        sources = {
+            "api_url": source("api_url", api_url, creds.api_url),
+            "auth_url": source("auth_url", auth_url, creds.auth_url),
+            "refresh_token": creds.source,
+        }
         return cls(
             api_url or creds.api_url or DEFAULT_API_URL,
             auth_url or creds.auth_url or DEFAULT_AUTH_URL,
             refresh_token=creds.refresh_token,
             organization_id=organization_id or creds.organization_id,
             client_id=client_id,
+            sources=sources,
             **kwargs,
         )
 
@@ -75,11 +88,12 @@ class AutoRetouchClient(ExecutionsMixin):
 
     def iter_organizations(self) -> Iterator[Organization]:
         """O1: every organization of this account, across all pages."""
-        return self._paginate(Organization, "/v1/organization")
+        return self._paginate(Organization, "/v1/organization", scoped=False)
 
     def get_organization(self, organization_id: str) -> Organization:
         """O2."""
-        return self._get_model(Organization, f"/v1/organization/{quote(organization_id, safe='')}")
+        path = f"/v1/organization/{quote(organization_id, safe='')}"
+        return self._get_model(Organization, path, scoped=False)
 
     def get_balance(self, organization_id: str | None = None) -> int:
         """O3: credits (euro cents excl. VAT) of the organization."""

@@ -12,6 +12,7 @@ stored on the exception at all.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -25,6 +26,7 @@ __all__ = [
     "AuthorizationPendingError",
     "AutoRetouchError",
     "BadRequestError",
+    "CreateUnconfirmedError",
     "ExpiredTokenError",
     "IntegrityError",
     "InvalidGrantError",
@@ -32,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "NotLoggedInError",
     "OAuthError",
+    "OrganizationRequiredError",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
@@ -71,10 +74,21 @@ class APIConnectionError(AutoRetouchError):
     refused, DNS failure, connect timeout); non-idempotent calls rely on it to decide if a resend is safe.
     """
 
-    def __init__(self, request: str, detail: str, *, may_have_reached_server: bool = True) -> None:
+    def __init__(
+        self,
+        request: str,
+        detail: str,
+        *,
+        may_have_reached_server: bool = True,
+        service: str = "API",
+        setting: str = "the API URL",
+    ) -> None:
         self.request = request
         self.may_have_reached_server = may_have_reached_server
-        super().__init__(f"{request}: {detail}; check the network and the API URL, then try again")
+        self.service = service
+        #: True when the failure happened while getting an access token, before the API request was sent.
+        self.before_request = False
+        super().__init__(f"{service} {request}: {detail}; check the network and {setting}, then try again")
 
 
 class APITimeoutError(APIConnectionError):
@@ -99,16 +113,21 @@ class APIStatusError(AutoRetouchError):
         *,
         body: Any = None,
         retry_after: float | None = None,
+        service: str = "API",
     ) -> None:
         self.status_code = status_code
         self.method = method.upper()
         self.request = describe_request(method, url)
-        self.path = urlsplit(url).path
+        parts = urlsplit(url)
+        self.path = parts.path
+        self.service = service
+        self.before_request = False
         self.server_message = server_message or None
         self.body = body
         self.retry_after = retry_after
         said = f": {server_message}" if server_message else ""
-        super().__init__(f"{self.request} returned HTTP {status_code}{said} ({self.hint})")
+        where = f"{service} {parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}: " if parts.netloc else ""
+        super().__init__(f"{where}{self.request} returned HTTP {status_code}{said} ({self.hint})")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, request={self.request!r})"
@@ -119,7 +138,10 @@ class BadRequestError(APIStatusError):
 
 
 class AuthenticationError(APIStatusError):
-    hint = "the access token is missing or invalid: run `retouch-pipeline login` again"
+    hint = (
+        "the API rejected the access token even after a refresh: check that the API URL and the auth URL"
+        " belong to the same service"
+    )
 
 
 class PermissionDeniedError(APIStatusError):
@@ -164,12 +186,21 @@ class OAuthError(AutoRetouchError):
 
     hint = "run `retouch-pipeline login` again"
 
-    def __init__(self, error: str, description: str | None = None, *, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str | None = None,
+        *,
+        status_code: int | None = None,
+        url: str | None = None,
+    ) -> None:
         self.error = error
         self.description = description or None
         self.status_code = status_code
+        self.url = url
         said = f" ({description})" if description else ""
-        super().__init__(f"auth server error `{error}`{said}: {self.hint}")
+        at = f" at {describe_request('POST', url, with_host=True)[5:]}" if url else ""
+        super().__init__(f"OAuth server error `{error}`{said}{at}: {self.hint}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(error={self.error!r}, status_code={self.status_code})"
@@ -194,10 +225,31 @@ class AccessDeniedError(OAuthError):
 class InvalidGrantError(OAuthError):
     hint = "the refresh token was revoked or is invalid: run `retouch-pipeline login` again"
 
-    def __init__(self, error: str = "invalid_grant", description: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        error: str = "invalid_grant",
+        description: str | None = None,
+        *,
+        source: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(error, description, **kw)
+        self.source = source
         # The exact sentence callers (and the CLI) show; the server's description stays on `.description`.
-        self.args = ("the refresh token was revoked or is invalid: run `retouch-pipeline login` again",)
+        if source and source.startswith("$"):
+            # A variable overrides the credentials file: logging in again would not change what is used.
+            sentence = (
+                f"the refresh token from {source} was revoked or is invalid: set a valid one in {source}"
+                " (it overrides the credentials file), or unset it and run `retouch-pipeline login`"
+            )
+        else:
+            origin = f" from {source}" if source else ""
+            sentence = (
+                f"the refresh token{origin} was revoked or is invalid: run `retouch-pipeline login` again"
+            )
+        if self.url:
+            sentence += f" (OAuth server {describe_request('POST', self.url, with_host=True)[5:]})"
+        self.args = (sentence,)
 
 
 _OAUTH_CLASSES: dict[str, type[OAuthError]] = {
@@ -239,4 +291,51 @@ class AmbiguousCreateError(AutoRetouchError):
             f"creating an execution of workflow {workflow_id} (idempotency key {idempotency_key})"
             f" may or may not have succeeded, and the lookup to find out failed ({type(cause).__name__}):"
             " not resending, to avoid paying twice; look it up later with find_execution_by_idempotency_key()"
+        )
+
+
+class CreateUnconfirmedError(AmbiguousCreateError):
+    """A create's fate is still unknown: the execution is neither found nor proven absent yet.
+
+    Proven absent means: not in the executions list once `settle_until` (the attempt's time plus the
+    client's `create_settle_seconds`) has passed, since the list may show a new execution late. Until then
+    nothing may create again under `idempotency_key`; the caller leaves the item waiting ("create
+    unconfirmed") and settles it later with `find_execution_by_idempotency_key(..., since=attempted_at)`.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        idempotency_key: str,
+        attempted_at: datetime,
+        settle_until: datetime,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.attempted_at = attempted_at
+        self.settle_until = settle_until
+        AutoRetouchError.__init__(
+            self,
+            f"create unconfirmed: an execution of workflow {workflow_id} (idempotency key {idempotency_key})"
+            f" may have been created at {attempted_at.isoformat(timespec='seconds')}; it is not listed yet"
+            + (f" ({type(cause).__name__} while looking)" if cause else "")
+            + f" and cannot be proven absent before {settle_until.isoformat(timespec='seconds')}: not"
+            " creating again; settle it with find_execution_by_idempotency_key()",
+        )
+        self.workflow_id = workflow_id
+        self.idempotency_key = idempotency_key
+
+
+class OrganizationRequiredError(AutoRetouchError):
+    """The account belongs to several organizations (or none) and none was configured."""
+
+    def __init__(self, organizations: list[tuple[str, str]], api_url: str) -> None:
+        self.organizations = organizations
+        if organizations:
+            listed = "; ".join(f"{oid} ({name})" for oid, name in organizations)
+            what = f"this account belongs to {len(organizations)} organizations ({listed})"
+        else:
+            what = "this account belongs to no organization"
+        super().__init__(
+            f"{what} at API {api_url}: choose one by setting AUTORETOUCH_ORGANIZATION_ID"
+            " (or --organization), so that no call is billed to the wrong one"
         )

@@ -5,15 +5,18 @@ Idempotent create
 E1/E2 are not idempotent and every execution costs credits, so a create whose response got lost must not be
 resent blindly. Every create carries the label `retouch_pipeline_idempotency_key` (the caller's key, or a
 fresh uuid4). When an attempt fails in a way where the request may have reached the server (connection broken
-after sending, read timeout, 5xx), the client waits a backoff delay, then looks the key up among the
-workflow's recent executions (E3, newest first, paging back only to a few minutes before the first attempt):
-found → that execution id is returned; not found → the create is resent with the same key; the lookup itself
-failed → `AmbiguousCreateError`, never a blind resend. 429 and never-connected errors are resent directly
-(nothing happened on the server). Crash recovery: a pipeline that persisted its key calls
-`find_execution_by_idempotency_key()` before creating at all.
+after sending, read timeout, 5xx), the client looks the key up in every page of the workflow's executions
+(E3), assuming no order, because the reference only infers "newest first". The list may also show a new
+execution late, so a miss proves absence only `create_settle_seconds` after the attempt: until then the
+lookup polls. Found → that execution id is returned; proven absent → the create is resent with the same key;
+the lookup itself failed → `CreateUnconfirmedError` (an `AmbiguousCreateError`), never a resend: the caller
+leaves the item waiting and settles it later with `find_execution_by_idempotency_key(..., since=attempt)`.
+429 and never-sent errors (no connection, no access token) are resent directly: nothing happened on the
+server. Crash recovery: a pipeline that persisted its key and the attempt's time calls
+`find_execution_by_idempotency_key(since=...)` before creating at all.
 
-Residual risk (documented, not solvable client-side without server support): a server still processing the
-lost create when the lookup runs, i.e. slower than the backoff delay, is not seen and the resend duplicates.
+Residual risk: a service whose list lags by more than `create_settle_seconds` defeats the proof of absence;
+the setting must exceed the worst lag observed (docs/api-assumptions.md).
 """
 
 from __future__ import annotations
@@ -27,29 +30,27 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import requests
 
 from ._base import BodyFactory, ClientBase, Params
 from .constants import IDEMPOTENCY_LABEL
 from .errors import (
-    AmbiguousCreateError,
     APIConnectionError,
     APITimeoutError,
     AutoRetouchError,
+    CreateUnconfirmedError,
     RateLimitError,
     ServerError,
 )
-from .models import ExecutionStatus, ImageRef, Page, WorkflowExecution
+from .models import ExecutionStatus, ImageRef, WorkflowExecution
 from .streams import DownloadResult, MultipartBody, UploadSource, write_response
 
 log = logging.getLogger("retouch_pipeline.autoretouch")
 
 CREATE_PATH = "/v1/workflow/execution/create"
 EXECUTIONS_PATH = "/v1/workflow/execution"
-#: How far before the first create attempt the idempotency lookup pages back (clock skew + queueing).
-LOOKUP_SKEW = timedelta(minutes=5)
 
 
 def multipart_factory(
@@ -67,15 +68,17 @@ def multipart_factory(
     return body
 
 
+def _may_have_created(exc: AutoRetouchError) -> bool:
+    """False when the create request certainly never reached the API (token failure, no connection)."""
+    if getattr(exc, "before_request", False):
+        return False
+    return not (isinstance(exc, APIConnectionError) and not exc.may_have_reached_server)
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def _older(created_at: datetime | None, cutoff: datetime) -> bool:
-    aware = _aware(created_at)
-    return aware is not None and aware < cutoff
 
 
 def _status_of(payload: Any) -> ExecutionStatus | None:
@@ -144,66 +147,93 @@ class ExecutionsMixin(ClientBase):
             return self._create(workflow_id, key, params, multipart_factory(src, filename, content_type))
 
     def _create(self, workflow_id: str, key: str, params: Params, body: BodyFactory) -> str:
-        since = datetime.now(UTC)
+        """Send the create; when its fate is unknown, settle it by its label before ever sending again."""
         config = self.transport.retry
-        attempt = 0
-        while True:
+        for resend in range(config.max_retries + 1):
+            attempted_at = datetime.now(UTC)
             try:
                 response = self.transport.retrying(
                     lambda: self._attempt("POST", CREATE_PATH, params=self._params(params), body=body),
                     idempotent=False,
                 )
-                execution_id = response.text.strip().strip('"')
-                log.info("created execution %s of workflow %s (key %s)", execution_id, workflow_id, key)
-                return execution_id
             except (ServerError, APIConnectionError) as exc:
-                if isinstance(exc, APIConnectionError) and not exc.may_have_reached_server:
+                if not _may_have_created(exc):
                     raise  # never sent; the transport already retried these
                 log.warning(
                     "create of workflow %s (key %s) may have reached the server: %s", workflow_id, key, exc
                 )
-                self.transport.sleep(config.backoff(attempt))
+                self.transport.sleep(config.backoff(0))  # let a create still being handled finish first
                 try:
-                    found = self.find_execution_by_idempotency_key(workflow_id, key, since=since)
+                    found = self.find_execution_by_idempotency_key(workflow_id, key, since=attempted_at)
+                except CreateUnconfirmedError:
+                    raise
                 except AutoRetouchError as lookup_exc:
-                    raise AmbiguousCreateError(workflow_id, key, lookup_exc) from exc
+                    raise self._unconfirmed(workflow_id, key, attempted_at, lookup_exc) from exc
                 if found is not None:
                     log.warning("the lost create had succeeded: execution %s (key %s)", found.id, key)
                     return found.id
-                if attempt >= config.max_retries:
+                if resend >= config.max_retries:
                     raise
-                attempt += 1
                 log.info(
-                    "no execution with key %s: resending the create (%d/%d)", key, attempt, config.max_retries
+                    "no execution with key %s %.0f s after the attempt: resending the create (%d/%d)",
+                    key,
+                    self.create_settle_seconds,
+                    resend + 1,
+                    config.max_retries,
                 )
+                continue
+            execution_id = response.text.strip().strip('"')
+            log.info("created execution %s of workflow %s (key %s)", execution_id, workflow_id, key)
+            return execution_id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unconfirmed(
+        self, workflow_id: str, key: str, since: datetime, cause: BaseException | None = None
+    ) -> CreateUnconfirmedError:
+        settle_until = since + timedelta(seconds=self.create_settle_seconds)
+        return CreateUnconfirmedError(workflow_id, key, since, settle_until, cause)
 
     def find_execution_by_idempotency_key(
-        self, workflow_id: str, key: str, since: datetime | None = None
+        self, workflow_id: str, key: str, since: datetime | None = None, *, wait: bool = True
     ) -> WorkflowExecution | None:
-        """The execution of `workflow_id` labelled with `key`, or None.
+        """The execution of `workflow_id` labelled with `key`, or None once it is proven absent.
 
-        With `since`, pages stop once a whole page is older than `since` minus a few minutes (E3 lists newest
-        first); without it every page is scanned.
+        Every page of the list is read: nothing is assumed about the list's order. `since` is when the
+        create was (or may have been) attempted. The list may show a new execution late, so a miss counts
+        as proof of absence only `create_settle_seconds` after `since`; before that, with `wait` the lookup
+        polls until then, without it `CreateUnconfirmedError` is raised. Without `since`, a miss is final.
         """
-        cutoff = None if since is None else (_aware(since) or since) - LOOKUP_SKEW
-        params: Params = [("workflow", workflow_id)]
-        offset = 0
+        clock, waited, attempt = self.transport.clock, 0.0, 0
+        started = clock()
         while True:
-            page_params = [*params, ("limit", str(self.page_size)), ("offset", str(offset))]
-            page = Page[WorkflowExecution].model_validate(self._get_json(EXECUTIONS_PATH, page_params))
-            for execution in page.entries:
-                if execution.labels.get(IDEMPOTENCY_LABEL) == key:
-                    return execution
-            offset += len(page.entries)
-            if not page.entries or offset >= page.total:
+            found = self._scan_for_key(workflow_id, key)
+            if found is not None or since is None:
+                return found
+            settled_at = (_aware(since) or since) + timedelta(seconds=self.create_settle_seconds)
+            left = (settled_at - datetime.now(UTC)).total_seconds()
+            left_s = min(left, self.create_settle_seconds - max(waited, clock() - started))
+            if left_s <= 0:
                 return None
-            if cutoff is not None and all(_older(e.created_at, cutoff) for e in page.entries):
-                return None
+            if not wait:
+                raise self._unconfirmed(workflow_id, key, _aware(since) or since)
+            poll = max(self.transport.retry.backoff(attempt), self.create_settle_seconds / 10)
+            delay = min(poll, left_s)
+            log.info("execution with key %s not listed yet: looking again in %.1f s", key, delay)
+            self.transport.sleep(delay)
+            waited, attempt = waited + delay, attempt + 1
+
+    def _scan_for_key(self, workflow_id: str, key: str) -> WorkflowExecution | None:
+        """One pass over every page of the workflow's executions (E3), in whatever order they come."""
+        params: Params = [("workflow", workflow_id)]
+        for execution in self._paginate(WorkflowExecution, EXECUTIONS_PATH, params):
+            if execution.labels.get(IDEMPOTENCY_LABEL) == key:
+                return execution
+        return None
 
     # -- read -----------------------------------------------------------------------------------------------
 
     def iter_executions(self, workflow_id: str | None = None) -> Iterator[WorkflowExecution]:
-        """E3: every execution (of one workflow), newest first, across all pages."""
+        """E3: every execution (of one workflow), across all pages, in the order the API lists them."""
         params: Params = [("workflow", workflow_id)] if workflow_id else []
         return self._paginate(WorkflowExecution, EXECUTIONS_PATH, params)
 
@@ -318,12 +348,14 @@ class ExecutionsMixin(ClientBase):
                 raise ValueError(f"execution {ex.id} has no result yet (status {ex.status.value})")
             content_hash, name = ex.result_content_hash, ex.result_file_name
         else:
-            parts = execution_or_result_path.strip("/").split("/")
-            if parts[:1] == ["v1"]:
-                parts = parts[1:]
-            if len(parts) < 3 or parts[0] != "image":
+            # `resultPath` as the API gives it: the file name is raw (not URL-encoded), so it is quoted
+            # once below and never unquoted first (`100%25 off.jpg` is a legal name).
+            path = execution_or_result_path.lstrip("/")
+            path = path[3:] if path.startswith("v1/") else path
+            parts = path.split("/", 2)
+            if len(parts) < 3 or parts[0] != "image" or not parts[2]:
                 raise ValueError(f"not a result path: {execution_or_result_path!r}")
-            content_hash, name = parts[1], unquote("/".join(parts[2:]))
+            content_hash, name = parts[1], parts[2]
         return self._download(
             f"/v1/image/{quote(content_hash, safe='')}/{quote(name, safe='')}",
             dest,
@@ -333,7 +365,17 @@ class ExecutionsMixin(ClientBase):
     # -- actions ---------------------------------------------------------------------------------------
 
     def retry_execution(self, execution_id: str) -> None:
-        """E8: rerun a FAILED or PAYMENT_REQUIRED execution. A lost response is settled via E4, not resent."""
+        """E8: rerun a FAILED or PAYMENT_REQUIRED execution. A lost response is settled via E4, not resent.
+
+        Any other status raises `ValueError` without calling E8: whether E8 re-runs (and re-charges) a
+        COMPLETED execution is not documented, so it is never asked to.
+        """
+        status = self.get_execution(execution_id).status
+        if status not in (ExecutionStatus.FAILED, ExecutionStatus.PAYMENT_REQUIRED):
+            raise ValueError(
+                f"execution {execution_id} is {status.value}: only FAILED or PAYMENT_REQUIRED executions are"
+                " retried (a retry of any other might run and be charged again)"
+            )
         path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/retry"
         for attempt in range(self.transport.retry.max_retries + 1):
             try:

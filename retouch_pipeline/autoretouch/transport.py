@@ -69,6 +69,9 @@ class RetryConfig:
     max_delay: float = 30.0
     total_timeout: float = 300.0
     jitter: float = 0.25
+    unreachable_timeout: float = 20.0
+    """A call whose server cannot even be connected to (refused, DNS, connect timeout) gives up once
+    another attempt could end later than this many seconds after the first one."""
 
     def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Delay before resend number `attempt + 1` (attempt counts from 0), jittered downwards."""
@@ -119,20 +122,34 @@ def _never_sent(exc: BaseException) -> bool:
     return False
 
 
-def translate_request_exception(exc: BaseException, method: str, url: str) -> APIConnectionError:
-    """Map a requests/urllib3 exception (also one raised while streaming a body) into our hierarchy."""
+def translate_request_exception(
+    exc: BaseException, method: str, url: str, *, service: str = "API", setting: str = "the API URL"
+) -> APIConnectionError:
+    """Map a requests/urllib3 exception (also one raised while streaming a body) into our hierarchy.
+
+    `service` ("API" or "OAuth server") and `setting` (which URL setting, and where it came from) go into
+    the message, so that one line says what failed and what to fix.
+    """
     request = describe_request(method, url, with_host=True)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return APITimeoutError(request, "connect timeout", may_have_reached_server=False)
+        return APITimeoutError(
+            request, "connect timeout", may_have_reached_server=False, service=service, setting=setting
+        )
     if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
-        return APITimeoutError(request, "read timeout: no response in time")
+        return APITimeoutError(request, "read timeout: no response in time", service=service, setting=setting)
     if isinstance(exc, requests.exceptions.ConnectionError) and any(
         isinstance(a, urllib3.exceptions.ReadTimeoutError) for a in exc.args
     ):
-        return APITimeoutError(request, "read timeout while receiving the body")
+        return APITimeoutError(
+            request, "read timeout while receiving the body", service=service, setting=setting
+        )
     if _never_sent(exc):
-        return APIConnectionError(request, "could not connect", may_have_reached_server=False)
-    return APIConnectionError(request, f"connection broken ({type(exc).__name__})")
+        return APIConnectionError(
+            request, "could not connect", may_have_reached_server=False, service=service, setting=setting
+        )
+    return APIConnectionError(
+        request, f"connection broken ({type(exc).__name__})", service=service, setting=setting
+    )
 
 
 def _server_message(response: requests.Response) -> tuple[str | None, Any]:
@@ -150,6 +167,19 @@ def _server_message(response: requests.Response) -> tuple[str | None, Any]:
             if isinstance(body.get(key), str) and body[key].strip():
                 return body[key].strip()[:300], body
     return None, body
+
+
+def _status_error(response: requests.Response, method: str, url: str, service: str) -> APIStatusError:
+    """The `APIStatusError` subclass for a non-2xx response (which is closed here)."""
+    try:
+        message, body = _server_message(response)
+    finally:
+        response.close()
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    cls = status_error_for(response.status_code)
+    return cls(
+        response.status_code, method, url, message, body=body, retry_after=retry_after, service=service
+    )
 
 
 class Transport:
@@ -194,8 +224,13 @@ class Transport:
         files: Any = None,
         stream: bool = False,
         timeout: tuple[float, float] | None = None,
+        service: str = "API",
+        setting: str = "the API URL",
     ) -> requests.Response:
-        """One attempt. Returns a 2xx response (close it if `stream`); raises our exceptions otherwise."""
+        """One attempt. Returns a 2xx response (close it if `stream`); raises our exceptions otherwise.
+
+        `service` and `setting` name, in error messages, the server called and the setting giving its URL.
+        """
         started = time.monotonic()
         try:
             response = self.session.request(
@@ -211,7 +246,7 @@ class Transport:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            err = translate_request_exception(exc, method, url)
+            err = translate_request_exception(exc, method, url, service=service, setting=setting)
             log.debug("%s failed: %s", err.request, type(exc).__name__)
             raise err from exc
         full_url = response.url or url
@@ -223,17 +258,14 @@ class Transport:
         )
         if response.status_code < 300:
             return response
-        try:
-            message, body = _server_message(response)
-        finally:
-            response.close()
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        cls = status_error_for(response.status_code)
-        raise cls(response.status_code, method, full_url, message, body=body, retry_after=retry_after)
+        raise _status_error(response, method, full_url, service)
 
     def should_retry(
         self, exc: AutoRetouchError, *, idempotent: bool, retry_rate_limits: bool = True
     ) -> bool:
+        if getattr(exc, "before_request", False):
+            # Getting the access token failed: the API request itself was never sent, and a refresh is safe.
+            return isinstance(exc, RateLimitError | ServerError | APIConnectionError)
         if isinstance(exc, RateLimitError):
             return retry_rate_limits
         if isinstance(exc, ServerError):
@@ -252,7 +284,7 @@ class Transport:
     ) -> T:
         """Run `op` (which does one attempt, including reading the body), resending per the retry policy."""
         config = retry or self.retry
-        deadline = self.clock() + config.total_timeout
+        started = self.clock()
         attempt = 0
         while True:
             try:
@@ -264,12 +296,9 @@ class Transport:
                     raise
                 with self._rand_lock:
                     delay = config.delay_for(attempt, getattr(exc, "retry_after", None), self._rand.random)
-                if self.clock() + delay > deadline:
-                    log.info(
-                        "giving up on %s: the retry budget of %.0fs is spent",
-                        exc.request,
-                        config.total_timeout,
-                    )
+                budget = self._budget(exc, config)
+                if self.clock() + delay - started > budget:
+                    log.info("giving up on %s: the retry budget of %.0fs is spent", exc.request, budget)
                     raise
                 attempt += 1
                 log.info(
@@ -281,6 +310,12 @@ class Transport:
                     delay,
                 )
                 self.sleep(delay)
+
+    def _budget(self, exc: AutoRetouchError, config: RetryConfig) -> float:
+        """Seconds a call may take: short when nothing answers (the next try must fit its connect timeout)."""
+        if isinstance(exc, APIConnectionError) and not exc.may_have_reached_server:
+            return min(config.total_timeout, config.unreachable_timeout - self.timeout[0])
+        return config.total_timeout
 
     def request(
         self,

@@ -16,7 +16,7 @@ from retouch_pipeline.assets.checks import CHARGE_CHECK, OUTPUT_CHECK
 def _wait_completed(stack: Stack, count: int) -> list[str]:
     deadline = time.monotonic() + 15
     while True:
-        done = [e.id for e in stack.client().iter_executions() if e.status.value == "COMPLETED"]
+        done = [e.id for e in stack.executions() if e.status.value == "COMPLETED"]
         if len(done) >= count:
             return done
         assert time.monotonic() < deadline, "sandbox did not complete the executions"

@@ -42,7 +42,7 @@ def test_rerun_adopts_execution_created_before_a_crash(
     assert not first.success
     calls = stack.sandbox.state.accounting.calls
     assert calls.get("E1", 0) == 1  # the create reached AutoRetouch ...
-    executions = list(stack.client().iter_executions())
+    executions = list(stack.executions())
     assert len(executions) == 1  # ... and created the execution
     assert stack.instance.get_materialized_partitions(EXECUTION) == set()  # ... but Dagster recorded nothing
     key = executions[0].labels["retouch_pipeline_idempotency_key"]

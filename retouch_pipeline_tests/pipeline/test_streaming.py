@@ -74,7 +74,7 @@ def test_results_are_read_soon_after_the_queue_drains(
     result = stack.run(keys, poll_interval_seconds=30.0, max_wait_seconds=20.0)
     assert result.success
     assert set(stack.materializations(RETOUCHED, result)) == set(keys)
-    finished = max(e.finished_at for e in stack.client().iter_executions() if e.finished_at)
+    finished = max(e.finished_at for e in stack.executions() if e.finished_at)
     delivered = max(
         entry.timestamp
         for entry in stack.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)

@@ -106,7 +106,7 @@ def test_payment_required_note(make_stack: Callable[..., Stack], make_image: Cal
     assert stack.run([key], selection=[UPLOADED, EXECUTION]).success
     requests.put(f"{stack.sandbox.api_url}/_sandbox/balance", json={"balance": 0}, timeout=5)
     deadline = time.monotonic() + 10
-    while {e.status.value for e in stack.client().iter_executions()} != {"PAYMENT_REQUIRED"}:
+    while {e.status.value for e in stack.executions()} != {"PAYMENT_REQUIRED"}:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     result = stack.run([key], selection=[RETOUCHED])

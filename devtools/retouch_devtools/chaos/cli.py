@@ -14,6 +14,7 @@ from pathlib import Path
 
 from retouch_devtools.chaos.harness import run_profiles
 from retouch_devtools.chaos.profiles import PROFILES
+from retouch_devtools.sandbox.realism import Realism
 
 
 def resolve(profile: str) -> list[str]:
@@ -27,14 +28,20 @@ def resolve(profile: str) -> list[str]:
     return names
 
 
-def run_cli(images: int, profile: str, json_path: Path | None, echo: Callable[[str], None]) -> int:
+def run_cli(
+    images: int,
+    profile: str,
+    json_path: Path | None,
+    echo: Callable[[str], None],
+    realism: Realism | None = None,
+) -> int:
     """Run, print one line per profile and the summed summary line last; 0 only if every invariant holds."""
     names = resolve(profile)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     started = time.monotonic()
     echo(f"chaos: {len(names)} profile(s) x {images} images: {', '.join(names)}")
-    total, table = run_profiles(names, images, echo=echo)
+    total, table = run_profiles(names, images, echo=echo, realism=realism)
     if json_path is not None:
         json_path.write_text(json.dumps({"images": images, "profiles": table}, indent=2, default=str) + "\n")
     echo(f"total wall time {time.monotonic() - started:.0f}s; {len(total.problems)} problem(s)")

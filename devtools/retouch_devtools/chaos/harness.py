@@ -9,6 +9,7 @@ summary line; with several profiles, the last line sums them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from retouch_devtools.chaos.profile import Profile, ProfileRun
 from retouch_devtools.chaos.profiles import PROFILES
 from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
 from retouch_devtools.sandbox import FaultConfig, SandboxConfig
+from retouch_devtools.sandbox.realism import Realism
 from retouch_devtools.stack.s3 import running_moto
 
 
@@ -46,17 +48,27 @@ def load_catalog(profile: Profile, images: int) -> list[SourceImage]:
     return good_catalog(images)
 
 
+def sandbox_config_for(profile: Profile, seed: int, realism: Realism | None) -> SandboxConfig:
+    """The profile's sandbox: fast processing, the given realism (strict by default), its overrides.
+
+    `min_list_lag` in `profile.sandbox` raises the realism's list lag to at least that many seconds.
+    """
+    settings: dict[str, Any] = {"processing_seconds": 0.05, "workers": 8, "auto_approve": True}
+    settings.update(profile.sandbox)
+    chosen = realism or Realism.strict()
+    min_lag = float(settings.pop("min_list_lag", 0.0))
+    settings["realism"] = dataclasses.replace(chosen, list_lag=max(chosen.list_lag, min_lag))
+    return SandboxConfig(seed=seed, faults=FaultConfig(retry_after_seconds=1.0), **settings)
+
+
 def run_profile(
-    profile: Profile, images: int, moto_url: str, seed: int = 0
+    profile: Profile, images: int, moto_url: str, seed: int = 0, realism: Realism | None = None
 ) -> tuple[Outcome, dict[str, Any]]:
     """One profile from an empty world to its verdict; (outcome, figures for the table)."""
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     started = time.monotonic()
-    sandbox_settings: dict[str, Any] = {"processing_seconds": 0.05, "workers": 8, "auto_approve": True}
-    sandbox_config = SandboxConfig(
-        seed=seed, faults=FaultConfig(retry_after_seconds=1.0), **{**sandbox_settings, **profile.sandbox}
-    )
+    sandbox_config = sandbox_config_for(profile, seed, realism)
     stack = ProfileStack(moto_url, sandbox_config, profile.autoretouch, profile.workflow, s3_seed=seed)
     try:
         loaded = load_catalog(profile, images)
@@ -120,14 +132,14 @@ def describe(figures: dict[str, Any]) -> str:
 
 
 def run_profiles(
-    names: Sequence[str], images: int, echo: Any = print
+    names: Sequence[str], images: int, echo: Any = print, realism: Realism | None = None
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Every named profile on one moto server; the summed outcome and each profile's figures."""
     total = Outcome()
     table = []
     with running_moto() as moto_url:
         for name in names:
-            outcome, figures = run_profile(PROFILES[name], images, moto_url)
+            outcome, figures = run_profile(PROFILES[name], images, moto_url, realism=realism)
             table.append(figures)
             echo(describe(figures))
             for problem in outcome.problems[:20]:
@@ -143,5 +155,6 @@ def run_profiles(
             ):
                 setattr(total, attr, getattr(total, attr) + getattr(outcome, attr))
             total.leaked_secrets += outcome.leaked_secrets
+            total.wrong_org_credits += outcome.wrong_org_credits
             total.problems += [f"{name}: {p}" for p in outcome.problems]
     return total, table

@@ -43,6 +43,8 @@ class Outcome:
     double_charged: int = 0
     partial_objects: int = 0
     leaked_secrets: int = 0
+    wrong_org_credits: int = 0
+    """Credits charged to any organization but the configured one (a call that omitted `organization`)."""
     credits_charged: int = 0
     credits_expected: int = 0
     reasons: dict[str, str] = field(default_factory=dict)
@@ -52,12 +54,18 @@ class Outcome:
         return (
             f"images={self.images} processed={self.processed} failed_explained={self.failed_explained} "
             f"lost={self.lost} double_charged={self.double_charged} partial_objects={self.partial_objects} "
-            f"leaked_secrets={self.leaked_secrets}"
+            f"leaked_secrets={self.leaked_secrets} wrong_org_credits={self.wrong_org_credits}"
         )
 
     @property
     def holds(self) -> bool:
-        return not (self.lost or self.double_charged or self.partial_objects or self.leaked_secrets)
+        return not (
+            self.lost
+            or self.double_charged
+            or self.partial_objects
+            or self.leaked_secrets
+            or self.wrong_org_credits
+        )
 
 
 def _root_cause(error: Any) -> str:
@@ -142,6 +150,10 @@ def check_charges(stack: ProfileStack, outcome: Outcome) -> None:
     ledger = stack.sandbox.state.accounting.ledger()
     pairs = Counter((c["input_content_hash"], c["workflow_version"]) for c in ledger)
     outcome.double_charged = sum(n - 1 for n in pairs.values())
+    configured = stack.sandbox.organization_id
+    outcome.wrong_org_credits = sum(
+        c["credits"] for c in ledger if (c.get("organization_id") or configured) != configured
+    )
     outcome.credits_charged = sum(c["credits"] for c in ledger)
     outcome.credits_expected = len(pairs) * int(stack.workflow["executionPrice"])
     if outcome.credits_charged != outcome.credits_expected:

@@ -156,8 +156,9 @@ _PROFILES = [
     Profile("api-drops", "5% of API connections closed without an answer", faults={"drop_rate": 0.05}),
     Profile(
         "api-lost-create",
-        "30% of creates executed, then their answer lost",
+        "30% of creates executed, then their answer lost; the list shows them 10 s late at the earliest",
         faults={"lose_create_rate": 0.3},
+        sandbox={"min_list_lag": 10.0},
     ),
     Profile("token-expiry", "access tokens expire every 3 s", sandbox={"access_token_ttl": 3}),
     Profile(

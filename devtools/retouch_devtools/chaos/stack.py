@@ -156,9 +156,12 @@ class ProfileStack:
         import time
 
         port = int(self.sandbox.base_url.rsplit(":", 1)[1])
+        auth_port = int(self.sandbox.auth_url.rsplit(":", 1)[1])
         self.sandbox.stop()
         time.sleep(down_seconds)
         self.sandbox_config.port = port
+        if auth_port != port:  # OAuth on its own port (strict realism): same URL after the restart
+            self.sandbox_config.auth_port = auth_port
         self.sandbox = SandboxServer(self.sandbox_config).start()
         self._watch_tokens()
 

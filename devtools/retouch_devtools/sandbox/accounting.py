@@ -20,14 +20,18 @@ class Charge:
     workflow_version: str
     credits: int
     charged_at: str
+    organization_id: str = ""
+    """The organization billed; "" (older snapshots) is the sandbox organization."""
 
 
 class Accounting:
     """Balance, ledger and counters behind one lock; every mutation is atomic."""
 
-    def __init__(self, balance: int) -> None:
+    def __init__(self, balance: int, other_organizations: list[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._balance = balance
+        #: Balances of the account's other organizations (`--organizations N`), each starting at `balance`.
+        self._others = dict.fromkeys(other_organizations or [], balance)
         self._ledger: list[Charge] = []
         self._charged_ids: set[str] = set()
         self.calls: Counter[str] = Counter()
@@ -48,9 +52,30 @@ class Accounting:
             self._balance += credits
             return self._balance
 
-    def can_afford(self, credits: int) -> bool:
+    def can_afford(self, credits: int, organization_id: str = "") -> bool:
         with self._lock:
-            return self._balance >= credits
+            return self._others.get(organization_id, self._balance) >= credits
+
+    def balance_of(self, organization_id: str) -> int:
+        with self._lock:
+            return self._others.get(organization_id, self._balance)
+
+    def allow_recharge(self, execution_id: str) -> None:
+        """Let `execution_id` be charged again (E8 re-running a COMPLETED execution, `retry_recharges`)."""
+        with self._lock:
+            self._charged_ids.discard(execution_id)
+
+    def by_organization(self, primary: str) -> dict[str, dict[str, int]]:
+        """{organization id: {balance, creditsCharged}} of every organization of the account."""
+        with self._lock:
+            out = {
+                org: {"balance": b, "creditsCharged": 0}
+                for org, b in [(primary, self._balance), *self._others.items()]
+            }
+            for c in self._ledger:
+                out.setdefault(c.organization_id or primary, {"balance": 0, "creditsCharged": 0})
+                out[c.organization_id or primary]["creditsCharged"] += c.credits
+            return out
 
     def charge(self, charge: Charge) -> bool:
         """Debit once per execution; False if the balance is short (nothing changes then).
@@ -61,9 +86,14 @@ class Accounting:
         with self._lock:
             if charge.execution_id in self._charged_ids:
                 return True
-            if self._balance < charge.credits:
+            if charge.organization_id in self._others:
+                if self._others[charge.organization_id] < charge.credits:
+                    return False
+                self._others[charge.organization_id] -= charge.credits
+            elif self._balance < charge.credits:
                 return False
-            self._balance -= charge.credits
+            else:
+                self._balance -= charge.credits
             self._charged_ids.add(charge.execution_id)
             self._ledger.append(charge)
             return True

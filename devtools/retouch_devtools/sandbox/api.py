@@ -12,6 +12,7 @@ import io
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -22,19 +23,18 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from retouch_devtools.sandbox.auth import TokenError
 from retouch_devtools.sandbox.catalog import (
-    ORGANIZATION_ID,
     ORGANIZATIONS,
     SELECTED_ORG_CLAIM,
     USER_ID,
     WORKFLOWS,
     WORKFLOWS_BY_ID,
     Workflow,
-    organization_json,
 )
 from retouch_devtools.sandbox.content import StoredContent
 from retouch_devtools.sandbox.errors import ApiError
 from retouch_devtools.sandbox.executions import TERMINAL, Execution
 from retouch_devtools.sandbox.imaging import ImageRejected
+from retouch_devtools.sandbox.realism import organization_json
 from retouch_devtools.sandbox.state import SandboxState
 from retouch_devtools.sandbox.webhooks import is_loopback_url
 
@@ -68,10 +68,11 @@ def authenticate(request: Request) -> dict[str, Any]:
 def context(request: Request) -> tuple[SandboxState, str]:
     """(state, organization id): `organization` defaults to the token's selected organization."""
     claims = authenticate(request)
-    org = request.query_params.get("organization") or str(claims.get(SELECTED_ORG_CLAIM, ""))
-    if org.lower() != ORGANIZATION_ID:
+    org = (request.query_params.get("organization") or str(claims.get(SELECTED_ORG_CLAIM, ""))).lower()
+    state = sandbox(request)
+    if org not in state.config.realism.member_organizations():
         raise ApiError(403, "Access is denied: you are not a member of this organization")
-    return sandbox(request), ORGANIZATION_ID
+    return state, org
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -117,7 +118,7 @@ def _execution(state: SandboxState, execution_id: str, org: str) -> Execution:
 async def _json_body(request: Request) -> Any:
     try:
         return json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON such as '[' * 100000
         raise ApiError(400, "Malformed JSON request body") from None
 
 
@@ -140,13 +141,14 @@ async def health(request: Request) -> Response:
 
 async def organizations(request: Request) -> Response:
     authenticate(request)
-    return page(request, [organization_json(ORGANIZATION_ID)])
+    members = sandbox(request).config.realism.member_organizations()
+    return page(request, [organization_json(org) for org in members])
 
 
 async def organization(request: Request) -> Response:
     authenticate(request)
     org_id = request.path_params["org_id"].lower()
-    if org_id == ORGANIZATION_ID:
+    if org_id in sandbox(request).config.realism.member_organizations():
         return JSONResponse(organization_json(org_id))
     if org_id in ORGANIZATIONS:
         raise ApiError(403, "Access is denied: you are not a member of this organization")
@@ -154,8 +156,8 @@ async def organization(request: Request) -> Response:
 
 
 async def balance(request: Request) -> Response:
-    state, _ = context(request)
-    return Response(str(state.accounting.balance), media_type="application/json")
+    state, org = context(request)
+    return Response(str(state.accounting.balance_of(org)), media_type="application/json")
 
 
 async def workflows(request: Request) -> Response:
@@ -181,7 +183,8 @@ async def upload(request: Request) -> Response:
     if request.headers.get("content-type", "").lower().startswith("application/json"):
         return await _upload_from_urls(state, await _json_body(request))
     async with request.form(max_files=1, max_fields=100) as form:
-        stored, _ = await _store_upload(state, form.get("file"))
+        stored, name = await _store_upload(state, form.get("file"))
+    state.file_names.add(stored.content_hash, name)
     return created(stored.content_hash)
 
 
@@ -200,6 +203,7 @@ async def _upload_from_urls(state: SandboxState, body: Any) -> Response:
         except (requests.RequestException, ImageRejected):
             raise ApiError(422, f"{CANNOT_PROCESS}: {name}") from None
         hashes[name] = stored.content_hash
+        state.file_names.add(stored.content_hash, name)
     return JSONResponse({"urls": hashes})
 
 
@@ -207,6 +211,12 @@ async def image(request: Request) -> Response:
     state, _ = context(request)
     stored = state.store.get(request.path_params["content_hash"])
     if stored is None or not request.path_params["file_name"]:
+        raise ApiError(404, "Image not found")
+    name = request.path_params["file_name"]
+    name_ok = state.file_names.allows(stored.content_hash, name) or state.engine.result_named(
+        stored.content_hash, name
+    )
+    if state.config.realism.strict_file_names and not name_ok:
         raise ApiError(404, "Image not found")
     return FileResponse(stored.path, media_type=stored.content_type)
 
@@ -263,6 +273,7 @@ async def create_execution(request: Request) -> Response:
         if state.store.get(content_hash) is None:
             raise ApiError(404, "Image not found")
     execution = state.engine.create(workflow, org, USER_ID, name, content_hash, labels, settings, webhooks)
+    state.file_names.add(content_hash, name)
     return created(execution.id)
 
 
@@ -274,6 +285,7 @@ async def list_executions(request: Request) -> Response:
     with state.engine.lock:  # consistent snapshots while workers move executions along
         found = state.engine.list_executions(workflow_id.lower() if workflow_id else None)
         mine = [e for e in found if e.organization_id == org]
+        mine = state.config.realism.listed(mine, [e.created_at for e in mine], datetime.now(UTC))
         # Only the requested page is serialised: a status pass over a long history stays O(page), not O(all).
         entries = [e.to_json() for e in mine[offset : offset + limit]]
     return JSONResponse({"entries": entries, "total": len(mine)})
@@ -340,7 +352,8 @@ async def execution_result(request: Request) -> Response:
 
 
 async def retry_execution(request: Request) -> Response:
-    """E8: re-queues FAILED/PAYMENT_REQUIRED; 200 and a no-op in any other status (idempotent)."""
+    """E8: re-queues FAILED/PAYMENT_REQUIRED; with `retry_recharges` also COMPLETED (charged again);
+    200 and a no-op in any other status."""
     state, org = context(request)
     state.engine.retry(_execution(state, request.path_params["execution_id"], org).id)
     return Response(status_code=200)

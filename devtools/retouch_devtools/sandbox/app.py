@@ -61,5 +61,6 @@ def create_app(state: SandboxState) -> ASGIApp:
         routes=ROUTES,
         exception_handlers={ApiError: api_error_handler, HTTPException: _http_error},
     )
+    app.router.redirect_slashes = False  # the middleware accepts trailing slashes; redirects looped
     app.state.sandbox = state
     return SandboxMiddleware(app, state)

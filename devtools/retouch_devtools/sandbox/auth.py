@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from retouch_devtools.sandbox.catalog import AUDIENCE, CLIENT_ID, ORGANIZATION_ID, SELECTED_ORG_CLAIM, USER_ID
+from retouch_devtools.sandbox.catalog import AUDIENCE, CLIENT_ID, SELECTED_ORG_CLAIM, USER_ID
 from retouch_devtools.sandbox.config import SandboxConfig
 
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
@@ -62,6 +62,7 @@ class DeviceAuthorization:
     """pending, approved, denied or consumed."""
     last_poll: float | None = None
     polls: int = 0
+    scope: str = "offline_access"
 
 
 class AuthService:
@@ -83,7 +84,10 @@ class AuthService:
 
     # ---- tokens ---------------------------------------------------------------------------
 
-    def mint_access_token(self, organization_id: str = ORGANIZATION_ID) -> str:
+    def mint_access_token(self, organization_id: str | None = None) -> str:
+        """An access token whose selected organization is `organization_id`, else the account's selected
+        one (with `realism.organizations` >= 2, not the first)."""
+        organization_id = organization_id or self.config.realism.selected_organization()
         issued = time.time()
         now = int(issued)
         jti = uuid.uuid4().hex
@@ -170,11 +174,19 @@ class AuthService:
 
     # ---- grants -----------------------------------------------------------------------------
 
-    @staticmethod
-    def check_client(client_id: str | None) -> None:
-        """client_id must be present; its value is not checked (the sandbox serves any client)."""
+    def check_client(self, client_id: str | None) -> None:
+        """client_id must be present; with `realism.strict_oauth` it must be the public client id."""
         if not client_id:
             raise OAuthError(400, "invalid_request", "Missing required parameter: client_id")
+        if self.config.realism.strict_oauth and client_id != CLIENT_ID:
+            raise OAuthError(401, "unauthorized_client", "Unknown client.")
+
+    def check_device_request(self, form: dict[str, str]) -> str:
+        """A1's `audience` and `scope`: with `strict_oauth` the API's audience is required; the scope."""
+        audience = form.get("audience")
+        if self.config.realism.strict_oauth and audience != AUDIENCE:
+            raise OAuthError(403, "access_denied", f"Service not found: {audience or '(no audience)'}")
+        return form.get("scope", "")
 
     def refresh_grant(self, refresh_token: str | None) -> dict[str, Any]:
         """A3: a new access token; the response carries no refresh token (no rotation)."""
@@ -186,7 +198,9 @@ class AuthService:
             raise OAuthError(403, "invalid_grant", "Unknown or invalid refresh token.")
         return self._token_response(None)
 
-    def start_device_authorization(self, verification_uri: str) -> dict[str, Any]:
+    def start_device_authorization(
+        self, verification_uri: str, scope: str = "offline_access"
+    ) -> dict[str, Any]:
         """A1: a new device code/user code pair."""
         device_code = secrets.token_urlsafe(32)
         user_code = "-".join("".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(4)) for _ in range(2))
@@ -195,6 +209,7 @@ class AuthService:
             user_code,
             time.monotonic() + self.config.device_code_ttl,
             self.config.device_poll_interval,
+            scope=scope,
         )
         with self._lock:
             self._devices[device_code] = device
@@ -231,6 +246,8 @@ class AuthService:
                     device.state = "approved"
                 raise OAuthError(403, "authorization_pending", "User has yet to authorize device code.")
             device.state = "consumed"
+        if self.config.realism.strict_oauth and "offline_access" not in device.scope.split():
+            return self._token_response(None)  # Auth0 issues a refresh token only for offline_access
         return self._token_response(self.mint_refresh_token())
 
     def decide(self, user_code: str, approve: bool) -> bool:

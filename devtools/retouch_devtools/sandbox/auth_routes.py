@@ -31,7 +31,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def base_url(request: Request) -> str:
-    return _state(request).base_url or str(request.base_url).rstrip("/")
+    return _state(request).auth_base_url or str(request.base_url).rstrip("/")
 
 
 async def device_code(request: Request) -> Response:
@@ -41,9 +41,10 @@ async def device_code(request: Request) -> Response:
     form = await _form(request)
     try:
         state.auth.check_client(form.get("client_id"))
+        scope = state.auth.check_device_request(form)
     except OAuthError as exc:
         return _oauth_error(exc)
-    body = state.auth.start_device_authorization(base_url(request) + "/activate")
+    body = state.auth.start_device_authorization(base_url(request) + "/activate", scope)
     return JSONResponse(body, headers=NO_STORE)
 
 
@@ -74,7 +75,7 @@ async def revoke(request: Request) -> Response:
     state.accounting.count_call("A4")
     try:
         body: Any = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     try:
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):

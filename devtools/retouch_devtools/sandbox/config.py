@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retouch_devtools.sandbox.realism import Realism
+
 
 @dataclass
 class FaultConfig:
@@ -70,6 +72,8 @@ class SandboxConfig:
     host: str = "127.0.0.1"
     port: int = 0
     """0 picks a free port; read the real one from `SandboxServer.api_url`."""
+    auth_port: int = 0
+    """The OAuth port with `realism.separate_auth_port` (0 picks a free one; see `SandboxServer.auth_url`)."""
     processing_seconds: float = 2.0
     """Wall time one worker spends on one execution (N images take N*T/W)."""
     workers: int = 4
@@ -97,3 +101,5 @@ class SandboxConfig:
     `processing_seconds`, full-size Pillow work on many large inputs would otherwise eat the CPU of the
     client under test. Uploads are still fully decoded and validated."""
     faults: FaultConfig = field(default_factory=FaultConfig)
+    realism: Realism = field(default_factory=Realism.strict)
+    """The adversarial answers to the reference's open questions (`sandbox.realism`); strict by default."""

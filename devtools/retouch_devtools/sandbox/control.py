@@ -32,7 +32,7 @@ async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, "Malformed JSON request body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Expected a JSON object")

@@ -170,7 +170,7 @@ class ExecutionEngine:
                 created_at=now_iso(),
             )
             self._executions[execution.id] = execution
-            if self.accounting.can_afford(workflow.price):
+            if self.accounting.can_afford(workflow.price, organization_id):
                 self._queue.put(execution.id)
             else:
                 self._finish(execution, "PAYMENT_REQUIRED")
@@ -195,14 +195,27 @@ class ExecutionEngine:
         """Re-queue a FAILED or PAYMENT_REQUIRED execution; a no-op (False) in other states."""
         with self.lock:
             execution = self._executions[execution_id]
-            if execution.status not in RETRYABLE:
+            rerun = execution.status == "COMPLETED" and self.config.realism.retry_recharges
+            if execution.status not in RETRYABLE and not rerun:
                 return False
+            if rerun:  # the adversarial answer: a retry runs again, and is paid again
+                self.accounting.allow_recharge(execution.id)
+                execution.result = None
             execution.status = "CREATED"
             execution.started_at = None
             execution.finished_at = None
             execution.pending_result = None
             self._queue.put(execution.id)
             return True
+
+    def result_named(self, content_hash: str, file_name: str) -> bool:
+        """True when some execution's result is `content_hash` under the name `file_name` (E7)."""
+        with self.lock:
+            return any(
+                e.result is not None
+                and (e.result.content_hash, e.result.file_name) == (content_hash, file_name)
+                for e in self._executions.values()
+            )
 
     def add_feedback(self, execution_id: str, feedback: dict[str, Any]) -> None:
         with self.lock:
@@ -273,6 +286,7 @@ class ExecutionEngine:
             execution.workflow_version,
             workflow.price,
             now_iso(),
+            execution.organization_id,
         )
         already = self.accounting.is_charged(execution.id)
         if not self.accounting.charge(charge):

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retouch_devtools.sandbox.realism import send_not_found
 from retouch_devtools.sandbox.state import SandboxState
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,13 @@ class SandboxMiddleware:
             return
         scope = dict(scope)
         scope[ORIGINAL_PATH] = scope["path"]
-        scope["path"] = normalise_path(scope["path"])
+        auth_port = self.state.auth_port  # 0 unless `realism.separate_auth_port`
+        on_auth_port = bool(auth_port) and (scope.get("server") or ("", 0))[1] == auth_port
+        scope["path"] = scope["path"] if on_auth_port else normalise_path(scope["path"])
         kind, endpoint = self.classify(scope)
+        if auth_port and (kind == "auth") != on_auth_port:  # neither port serves the other's routes
+            await send_not_found(scope, send, scope[ORIGINAL_PATH])
+            return
         scope[ENDPOINT] = endpoint
         if kind == "api":
             self.state.accounting.count_call(endpoint or "unknown")

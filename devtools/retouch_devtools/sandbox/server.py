@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -59,6 +60,13 @@ def _bind(config: SandboxConfig) -> socket.socket:
     return sock
 
 
+def _url_of(sock: socket.socket | None) -> str:
+    if sock is None:
+        raise RuntimeError("sandbox server is not started")
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class SandboxServer:
     """A faithful local AutoRetouch API + auth server on one loopback port.
 
@@ -70,6 +78,7 @@ class SandboxServer:
         self.config = config or SandboxConfig()
         self.state = SandboxState(self.config)
         self._socket: socket.socket | None = None
+        self._auth_socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._refresh_token = ""
@@ -78,7 +87,10 @@ class SandboxServer:
 
     def _prepare(self) -> uvicorn.Server:
         self._socket = _bind(self.config)
-        self.state.start(self.base_url)
+        if self.config.realism.separate_auth_port:
+            self._auth_socket = _bind(dataclasses.replace(self.config, port=self.config.auth_port))
+            self.state.auth_port = self._auth_socket.getsockname()[1]
+        self.state.start(self.base_url, self.auth_url)
         self._refresh_token = self.state.auth.mint_refresh_token()
         uv_config = uvicorn.Config(
             create_app(self.state),
@@ -94,8 +106,7 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         server = self._prepare()
-        assert self._socket is not None
-        sockets = [self._socket]
+        sockets = self._sockets()
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -115,9 +126,9 @@ class SandboxServer:
                 self._server.force_exit = True
                 self._thread.join(timeout=5)
             self._thread = None
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        for sock in self._sockets():
+            sock.close()
+        self._socket = self._auth_socket = None
         self.state.stop()
 
     def __enter__(self) -> SandboxServer:
@@ -130,12 +141,12 @@ class SandboxServer:
 
     # ---- what clients need -------------------------------------------------------------------
 
+    def _sockets(self) -> list[socket.socket]:
+        return [s for s in (self._socket, self._auth_socket) if s is not None]
+
     @property
     def base_url(self) -> str:
-        if self._socket is None:
-            raise RuntimeError("sandbox server is not started")
-        host, port = self._socket.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return _url_of(self._socket)
 
     @property
     def api_url(self) -> str:
@@ -144,8 +155,9 @@ class SandboxServer:
 
     @property
     def auth_url(self) -> str:
-        """Auth server base (same port as the API), like https://auth.autoretouch.com."""
-        return self.base_url
+        """Auth server base, like https://auth.autoretouch.com: its own port with
+        `realism.separate_auth_port`, else the API's."""
+        return _url_of(self._auth_socket) if self._auth_socket is not None else self.base_url
 
     @property
     def organization_id(self) -> str:
@@ -177,11 +189,12 @@ def run_foreground(config: SandboxConfig | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     sandbox = SandboxServer(config)
     server = sandbox._prepare()
-    assert sandbox._socket is not None
     print(json.dumps(sandbox.announcement()), flush=True)
-    log.info("AutoRetouch sandbox listening on %s (Ctrl-C to stop)", sandbox.api_url)
+    log.info(
+        "AutoRetouch sandbox listening on %s, OAuth on %s (Ctrl-C to stop)", sandbox.api_url, sandbox.auth_url
+    )
     try:
-        server.run(sockets=[sandbox._socket])
+        server.run(sockets=sandbox._sockets())
     finally:
         sandbox._server = None
         sandbox.stop()

@@ -16,6 +16,7 @@ from retouch_devtools.sandbox.config import FaultConfig, SandboxConfig
 from retouch_devtools.sandbox.content import ContentStore
 from retouch_devtools.sandbox.executions import ExecutionEngine
 from retouch_devtools.sandbox.faults import FaultInjector
+from retouch_devtools.sandbox.realism import FileNames
 from retouch_devtools.sandbox.webhooks import WebhookDispatcher
 
 
@@ -32,13 +33,18 @@ class SandboxState:
         self.data_dir = config.data_dir or Path(tempfile.mkdtemp(prefix="ar-sandbox-"))
         # A temporary data dir also goes away if stop() is never called (GC or interpreter exit).
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.data_dir, True) if self._own_dir else None
-        self.accounting = Accounting(config.balance)
+        self.accounting = Accounting(config.balance, config.realism.member_organizations()[1:])
         self.injector = FaultInjector(config.faults, config.seed, self.accounting)
         self.store = ContentStore(self.data_dir / "content")
         self.webhooks = WebhookDispatcher(config.allow_remote_fetch)
         self.engine = ExecutionEngine(config, self.store, self.accounting, self.injector, self.webhooks)
         self.auth = AuthService(config)
         self.base_url = ""
+        self.auth_base_url = ""
+        """The auth server's URL: `base_url`, or its own port with `realism.separate_auth_port`."""
+        self.auth_port = 0
+        """The auth server's own port, or 0 when it shares the API's."""
+        self.file_names = FileNames()
         self.organization_id = ORGANIZATION_ID
         self.restored = persistence.load(self) if not self._own_dir else False
         """True when a given `data_dir` held the snapshot of a previous server (see `persistence`)."""
@@ -51,9 +57,10 @@ class SandboxState:
     def balance(self) -> int:
         return self.accounting.balance
 
-    def start(self, base_url: str) -> None:
+    def start(self, base_url: str, auth_base_url: str = "") -> None:
         self.base_url = base_url
-        self.auth.issuer = base_url + "/"
+        self.auth_base_url = auth_base_url or base_url
+        self.auth.issuer = self.auth_base_url + "/"
         self.webhooks.start()
         self.engine.start()
 
@@ -77,5 +84,7 @@ class SandboxState:
             "webhookDeliveries": self.webhooks.deliveries(),
             "contentCount": self.store.count(),
             "organizationId": self.organization_id,
+            "organizations": self.accounting.by_organization(self.organization_id),
+            "realism": self.config.realism.to_dict(),
             "workflows": self.workflows(),
         }

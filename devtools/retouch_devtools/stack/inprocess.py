@@ -22,7 +22,7 @@ from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX, TOKEN_ENV, 
 from retouch_devtools.stack.s3 import CREDENTIALS
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
-from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline.autoretouch import AutoRetouchClient, WorkflowExecution
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
@@ -154,6 +154,11 @@ class InProcessStack:
             refresh_token=self.sandbox.refresh_token,
             organization_id=self.sandbox.organization_id,
         )
+
+    def executions(self) -> list[WorkflowExecution]:
+        """Every execution of the sandbox, each read by id (E4): the list (E3) lags in a strict sandbox."""
+        with self.client() as client:
+            return [client.get_execution(e.id) for e in self.sandbox.state.engine.list_executions()]
 
     def ledger(self) -> list[dict[str, Any]]:
         return self.sandbox.state.accounting.ledger()

@@ -1,0 +1,154 @@
+"""How far the sandbox leans towards the adversarial answer of each question the public AutoRetouch material
+leaves open (docs/api-assumptions.md lists them).
+
+A lenient sandbox answers the convenient way: one organization, OAuth and API on one port, a newest-first
+executions list that shows a new execution at once, E8 on a finished execution a no-op, any OAuth client,
+any file name. A client can be green against that and still pay twice, bill the wrong organization or fail
+its first login against the real service. `Realism.strict()` (the default of `SandboxConfig`) gives every
+switch its most adversarial plausible value, so the suite proves the client needs none of the conveniences.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from starlette.types import Scope, Send
+
+from retouch_devtools.sandbox.catalog import (
+    ORGANIZATION_ID,
+    ORGANIZATIONS,
+    USER,
+    stable_uuid,
+)
+
+ListOrder = Literal["newest", "oldest", "unordered"]
+LIST_ORDERS: tuple[ListOrder, ...] = ("newest", "oldest", "unordered")
+LEVELS = ("lenient", "strict")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The switches; field names match the CLI options (`--list-lag` is `list_lag`)."""
+
+    organizations: int = 1
+    """Organizations the account belongs to; with 2 or more the token selects the second one."""
+    separate_auth_port: bool = False
+    """OAuth on its own port (`auth_url`); neither port serves the other's routes, `/v1` is not stripped
+    from OAuth paths."""
+    list_order: ListOrder = "newest"
+    """Order of the executions list (E3); `unordered` is stable across pages but follows no time order."""
+    list_lag: float = 0.0
+    """Seconds before a new execution appears in the executions list (E4 by id shows it at once)."""
+    retry_recharges: bool = False
+    """E8 on a COMPLETED execution runs it again and charges it again (else a no-op)."""
+    strict_oauth: bool = False
+    """Only the reference's public client id; `audience` required; a refresh token only with
+    `offline_access` in the scope."""
+    strict_file_names: bool = False
+    """I4/E7 answer 404 unless the file name is the one the API gave for that content."""
+
+    @classmethod
+    def lenient(cls) -> Realism:
+        return cls()
+
+    @classmethod
+    def strict(cls) -> Realism:
+        return cls(2, True, "oldest", 10.0, True, True, True)
+
+    @classmethod
+    def named(cls, level: str, **overrides: Any) -> Realism:
+        """`lenient` or `strict`, with the given switches (None = keep the level's value) overridden."""
+        if level not in LEVELS:
+            raise ValueError(f"realism must be one of {', '.join(LEVELS)}, not {level!r}")
+        base = cls.strict() if level == "strict" else cls.lenient()
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if changes.get("list_order", "newest") not in LIST_ORDERS:
+            raise ValueError(f"list_order must be one of {', '.join(LIST_ORDERS)}")
+        if changes.get("organizations", 1) < 1 or changes.get("list_lag", 0.0) < 0:
+            raise ValueError("organizations must be at least 1 and list_lag not negative")
+        return replace(base, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ---- organizations ---------------------------------------------------------------------
+
+    def member_organizations(self) -> list[str]:
+        """The account's organizations: the sandbox organization first, then `organizations - 1` more."""
+        extra = [
+            stable_uuid(f"organization:Sandbox Organization {n}") for n in range(2, self.organizations + 1)
+        ]
+        return [ORGANIZATION_ID, *extra]
+
+    def selected_organization(self) -> str:
+        """The token's selected organization: not the first one when there are several."""
+        members = self.member_organizations()
+        return members[1] if len(members) > 1 else members[0]
+
+    # ---- the executions list ---------------------------------------------------------------
+
+    def listed(self, newest_first: list[T], created: Iterable[str], now: datetime) -> list[T]:
+        """E3's view of `newest_first` (whose ISO creation times are `created`): lagging and reordered."""
+        visible = [
+            item
+            for item, at in zip(newest_first, created, strict=True)
+            if (now - datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds() >= self.list_lag
+        ]
+        if self.list_order == "oldest":
+            return visible[::-1]
+        if self.list_order == "unordered":  # stable across pages, unrelated to time (ids are random)
+            return sorted(visible, key=lambda item: str(getattr(item, "id", item)))
+        return visible
+
+
+def organization_json(org_id: str) -> dict[str, Any]:
+    """O2 body of any organization: the catalog's two, or an extra one of the sandbox user."""
+    if org_id in ORGANIZATIONS:
+        return json.loads(json.dumps(ORGANIZATIONS[org_id]))  # a deep copy
+    number = next(
+        (n for n in range(2, 100) if stable_uuid(f"organization:Sandbox Organization {n}") == org_id), 0
+    )
+    return {
+        "id": org_id,
+        "name": f"Sandbox Organization {number}",
+        "version": stable_uuid(f"organization-version:Sandbox Organization {number}"),
+        "members": [{**USER, "roles": ["admin"]}],
+    }
+
+
+class FileNames:
+    """The file names the API gave for each content hash (uploads, execution inputs, results)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: dict[str, set[str]] = {}
+
+    def add(self, content_hash: str, name: str) -> None:
+        with self._lock:
+            self._names.setdefault(content_hash.lower(), set()).add(name)
+
+    def allows(self, content_hash: str, name: str) -> bool:
+        with self._lock:
+            return name in self._names.get(content_hash.lower(), set())
+
+
+async def send_not_found(scope: Scope, send: Send, original_path: str) -> None:
+    """A Spring-style 404 from the ASGI layer (a route served only on the other port)."""
+    body = json.dumps(
+        {
+            "timestamp": datetime.now().astimezone().isoformat(timespec="milliseconds"),
+            "status": 404,
+            "error": "Not Found",
+            "message": "",
+            "path": original_path,
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
