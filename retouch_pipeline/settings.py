@@ -55,7 +55,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AUTORETOUCH_AUTH_URL", DEFAULT_AUTH_URL, "OAuth server base URL"),
     Variable(ENV_REFRESH_TOKEN, "(required at run time)", "refresh token, read by runs and ticks only"),
     Variable(
-        "AUTORETOUCH_ORGANIZATION_ID", "unset", "organization to bill; unset = the account's only one (several: error)"
+        "AUTORETOUCH_ORGANIZATION_ID",
+        "unset",
+        "organization to bill; unset = the account's only one (several: error)",
     ),
     Variable("AUTORETOUCH_WORKFLOW_ID", "(required at run time)", "workflow every image is processed with"),
     Variable("AUTORETOUCH_WORKFLOW_VERSION", "unset = current version", "pin a workflow version"),
