@@ -73,21 +73,36 @@ class Connection:
 
 
 CONNECTION_OPTIONS = [
-    click.option("--api-url", envvar="AUTORETOUCH_API_URL", default=None, help="AutoRetouch API base URL."),
-    click.option("--auth-url", envvar="AUTORETOUCH_AUTH_URL", default=None, help="OAuth server base URL."),
+    click.option(
+        "--api-url",
+        envvar="AUTORETOUCH_API_URL",
+        show_envvar=True,
+        default=None,
+        help="AutoRetouch API base URL (default: the one saved at login, else the real service).",
+    ),
+    click.option(
+        "--auth-url",
+        envvar="AUTORETOUCH_AUTH_URL",
+        show_envvar=True,
+        default=None,
+        help="OAuth server base URL (default: the one saved at login, else the real service's).",
+    ),
     click.option(
         "--organization",
         "organization_id",
         envvar="AUTORETOUCH_ORGANIZATION_ID",
+        show_envvar=True,
         default=None,
-        help="Organization id (default: the one saved at login, else the account's selected one).",
+        help="Organization id (default: the one saved at login, else the account's only one).",
     ),
     click.option(
         "--credentials-file",
         envvar="RETOUCH_PIPELINE_CREDENTIALS",
+        show_envvar=True,
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Credentials file (default ~/.config/retouch-pipeline/credentials.json).",
+        help="Credentials file (default: credentials.json in the platform's config folder, e.g. "
+        "$XDG_CONFIG_HOME/retouch-pipeline/).",
     ),
 ]
 

@@ -183,3 +183,17 @@ def test_an_account_with_several_organizations_must_choose_one(cli_env: dict[str
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "AUTORETOUCH_ORGANIZATION_ID" in lines[0]
     assert all(org in lines[0] for org in sandbox.state.config.realism.member_organizations())
+
+
+def test_help_names_the_variable_of_every_connection_option() -> None:
+    names = (
+        "AUTORETOUCH_API_URL",
+        "AUTORETOUCH_AUTH_URL",
+        "AUTORETOUCH_ORGANIZATION_ID",
+        "RETOUCH_PIPELINE_CREDENTIALS",
+    )
+    for command in ("balance", "workflows", "login"):
+        shown = run_cli([command, "--help"], dict(os.environ), timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        text = " ".join(shown.stdout.split())  # click wraps long lines
+        assert all(f"env var: {name}" in text for name in names), (command, text)
