@@ -223,6 +223,20 @@ def backfill(collection: str, dry_run: bool) -> None:
         sys.exit(run_backfill(collection, dry_run, echo=click.echo))
 
 
+@main.command("migrate-outputs")
+@click.option("--dry-run", is_flag=True, help="Only print what would move.")
+def migrate_outputs(dry_run: bool) -> None:
+    """Move outputs written under the old key scheme (`a.png` for `a.jpg`) to their key (`a.jpg.png`).
+
+    Outputs already at their key are not touched: running it twice moves nothing the second time. Uses the
+    pipeline's environment variables (CATALOG_*, S3_ENDPOINT_URL).
+    """
+    from retouch_pipeline.migrate_outputs import run_migration
+
+    with clear_errors():
+        sys.exit(run_migration(dry_run, echo=click.echo))
+
+
 COMMANDS_GROUP = "retouch_pipeline.commands"
 
 

@@ -2,6 +2,11 @@
 
 Read by the daily refresh (`schedules.py`: what to process again) and by `backfill` (what a collection's
 backfill will buy): one listing of each prefix, one event-log read per asset, per call.
+
+Settled refusals: a source refused for its content (`failures.Failure.content_refusal`: not an image, empty,
+truncated, animated, ...) has a failure note on `retouched_image` carrying the ETag it was refused at. Until
+the object changes (another ETag) it is not planned again, not projected by `backfill`, and the refresh
+reports it under `refused` instead of failing on it every day.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from retouch_pipeline.assets.common import (
     RETOUCHED,
     UPLOADED,
     latest_materializations,
+    latest_observations,
     materialization_metadata,
     metadata_value,
 )
-from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.catalog.keys import DEFAULT_COLLECTION, collection_of, output_key, partition_key_for
 from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
 from retouch_pipeline.resources import CatalogResource
 
@@ -32,10 +38,25 @@ class RefreshPlan:
     outputs_missing: list[str] = field(default_factory=list)
     unchanged: int = 0
     etags: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    """Settled refusals: partition -> the reason recorded for the source's current version."""
 
     @property
     def full(self) -> list[str]:
         return self.missed + self.changed
+
+    @property
+    def buyable(self) -> dict[str, str]:
+        """partition -> ETag of every source that can be bought (settled refusals left out)."""
+        return {pk: etag for pk, etag in self.etags.items() if pk not in self.refused}
+
+    def refused_summary(self) -> dict[str, int]:
+        """How many settled refusals, per failure class name (`NotAnImage`, `AnimatedImage`, ...)."""
+        counts: dict[str, int] = {}
+        for reason in self.refused.values():
+            name = reason.split(":", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
 
 def list_etags(s3: Any, bucket: str, prefix: str) -> dict[str, str]:
@@ -51,30 +72,57 @@ def plan_refresh(
     instance: dg.DagsterInstance, s3: Any, catalog: CatalogResource, collection: str | None = None
 ) -> RefreshPlan:
     """Compare S3 (one listing of each prefix) with the event log; optionally one collection only."""
-    source_prefix = normalize_prefix(catalog.source_prefix)
-    listing_prefix = source_prefix + (f"{collection}/" if collection else "")
-    sources = {
-        key[len(source_prefix) :]: etag
-        for key, etag in list_etags(s3, catalog.source_bucket, listing_prefix).items()
-        if not is_junk(key[len(source_prefix) :])
-    }
+    sources = list_sources(s3, catalog, collection)
     plan = RefreshPlan(etags={partition_key_for(rel): etag for rel, etag in sources.items()})
     keys = list(plan.etags)
     uploaded = latest_materializations(instance, UPLOADED, keys)
     retouched = latest_materializations(instance, RETOUCHED, keys)
+    notes = latest_observations(instance, RETOUCHED, keys)
     outputs = set(list_etags(s3, catalog.output_bucket, normalize_prefix(catalog.output_prefix)))
+    relatives = {partition_key_for(rel): rel for rel in sources}
     for pk, etag in plan.etags.items():
         up, ret = uploaded.get(pk), retouched.get(pk)
+        current = up is not None and metadata_value(materialization_metadata(up), "source_etag") == etag
+        if not (current and ret is not None) and pk in notes:
+            refusal = settled_refusal(notes[pk], etag)
+            if refusal is not None:
+                plan.refused[pk] = refusal
+                continue
         if up is None or ret is None:
             plan.missed.append(pk)
-            continue
-        if metadata_value(materialization_metadata(up), "source_etag") != etag:
+        elif not current:
             plan.changed.append(pk)
-            continue
-        uri = str(metadata_value(materialization_metadata(ret), "output_uri") or "")
-        key = uri.split("/", 3)[3] if uri.count("/") >= 3 else ""
-        if key not in outputs or key + ".json" not in outputs:
+        elif not {key := _expected_output(catalog, relatives[pk], ret), key + ".json"} <= outputs:
             plan.outputs_missing.append(pk)
         else:
             plan.unchanged += 1
     return plan
+
+
+def list_sources(s3: Any, catalog: CatalogResource, collection: str | None) -> dict[str, str]:
+    """relative key -> ETag of the catalog's sources, of one collection when given (`_root` included)."""
+    source_prefix = normalize_prefix(catalog.source_prefix)
+    narrowed = collection is not None and collection != DEFAULT_COLLECTION
+    listing_prefix = source_prefix + (f"{collection}/" if narrowed else "")
+    return {
+        rel: etag
+        for key, etag in list_etags(s3, catalog.source_bucket, listing_prefix).items()
+        if not is_junk(rel := key[len(source_prefix) :])
+        and (collection is None or collection_of(rel) == collection)
+    }
+
+
+def settled_refusal(note: dg.EventLogRecord, etag: str) -> str | None:
+    """The reason of a content refusal recorded for this very source version (`etag`), else None."""
+    observation = note.asset_observation
+    meta = observation.metadata if observation is not None else {}
+    if metadata_value(meta, "content_refusal") is True and metadata_value(meta, "source_etag") == etag:
+        return str(metadata_value(meta, "reason") or "refused")
+    return None
+
+
+def _expected_output(catalog: CatalogResource, relative_key: str, retouched: dg.EventLogRecord) -> str:
+    """Where the output is now (`catalog.keys`), with the recorded output's extension."""
+    uri = str(metadata_value(materialization_metadata(retouched), "output_uri") or "")
+    extension = uri.rsplit(".", 1)[-1] if "." in uri.rsplit("/", 1)[-1] else "png"
+    return output_key(catalog.output_prefix_normalized(), relative_key, extension)

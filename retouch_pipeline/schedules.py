@@ -10,7 +10,8 @@ prefixes once, compares them with the recorded materializations and brings up to
 * images whose output is missing from the output bucket                -> `retouched_image` only: downloaded
   again from the recorded execution, not paid again.
 
-An unchanged image with its output in place gets nothing. Even when asked again, the step would reuse the
+An unchanged image with its output in place gets nothing, and so does a source refused for its content
+whose ETag has not changed since (`refresh_plan`: counted under `skipped_refused`, by reason). Even when asked again, the step would reuse the
 recorded execution (idempotency key), so a refresh can never double-charge.
 
 Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
@@ -88,7 +89,9 @@ def reconcile_catalog(
     context.log.info(
         f"refresh: {len(plan.missed)} missed, {len(plan.changed)} changed, "
         f"{len(plan.outputs_missing)} outputs missing, {plan.unchanged} unchanged; "
-        f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}"
+        f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}; "
+        f"{len(plan.refused)} skipped, refused earlier for their content and unchanged since "
+        f"{plan.refused_summary()}"
     )
     full = [new_item(pk, catalog) for pk in in_run.full]
     restore = [new_item(pk, catalog) for pk in in_run.outputs_missing]
@@ -104,6 +107,8 @@ def reconcile_catalog(
             "changed": dg.MetadataValue.int(len(plan.changed)),
             "outputs_missing": dg.MetadataValue.int(len(plan.outputs_missing)),
             "unchanged": dg.MetadataValue.int(plan.unchanged),
+            "skipped_refused": dg.MetadataValue.int(len(plan.refused)),
+            "skipped_refused_by_reason": dg.MetadataValue.json(plan.refused_summary()),
             "processed_in_run": dg.MetadataValue.int(len(items)),
             "backfills": dg.MetadataValue.json(ids),
         },

@@ -61,6 +61,9 @@ def failure_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
             "message": dg.MetadataValue.text(failure.sentence),
             "stage": failure.stage,
             "reason": failure.reason,
+            # settled until the source changes: the refresh does not plan this source version again
+            "content_refusal": failure.content_refusal,
+            "source_etag": item.source_etag or "",
             **_common(item, execution_link),
         },
         tags=collection_tags(item.collection),
