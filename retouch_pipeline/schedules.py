@@ -11,8 +11,9 @@ prefixes once, compares them with the recorded materializations and brings up to
   again from the recorded execution, not paid again.
 
 An unchanged image with its output in place gets nothing, and so does a source refused for its content
-whose ETag has not changed since (`refresh_plan`: counted under `skipped_refused`, by reason). Even when asked again, the step would reuse the
-recorded execution (idempotency key), so a refresh can never double-charge.
+whose ETag has not changed since (`refresh_plan`: counted under `skipped_refused`, by reason). Even when
+asked again, the step would reuse the recorded execution (idempotency key), so a refresh can never
+double-charge.
 
 Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
 restore; default one backfill run's worth, 100) is processed inside the refresh run itself, by the same
