@@ -143,8 +143,9 @@ def validate_image(path: str, max_side: int) -> tuple[str, int, int, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fmt, width, height = _probe(path, max_side)
+            fmt = _probe(path, max_side)
             with Image.open(path) as image:
+                width, height = upright_size(image)  # PNG: reads the chunks, so after verify()
                 # Decodes every byte of the stream (a JPEG at reduced scale: see thumbnail_data_uri), which
                 # catches truncated data that verify() lets through; no full-size copy for the thumbnail.
                 preview = thumbnail_data_uri(image)
@@ -157,11 +158,11 @@ def validate_image(path: str, max_side: int) -> tuple[str, int, int, str]:
     return fmt, width, height, preview
 
 
-def _probe(path: str, max_side: int) -> tuple[str, int, int]:
-    """Format, mode and upright size from the header, then the structure and checksums (`verify`)."""
+def _probe(path: str, max_side: int) -> str:
+    """Format, frames, mode and size from the header, then the structure and checksums (`verify`)."""
     with Image.open(path) as probe:
         fmt = probe.format or "unknown"
-        width, height = upright_size(probe)
+        width, height = probe.size
         if fmt not in ACCEPTED_FORMATS and fmt not in CONVERTED_FORMATS:
             accepted = ", ".join(sorted({*ACCEPTED_FORMATS, *CONVERTED_FORMATS}))
             raise UnsupportedFormat(f"{fmt} (accepted: {accepted})")
@@ -179,4 +180,4 @@ def _probe(path: str, max_side: int) -> tuple[str, int, int]:
         if max(width, height) > max_side:
             raise ImageTooLarge(f"{width}x{height} exceeds {max_side} px on a side")
         probe.verify()  # structure and checksums
-    return fmt, width, height
+    return fmt

@@ -133,7 +133,7 @@ def test_the_pairs_that_collided_before_issue_16_do_not() -> None:
         ("/abs//x.jpg", "out/_/abs/_/x.jpg.png"),
         ("a\\..\\b.jpg", "out/a~5C..~5Cb.jpg.png"),
         (".hidden", "out/.hidden.png"),
-        ("c/..", "out/c/_..png"),
+        ("c/..", "out/c/_...png"),
     ],
 )
 def test_output_key_examples(relative_key: str, expected: str) -> None:
