@@ -30,6 +30,7 @@ from retouch_pipeline.autoretouch import (
     DeviceFlow,
     revoke,
 )
+from retouch_pipeline.catalog.scanner import BucketError
 from retouch_pipeline.settings import SettingsError
 
 
@@ -104,7 +105,7 @@ def clear_errors() -> Iterator[None]:
     """Turn library errors into one line on stderr and exit status 1, as a shell user expects."""
     try:
         yield
-    except (AutoRetouchError, SettingsError) as error:
+    except (AutoRetouchError, SettingsError, BucketError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 

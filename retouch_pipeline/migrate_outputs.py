@@ -13,14 +13,13 @@ anywhere, a re-run finishes the move (an output whose new key already holds the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from retouch_pipeline.catalog.keys import output_key
 from retouch_pipeline.catalog.scanner import normalize_prefix
-from retouch_pipeline.processing.deliver import sidecar_key
+from retouch_pipeline.processing.deliver import move_output, read_sidecar, sidecar_key
 from retouch_pipeline.refresh_plan import list_etags
 from retouch_pipeline.resources import CatalogResource
 
@@ -47,11 +46,11 @@ def migrate_outputs(
 ) -> Migration:
     """Move every output of this catalog to its current key (see the module docstring)."""
     bucket = catalog.output_bucket
-    listing = list_etags(s3, bucket, normalize_prefix(catalog.output_prefix))
+    listing = list_etags(s3, bucket, normalize_prefix(catalog.output_prefix), "CATALOG_OUTPUT_BUCKET")
     source_prefix = normalize_prefix(catalog.source_prefix)
     result = Migration()
     for image_key in sorted(k for k in listing if sidecar_key(k) in listing):
-        source = _sidecar(s3, bucket, image_key).get("source") or {}
+        source = read_sidecar(s3, bucket, image_key).get("source") or {}
         source_key = str(source.get("key") or "")
         if source.get("bucket") != catalog.source_bucket or not source_key.startswith(source_prefix):
             result.foreign.append(image_key)
@@ -64,33 +63,8 @@ def migrate_outputs(
         echo(f"{'would move' if dry_run else 'moving'} s3://{bucket}/{image_key} -> {target}")
         result.moved.append((image_key, target))
         if not dry_run:
-            _move(s3, bucket, image_key, target)
+            move_output(s3, bucket, image_key, target)
     return result
-
-
-def _sidecar(s3: Any, bucket: str, image_key: str) -> dict[str, Any]:
-    body = s3.get_object(Bucket=bucket, Key=sidecar_key(image_key))["Body"].read()
-    try:
-        loaded = json.loads(body)
-    except ValueError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _move(s3: Any, bucket: str, old: str, new: str) -> None:
-    """Image then sidecar to `new`, then the old sidecar and image away (no sidecar without its image)."""
-    sidecar = _sidecar(s3, bucket, old)
-    s3.copy_object(Bucket=bucket, Key=new, CopySource={"Bucket": bucket, "Key": old})
-    sidecar.setdefault("result", {})["key"] = new
-    sidecar["migrated_from"] = old
-    s3.put_object(
-        Bucket=bucket,
-        Key=sidecar_key(new),
-        Body=json.dumps(sidecar, indent=2, sort_keys=True).encode(),
-        ContentType="application/json",
-    )
-    s3.delete_object(Bucket=bucket, Key=sidecar_key(old))
-    s3.delete_object(Bucket=bucket, Key=old)
 
 
 def run_migration(dry_run: bool, echo: Callable[[str], Any] = print) -> int:

@@ -24,8 +24,15 @@ from retouch_pipeline.assets.common import (
     materialization_metadata,
     metadata_value,
 )
-from retouch_pipeline.catalog.keys import DEFAULT_COLLECTION, collection_of, output_key, partition_key_for
-from retouch_pipeline.catalog.scanner import is_junk, normalize_prefix
+from retouch_pipeline.catalog.keys import (
+    DEFAULT_COLLECTION,
+    collection_of,
+    output_key,
+    partition_key_for,
+    source_of_output_key,
+)
+from retouch_pipeline.catalog.scanner import BucketError, is_junk, normalize_prefix
+from retouch_pipeline.processing.deliver import read_sidecar
 from retouch_pipeline.resources import CatalogResource
 
 
@@ -40,6 +47,10 @@ class RefreshPlan:
     etags: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     """Settled refusals: partition -> the reason recorded for the source's current version."""
+    orphans: dict[str, str] = field(default_factory=dict)
+    """Outputs whose source is deleted: output key -> partition key (whole-catalog plans only)."""
+    legacy_outputs: int = 0
+    """Outputs at a pre-issue-16 key whose source still exists (`retouch-pipeline migrate-outputs`)."""
 
     @property
     def full(self) -> list[str]:
@@ -59,12 +70,18 @@ class RefreshPlan:
         return counts
 
 
-def list_etags(s3: Any, bucket: str, prefix: str) -> dict[str, str]:
-    """key -> ETag of every object under `prefix`."""
+def list_etags(s3: Any, bucket: str, prefix: str, variable: str = "CATALOG_SOURCE_BUCKET") -> dict[str, str]:
+    """key -> ETag of every object under `prefix`; a missing bucket raises `BucketError` naming `variable`."""
     out: dict[str, str] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = str(obj.get("ETag", "")).strip('"')
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                out[obj["Key"]] = str(obj.get("ETag", "")).strip('"')
+    except Exception as exc:
+        error = BucketError.check(exc, bucket, variable)
+        if error is None:
+            raise
+        raise error from exc
     return out
 
 
@@ -78,7 +95,8 @@ def plan_refresh(
     uploaded = latest_materializations(instance, UPLOADED, keys)
     retouched = latest_materializations(instance, RETOUCHED, keys)
     notes = latest_observations(instance, RETOUCHED, keys)
-    outputs = set(list_etags(s3, catalog.output_bucket, normalize_prefix(catalog.output_prefix)))
+    output_prefix = normalize_prefix(catalog.output_prefix)
+    outputs = set(list_etags(s3, catalog.output_bucket, output_prefix, "CATALOG_OUTPUT_BUCKET"))
     relatives = {partition_key_for(rel): rel for rel in sources}
     for pk, etag in plan.etags.items():
         up, ret = uploaded.get(pk), retouched.get(pk)
@@ -96,7 +114,27 @@ def plan_refresh(
             plan.outputs_missing.append(pk)
         else:
             plan.unchanged += 1
+    if collection is None:
+        find_orphans(s3, catalog, set(sources), outputs, plan)
     return plan
+
+
+def find_orphans(
+    s3: Any, catalog: CatalogResource, sources: set[str], outputs: set[str], plan: RefreshPlan
+) -> None:
+    """Outputs whose source is gone, confirmed by their sidecar (one read per candidate only)."""
+    prefix = catalog.output_prefix_normalized()
+    archive = catalog.archive_prefix or "\0"  # an archive nested in the output prefix is not re-archived
+    for key in sorted(k for k in outputs if k + ".json" in outputs and not k.startswith(archive)):
+        if source_of_output_key(prefix, key) in sources:
+            continue
+        sidecar = read_sidecar(s3, catalog.output_bucket, key)
+        source_key = str((sidecar.get("source") or {}).get("key") or "")
+        source_prefix = normalize_prefix(catalog.source_prefix)
+        if source_key.startswith(source_prefix) and source_key[len(source_prefix) :] in sources:
+            plan.legacy_outputs += 1
+        elif sidecar.get("partition_key"):
+            plan.orphans[key] = str(sidecar["partition_key"])
 
 
 def list_sources(s3: Any, catalog: CatalogResource, collection: str | None) -> dict[str, str]:

@@ -119,6 +119,11 @@ class CatalogResource(dg.ConfigurableResource):
     )
     output_bucket: str = Field(description="Bucket receiving retouched images and their JSON sidecars.")
     output_prefix: str = Field(default="retouched/", description="Prefix of the outputs.")
+    archive_prefix: str | None = Field(
+        default=None,
+        description="Deleted sources: None keeps their outputs in place; a prefix (in the output bucket) "
+        "is where the daily refresh moves them (CATALOG_ARCHIVE_PREFIX).",
+    )
     max_image_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="Larger source objects fail before any download."
     )

@@ -35,6 +35,7 @@ from retouch_pipeline.assets.common import PIPELINE_KEYS, RETOUCHED
 from retouch_pipeline.assets.pipeline import MAX_PARTITIONS_PER_RUN
 from retouch_pipeline.assets.presentation import failure_of
 from retouch_pipeline.assets.step import run_step
+from retouch_pipeline.deleted_sources import settle_deleted_sources
 from retouch_pipeline.launch import register_partitions, submit_backfills
 from retouch_pipeline.processing.orchestrator import ALL
 from retouch_pipeline.processing.validate import new_item
@@ -94,6 +95,7 @@ def reconcile_catalog(
         f"{len(plan.refused)} skipped, refused earlier for their content and unchanged since "
         f"{plan.refused_summary()}"
     )
+    yield from settle_deleted_sources(s3.get_client(), catalog, plan)
     full = [new_item(pk, catalog) for pk in in_run.full]
     restore = [new_item(pk, catalog) for pk in in_run.outputs_missing]
     items = full + restore
@@ -110,6 +112,11 @@ def reconcile_catalog(
             "unchanged": dg.MetadataValue.int(plan.unchanged),
             "skipped_refused": dg.MetadataValue.int(len(plan.refused)),
             "skipped_refused_by_reason": dg.MetadataValue.json(plan.refused_summary()),
+            "deleted_sources": dg.MetadataValue.int(len(plan.orphans)),
+            "deleted_sources_policy": "archive to " + catalog.archive_prefix
+            if catalog.archive_prefix
+            else "keep",
+            "outputs_at_legacy_keys": dg.MetadataValue.int(plan.legacy_outputs),
             "processed_in_run": dg.MetadataValue.int(len(items)),
             "backfills": dg.MetadataValue.json(ids),
         },

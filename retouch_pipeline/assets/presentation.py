@@ -89,6 +89,20 @@ def pending_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
     )
 
 
+def deleted_source_observation(partition_key: str, where: str) -> dg.AssetObservation:
+    """`retouched_image`'s note for a partition whose source was deleted from S3: where its output is."""
+    sentence = (
+        f"The source of this image was deleted from S3. Its output was {where}. Nothing is bought for it "
+        "until a source with this name is uploaded again."
+    )
+    return dg.AssetObservation(
+        asset_key=RETOUCHED,
+        partition=partition_key,
+        description=sentence,
+        metadata={"status": "source_deleted", "message": dg.MetadataValue.text(sentence)},
+    )
+
+
 def failure_of(items: list[WorkItem]) -> dg.Failure | None:
     """One `dg.Failure` naming each failed image and why; retried unless every failure is permanent."""
     failed = {i.partition_key: i.failure for i in items if i.failure is not None}

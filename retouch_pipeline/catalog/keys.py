@@ -143,6 +143,31 @@ def legacy_output_key(output_prefix: str, relative_key: str, extension: str) -> 
     return _output_key(output_prefix, relative_key, extension, keep_source_extension=False)
 
 
+_WRITTEN_SPECIAL_RE = re.compile(r"_+\.{0,2}")  # a special segment as `_escape_output_segment` writes it
+
+
+def _unescape_output_segment(segment: str) -> str:
+    return _unescape(segment[1:] if _WRITTEN_SPECIAL_RE.fullmatch(segment) else segment)
+
+
+def source_of_output_key(output_prefix: str, key: str) -> str | None:
+    """The relative source key whose result :func:`output_key` writes at `key` (None: not such a key).
+
+    The inverse of :func:`output_key` (both rewrites are bijective). An output written under the legacy
+    scheme decodes to a source that usually does not exist: callers confirm with the sidecar.
+    """
+    prefix = output_prefix.strip("/")
+    rest = key[len(prefix) + 1 :] if prefix else key
+    if (prefix and not key.startswith(prefix + "/")) or "." not in rest.rsplit("/", 1)[-1]:
+        return None
+    stem = rest.rsplit(".", 1)[0]
+    try:
+        relative = "/".join(_unescape_output_segment(s) for s in stem.split("/"))
+    except UnicodeDecodeError:
+        return None
+    return relative if relative and output_key(prefix, relative, rest.rsplit(".", 1)[1]) == key else None
+
+
 def _output_key(output_prefix: str, relative_key: str, extension: str, *, keep_source_extension: bool) -> str:
     if not _EXTENSION_RE.fullmatch(extension.removeprefix(".")):
         raise ValueError(f"not a file extension: {extension!r}")

@@ -72,6 +72,32 @@ def sidecar_key(image_key: str) -> str:
     return image_key + ".json"
 
 
+def read_sidecar(s3: Any, bucket: str, image_key: str) -> dict[str, Any]:
+    """The JSON sidecar of an output ({} when it is not a JSON object)."""
+    body = s3.get_object(Bucket=bucket, Key=sidecar_key(image_key))["Body"].read()
+    try:
+        loaded = json.loads(body)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def move_output(s3: Any, bucket: str, old: str, new: str) -> None:
+    """Image then sidecar to `new`, then the old sidecar and image away (no sidecar without its image)."""
+    sidecar = read_sidecar(s3, bucket, old)
+    s3.copy_object(Bucket=bucket, Key=new, CopySource={"Bucket": bucket, "Key": old})
+    sidecar.setdefault("result", {})["key"] = new
+    sidecar["moved_from"] = old
+    s3.put_object(
+        Bucket=bucket,
+        Key=sidecar_key(new),
+        Body=json.dumps(sidecar, indent=2, sort_keys=True).encode(),
+        ContentType="application/json",
+    )
+    s3.delete_object(Bucket=bucket, Key=sidecar_key(old))
+    s3.delete_object(Bucket=bucket, Key=old)
+
+
 WRITE_PROBE = ".retouch-pipeline-write-check"
 
 
@@ -108,10 +134,9 @@ def check_no_collision(step: Step, item: WorkItem) -> None:
     """
     bucket, key = step.catalog.output_bucket, planned_output_key(step, item)
     try:
-        body = step.s3.get_object(Bucket=bucket, Key=sidecar_key(key))["Body"].read()
+        source = read_sidecar(step.s3, bucket, key).get("source") or {}
     except step.s3.exceptions.NoSuchKey:
         return
-    source = (json.loads(body) if body else {}).get("source") or {}
     owner = f"s3://{source.get('bucket')}/{source.get('key')}"
     if owner != f"s3://{step.catalog.source_bucket}/{item.source_key}":
         raise OutputCollision(

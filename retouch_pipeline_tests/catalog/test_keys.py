@@ -14,6 +14,7 @@ from retouch_pipeline.catalog.keys import (
     collection_of_partition_key,
     legacy_output_key,
     output_key,
+    source_of_output_key,
     partition_key_for,
     s3_key_from_partition_key,
 )
@@ -116,6 +117,12 @@ def test_output_keys_never_collide(a: str, b: str, ext_a: str, ext_b: str) -> No
     if a != b:
         assert output_key("o", a, ext_a) != output_key("o", b, ext_b)
         assert output_key("o", a, ext_a) + ".json" != output_key("o", b, ext_b)  # nor a sidecar's key
+
+
+@settings(max_examples=600)
+@given(prefixes, relative_keys, extensions)
+def test_an_output_key_names_its_source(prefix: str, relative_key: str, extension: str) -> None:
+    assert source_of_output_key(prefix, output_key(prefix, relative_key, extension)) == relative_key
 
 
 def test_the_pairs_that_collided_before_issue_16_do_not() -> None:
