@@ -137,6 +137,11 @@ def check_no_collision(step: Step, item: WorkItem) -> None:
         source = read_sidecar(step.s3, bucket, key).get("source") or {}
     except step.s3.exceptions.NoSuchKey:
         return
+    except Exception as exc:
+        problem = bucket_problem(exc, bucket, "reading the results")
+        if problem is None:
+            raise
+        raise OutputBucketUnusable(problem) from exc
     owner = f"s3://{source.get('bucket')}/{source.get('key')}"
     if owner != f"s3://{step.catalog.source_bucket}/{item.source_key}":
         raise OutputCollision(

@@ -14,9 +14,9 @@ from retouch_pipeline.catalog.keys import (
     collection_of_partition_key,
     legacy_output_key,
     output_key,
-    source_of_output_key,
     partition_key_for,
     s3_key_from_partition_key,
+    source_of_output_key,
 )
 
 # Any Unicode text S3 could hold (no lone surrogates: not encodable in UTF-8), biased towards the

@@ -13,8 +13,8 @@ import requests
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 
 
-def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`retouch-pipeline backfill COLLECTION ARGS` with the pipeline's environment pointing at the stack."""
+def pipeline_cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`retouch-pipeline ARGS` with the pipeline's environment pointing at the stack."""
     environment = {
         "PATH": "/usr/bin:/bin",
         "DAGSTER_HOME": stack.instance.root_directory,
@@ -30,8 +30,13 @@ def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subproce
         "RETOUCH_SENSORS_RUNNING": "0",
         **env,
     }
-    cmd = [sys.executable, "-m", "retouch_pipeline.cli", "backfill", collection, *args]
+    cmd = [sys.executable, "-m", "retouch_pipeline.cli", *args]
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`retouch-pipeline backfill COLLECTION ARGS` on the stack."""
+    return pipeline_cli(stack, "backfill", collection, *args, **env)
 
 
 def _step_failure(result: object) -> str:
