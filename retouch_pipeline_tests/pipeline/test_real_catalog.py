@@ -194,6 +194,19 @@ def test_missing_output_bucket_is_permanent_and_named_before_buying(stack: Stack
     assert "temporary" not in note["message"].lower()
 
 
+def test_missing_source_bucket_is_permanent_and_named(stack: Stack) -> None:
+    keys = [stack.put(c.key, c.body) for c in cases() if c.key == "real/pair.jpg"]
+    stack.register(keys)
+    resources = _resources(stack, source_bucket="no-such-catalog")
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[0]}
+    result = materialize_range(stack.instance, resources, PIPELINE_KEYS, tags)
+    assert not result.success and stack.charged() == 0
+    note = observations(result)["real/pair.jpg"]
+    assert note["failure_class"] == "bucket_unusable", note
+    assert "'no-such-catalog' does not exist" in note["reason"] and "CATALOG_SOURCE_BUCKET" in note["message"]
+    assert "temporary" not in note["message"].lower()
+
+
 def test_migration_moves_old_scheme_outputs_once(stack: Stack, make_image: Callable[..., bytes]) -> None:
     """A catalog written the old way (extension replaced): pair.jpg and pair.png shared pair.png."""
     catalog = [c for c in cases() if c.key in ("real/pair.jpg", "real/pair.png", "real/coffee.webp")]
