@@ -110,7 +110,7 @@ def plan_refresh(
             plan.missed.append(pk)
         elif not current:
             plan.changed.append(pk)
-        elif not {key := _expected_output(catalog, relatives[pk], ret), key + ".json"} <= outputs:
+        elif not _output_in_place(_expected_output(catalog, relatives[pk], ret), outputs):
             plan.outputs_missing.append(pk)
         else:
             plan.unchanged += 1
@@ -157,6 +157,10 @@ def settled_refusal(note: dg.EventLogRecord, etag: str) -> str | None:
     if metadata_value(meta, "content_refusal") is True and metadata_value(meta, "source_etag") == etag:
         return str(metadata_value(meta, "reason") or "refused")
     return None
+
+
+def _output_in_place(key: str, outputs: set[str]) -> bool:
+    return key in outputs and key + ".json" in outputs
 
 
 def _expected_output(catalog: CatalogResource, relative_key: str, retouched: dg.EventLogRecord) -> str:

@@ -81,11 +81,11 @@ def source_file(step: Step, item: WorkItem) -> Iterator[str]:
             if problem is None:
                 raise
             raise SourceBucketUnusable(problem) from exc
+        item.source_etag = str(response.get("ETag", "")).strip('"') or None  # a refusal is settled at it
         size = int(response.get("ContentLength") or 0)
         if size > step.catalog.max_image_bytes:
             response["Body"].close()
             raise ImageTooLarge(f"{size} bytes exceeds {step.catalog.max_image_bytes} bytes")
-        item.source_etag = str(response.get("ETag", "")).strip('"') or None
         with tmp:
             for chunk in response["Body"].iter_chunks(CHUNK):
                 tmp.write(chunk)

@@ -1,6 +1,11 @@
 """Issue 16: a catalog of real photographs through the real stack (sandbox + moto over HTTP), with assertions
 on output keys, on credits and on pixels (orientation, alpha); then the refresh and `backfill` on what remains
-(settled refusals, a deleted source, `_root`), the collision guard and the migration of old-scheme outputs."""
+(settled refusals, a deleted source, `_root`), the collision guard and the migration of old-scheme outputs.
+
+The pictures are scikit-image's bundled photos (`skimage.data`), only those shipped inside the wheel (no
+download at test time), written in the formats, modes and names shops' buckets hold. Each case says what the
+pipeline must do with it: processed (its output key follows), or the failure class it is refused with.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ import io
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
+from skimage import data
 
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
@@ -22,8 +29,100 @@ from retouch_pipeline.assets import PIPELINE_KEYS, UPLOADED
 from retouch_pipeline.catalog.keys import legacy_output_key, output_key
 from retouch_pipeline.resources import CatalogResource
 from retouch_pipeline.schedules import catalog_refresh_job
-from retouch_pipeline_tests.pipeline.real_catalog import Case, cases, photo
-from retouch_pipeline_tests.pipeline.test_backfill import pipeline_cli
+
+ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    """Relative source key (below the source prefix)."""
+    body: bytes
+    refused: str | None = None
+    """The failure class it is refused with; None: processed."""
+    what: str = ""
+
+
+def _encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def photo(name: str) -> Image.Image:
+    """One of skimage's bundled photos as a Pillow image."""
+    return Image.fromarray(getattr(data, name)())
+
+
+def exif_rotated_chelsea() -> bytes:
+    """The cat stored sideways (451x300 stored; EXIF 6: a viewer turns it 90° clockwise to 300x451)."""
+    stored = photo("chelsea").transpose(Image.Transpose.ROTATE_90)  # what a phone stores
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    return _encode(stored, "JPEG", exif=exif.tobytes(), quality=90)
+
+
+def grey_with_transparent_band() -> Image.Image:
+    """The camera man in grey + alpha: the left quarter fully transparent, the rest opaque."""
+    grey = photo("camera")
+    alpha = Image.new("L", grey.size, 255)
+    alpha.paste(0, (0, 0, grey.width // 4, grey.height))
+    image = Image.merge("LA", (grey, alpha))
+    return image
+
+
+def sixteen_bit_grey() -> bytes:
+    """The camera man as a 16-bit grey PNG (mode I;16), the case refused before issue 16."""
+    values = np.asarray(photo("camera"), dtype=np.uint16) * 257
+    return _encode(Image.fromarray(values), "PNG")  # uint16 -> I;16
+
+
+def cmyk_with_icc() -> bytes:
+    """Coffee as a CMYK JPEG with an embedded ICC profile (an sRGB one: no CMYK profile ships here)."""
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return _encode(photo("coffee").convert("CMYK"), "JPEG", icc_profile=profile, quality=90)
+
+
+def animated_gif() -> bytes:
+    frames = [photo("coffee").resize((60, 40)).rotate(a).convert("P") for a in (0, 90, 180)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def multipage_tiff() -> bytes:
+    pages = [photo("astronaut").resize((64, 64)), photo("coffee").resize((64, 64))]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+def float_tiff() -> bytes:
+    values = np.asarray(photo("camera"), dtype=np.float32) / 255.0
+    return _encode(Image.fromarray(values), "TIFF")  # float32 -> F
+
+
+def cases() -> list[Case]:
+    """The catalog: processed cases first, then the refusals."""
+    astronaut, coffee = photo("astronaut"), photo("coffee")
+    return [
+        Case("real/pair.jpg", _encode(astronaut, "JPEG", quality=90), what="same stem as pair.png"),
+        Case("real/pair.png", _encode(coffee, "PNG"), what="same stem as pair.jpg"),
+        Case("real/coffee.webp", _encode(coffee.resize((300, 200)), "WEBP"), what="WebP"),
+        Case("real/chelsea-exif6.jpg", exif_rotated_chelsea(), what="EXIF orientation 6"),
+        Case("real/camera-16bit.png", sixteen_bit_grey(), what="16-bit grey PNG (I;16)"),
+        Case("real/camera-1bit.png", _encode(photo("camera").convert("1"), "PNG"), what="1-bit PNG"),
+        Case("real/camera-la.png", _encode(grey_with_transparent_band(), "PNG"), what="grey + alpha (LA)"),
+        Case("real/coffee-cmyk.jpg", cmyk_with_icc(), what="CMYK JPEG with ICC profile"),
+        Case("real/rocket.gif", _encode(photo("rocket").convert("P"), "GIF"), what="static GIF"),
+        Case("real/chelsea.bmp", _encode(photo("chelsea"), "BMP"), what="BMP"),
+        Case("real/astronaut.avif", _encode(astronaut.resize((256, 256)), "AVIF"), what="AVIF"),
+        Case("real/spinning.gif", animated_gif(), "AnimatedImage", "animated GIF, 3 frames"),
+        Case("real/two-pages.tif", multipage_tiff(), "AnimatedImage", "2-page TIFF"),
+        Case("real/camera-float.tif", float_tiff(), "UnsupportedMode", "32-bit float TIFF (F)"),
+        Case("real/empty.jpg", b"", "EmptySourceImage", "0 bytes"),
+        Case("real/notes.txt", b"product notes, not a picture\n" * 10, "NotAnImage", "text"),
+    ]
 
 
 def _before_thumbnail(preview_markdown: str) -> Image.Image:
@@ -134,11 +233,11 @@ def test_refresh_and_backfill_settle_refusals_deleted_sources_and_root(stack: St
 
     # backfill counts only what can be bought, and launches the same set (not the deleted source)
     stack.s3.delete_object(Bucket=stack.bucket, Key=SOURCE_PREFIX + "real/coffee.webp")
-    dry = pipeline_cli(stack, "backfill", "real", "--dry-run")
+    dry = stack.cli("backfill", "real", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "collection real: 2 image(s), 0 needing a new execution; projected 0 credits" in dry.stdout
     assert "5 skipped, refused earlier for their content" in dry.stdout
-    launched = pipeline_cli(stack, "backfill", "real")
+    launched = stack.cli("backfill", "real")
     assert "for 2 image(s)" in launched.stdout, launched.stdout + launched.stderr
 
     # a changed refused file is planned again (new ETag): refused once more (the run names it), then settled
@@ -160,7 +259,7 @@ def test_refresh_and_backfill_settle_refusals_deleted_sources_and_root(stack: St
 
     # `_root`: images directly under the prefix are a collection in every command
     stack.put("loose.jpg", catalog[0].body)
-    dry_root = pipeline_cli(stack, "backfill", "_root", "--dry-run")
+    dry_root = stack.cli("backfill", "_root", "--dry-run")
     assert "collection _root: 1 image(s)" in dry_root.stdout, dry_root.stdout + dry_root.stderr
     assert stack.charged() == charged
 
@@ -228,12 +327,12 @@ def test_migration_moves_old_scheme_outputs_once(stack: Stack, make_image: Calla
     before = stack.keys(OUTPUT_PREFIX)
     assert OUTPUT_PREFIX + "real/pair.png" in before and OUTPUT_PREFIX + "real/new.png.png" in before
 
-    dry = pipeline_cli(stack, "migrate-outputs", "--dry-run")
+    dry = stack.cli("migrate-outputs", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would move 2 output(s); 1 already at their key (untouched)" in dry.stdout
     assert stack.keys(OUTPUT_PREFIX) == before
 
-    run = pipeline_cli(stack, "migrate-outputs")
+    run = stack.cli("migrate-outputs")
     assert "moved 2 output(s); 1 already at their key (untouched)" in run.stdout, run.stdout + run.stderr
     after = stack.keys(OUTPUT_PREFIX)
     assert OUTPUT_PREFIX + "real/pair.png" not in after
@@ -241,7 +340,7 @@ def test_migration_moves_old_scheme_outputs_once(stack: Stack, make_image: Calla
     assert json.loads(stack.get(OUTPUT_PREFIX + "real/pair.png.png.json"))["result"]["key"] == (
         OUTPUT_PREFIX + "real/pair.png.png"
     )
-    again = pipeline_cli(stack, "migrate-outputs")
+    again = stack.cli("migrate-outputs")
     assert "moved 0 output(s); 3 already at their key (untouched)" in again.stdout
 
     # pair.jpg lost its output in the old collision: the refresh restores it from its execution, free
