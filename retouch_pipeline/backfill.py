@@ -25,9 +25,7 @@ import dagster as dg
 from retouch_pipeline.assets.common import PIPELINE_KEYS
 from retouch_pipeline.assets.records import EventLogRecords
 from retouch_pipeline.autoretouch import AutoRetouchClient
-from retouch_pipeline.catalog.keys import collection_of_partition_key
-from retouch_pipeline.launch import submit_backfills
-from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.launch import register_partitions, submit_backfills
 from retouch_pipeline.processing.budget import Projection, refusal
 from retouch_pipeline.processing.create import forecast
 from retouch_pipeline.processing.failures import BudgetRefused
@@ -43,6 +41,7 @@ class BackfillEstimate:
     projection: Projection
     balance: int
     budget: int | None
+    plan: RefreshPlan | None = None
 
     @property
     def refused(self) -> BudgetRefused | None:
@@ -53,10 +52,17 @@ class BackfillEstimate:
         retried = f", {p.retries} of them retries" if p.retries else ""
         budget = f" and budget_credits={self.budget}" if self.budget is not None else ""
         verdict = "fits" if self.refused is None else "refused"
+        skipped = self.plan.refused_summary() if self.plan else {}
+        refused = (
+            f"; {sum(skipped.values())} skipped, refused earlier for their content and unchanged since "
+            f"({', '.join(f'{n} {name}' for name, n in sorted(skipped.items()))})"
+            if skipped
+            else ""
+        )
         return (
             f"collection {self.collection}: {self.images} image(s), {p.creates} needing a new execution; "
             f"projected {p.credits} credits ({p.executions} x {p.price}{retried}) against a balance of "
-            f"{self.balance}{budget}: {verdict}"
+            f"{self.balance}{budget}: {verdict}{refused}"
         )
 
 
@@ -71,16 +77,17 @@ def estimate(
     plan = plan_refresh(instance, s3, catalog, collection)
     records = EventLogRecords(instance)
     recorded = records.executions(list(plan.etags))
-    contents = {
+    contents = {  # settled refusals are left out: they can never be bought
         pk: (recorded[pk].input_hash if pk in recorded and recorded[pk].source_etag == etag else None)
-        for pk, etag in plan.etags.items()
+        for pk, etag in plan.buyable.items()
     }
     with autoretouch.get_client() as client:
         step = _step(client, autoretouch, catalog, s3, records)
         projection = forecast(step, contents)
         balance = client.get_balance()
-    images = len(plan.etags)
-    return BackfillEstimate(collection, images, projection, balance, autoretouch.budget_credits), plan
+    images = len(plan.buyable)
+    estimate = BackfillEstimate(collection, images, projection, balance, autoretouch.budget_credits, plan)
+    return estimate, plan
 
 
 def _step(
@@ -133,8 +140,10 @@ def run_backfill(collection: str, dry_run: bool, echo: Any = print) -> int:
 def _launch(
     instance: dg.DagsterInstance, catalog: CatalogResource, plan: RefreshPlan, collection: str, echo: Any
 ) -> int:
+    """The images counted, no more: every source present and buyable (unchanged ones re-run for free)."""
     keys = plan.full + plan.outputs_missing
-    keys += [k for k in _all_keys(instance, collection) if k not in set(keys)]
+    keys += [k for k in plan.buyable if k not in set(keys)]
+    register_partitions(instance, keys)  # sources the sensor has not registered yet
     ids = submit_backfills(
         instance,
         keys,
@@ -151,15 +160,3 @@ def _launch(
 def _progress_line(done: int, total: int, images: int) -> None:
     """One self-overwriting line on stderr (stdout stays the machine-readable summary)."""
     print(f"\rsubmitting backfills: {done}/{total} ({images} image(s))", end="", file=sys.stderr, flush=True)
-
-
-def _all_keys(instance: dg.DagsterInstance, collection: str) -> list[str]:
-    """Every registered partition of the collection (unchanged ones re-run for free: reused executions)."""
-    out = []
-    for key in instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME):
-        try:
-            if collection_of_partition_key(key) == collection:
-                out.append(key)
-        except ValueError:
-            continue
-    return out

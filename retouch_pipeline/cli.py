@@ -31,6 +31,7 @@ from retouch_pipeline.autoretouch import (
     DeviceFlow,
     revoke,
 )
+from retouch_pipeline.catalog.scanner import BucketError
 from retouch_pipeline.settings import SettingsError
 
 
@@ -131,7 +132,7 @@ def clear_errors() -> Iterator[None]:
     """Turn library errors into one line on stderr and exit status 1, as a shell user expects."""
     try:
         yield
-    except (AutoRetouchError, SettingsError) as error:
+    except (AutoRetouchError, SettingsError, BucketError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 
@@ -255,6 +256,20 @@ def backfill(collection: str, dry_run: bool) -> None:
 
     with clear_errors():
         sys.exit(run_backfill(collection, dry_run, echo=click.echo))
+
+
+@main.command("migrate-outputs")
+@click.option("--dry-run", is_flag=True, help="Only print what would move.")
+def migrate_outputs(dry_run: bool) -> None:
+    """Move outputs written under the old key scheme (`a.png` for `a.jpg`) to their key (`a.jpg.png`).
+
+    Outputs already at their key are not touched: running it twice moves nothing the second time. Uses the
+    pipeline's environment variables (CATALOG_*, S3_ENDPOINT_URL).
+    """
+    from retouch_pipeline.migrate_outputs import run_migration
+
+    with clear_errors():
+        sys.exit(run_migration(dry_run, echo=click.echo))
 
 
 COMMANDS_GROUP = "retouch_pipeline.commands"

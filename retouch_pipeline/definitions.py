@@ -71,6 +71,7 @@ def build_catalog(settings: Settings) -> CatalogResource:
         output_bucket=catalog.output_bucket,
         output_prefix=catalog.output_prefix,
         batch_size=catalog.batch_size,
+        archive_prefix=catalog.archive_prefix,
     )
 
 

@@ -119,9 +119,10 @@ class CatalogResource(dg.ConfigurableResource):
     )
     output_bucket: str = Field(description="Bucket receiving retouched images and their JSON sidecars.")
     output_prefix: str = Field(default="retouched/", description="Prefix of the outputs.")
-    keep_source_extension: bool = Field(
-        default=False,
-        description="Name outputs 'a.jpg.png' instead of 'a.png' (catalogs holding both a.jpg and a.jpeg).",
+    archive_prefix: str | None = Field(
+        default=None,
+        description="Deleted sources: None keeps their outputs in place; a prefix (in the output bucket) "
+        "is where the daily refresh moves them (CATALOG_ARCHIVE_PREFIX).",
     )
     max_image_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="Larger source objects fail before any download."

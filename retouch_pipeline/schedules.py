@@ -10,8 +10,10 @@ prefixes once, compares them with the recorded materializations and brings up to
 * images whose output is missing from the output bucket                -> `retouched_image` only: downloaded
   again from the recorded execution, not paid again.
 
-An unchanged image with its output in place gets nothing. Even when asked again, the step would reuse the
-recorded execution (idempotency key), so a refresh can never double-charge.
+An unchanged image with its output in place gets nothing, and so does a source refused for its content
+whose ETag has not changed since (`refresh_plan`: counted under `skipped_refused`, by reason). Even when
+asked again, the step would reuse the recorded execution (idempotency key), so a refresh can never
+double-charge.
 
 Where the work runs: a difference of at most `max_images_in_run` images (per kind: to process, outputs to
 restore; default one backfill run's worth, 100) is processed inside the refresh run itself, by the same
@@ -33,6 +35,7 @@ from retouch_pipeline.assets.common import PIPELINE_KEYS, RETOUCHED
 from retouch_pipeline.assets.pipeline import MAX_PARTITIONS_PER_RUN
 from retouch_pipeline.assets.presentation import failure_of
 from retouch_pipeline.assets.step import run_step
+from retouch_pipeline.deleted_sources import settle_deleted_sources
 from retouch_pipeline.launch import register_partitions, submit_backfills
 from retouch_pipeline.processing.orchestrator import ALL
 from retouch_pipeline.processing.validate import new_item
@@ -88,8 +91,11 @@ def reconcile_catalog(
     context.log.info(
         f"refresh: {len(plan.missed)} missed, {len(plan.changed)} changed, "
         f"{len(plan.outputs_missing)} outputs missing, {plan.unchanged} unchanged; "
-        f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}"
+        f"{len(in_run.full) + len(in_run.outputs_missing)} in this run, backfills {ids}; "
+        f"{len(plan.refused)} skipped, refused earlier for their content and unchanged since "
+        f"{plan.refused_summary()}"
     )
+    yield from settle_deleted_sources(s3.get_client(), catalog, plan)
     full = [new_item(pk, catalog) for pk in in_run.full]
     restore = [new_item(pk, catalog) for pk in in_run.outputs_missing]
     items = full + restore
@@ -104,6 +110,13 @@ def reconcile_catalog(
             "changed": dg.MetadataValue.int(len(plan.changed)),
             "outputs_missing": dg.MetadataValue.int(len(plan.outputs_missing)),
             "unchanged": dg.MetadataValue.int(plan.unchanged),
+            "skipped_refused": dg.MetadataValue.int(len(plan.refused)),
+            "skipped_refused_by_reason": dg.MetadataValue.json(plan.refused_summary()),
+            "deleted_sources": dg.MetadataValue.int(len(plan.orphans)),
+            "deleted_sources_policy": "archive to " + catalog.archive_prefix
+            if catalog.archive_prefix
+            else "keep",
+            "outputs_at_legacy_keys": dg.MetadataValue.int(plan.legacy_outputs),
             "processed_in_run": dg.MetadataValue.int(len(items)),
             "backfills": dg.MetadataValue.json(ids),
         },

@@ -73,6 +73,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CATALOG_OUTPUT_BUCKET", "the source bucket", "bucket of the results"),
     Variable("CATALOG_OUTPUT_PREFIX", "retouched/", "prefix of the results"),
     Variable("CATALOG_BATCH_SIZE", "100", "images per backfill launched by sensors and the refresh"),
+    Variable(
+        "CATALOG_ARCHIVE_PREFIX",
+        "unset = keep",
+        "outputs of deleted sources: unset keeps them; a prefix (archived/): the refresh moves them there",
+    ),
     Variable("CATALOG_SCAN_MODE", "listing", "listing: list the prefix every tick; sqs: S3 events via SQS"),
     Variable("CATALOG_SQS_QUEUE_URL", "(required when the mode is sqs)", "queue of the bucket's S3 events"),
     Variable("CATALOG_SQS_ENDPOINT_URL", "unset = AWS", "SQS endpoint; does not follow S3_ENDPOINT_URL"),
@@ -122,6 +127,8 @@ class CatalogSettings:
     output_bucket: str = ""
     output_prefix: str = "retouched/"
     batch_size: int = 100
+    archive_prefix: str | None = None
+    """Where the refresh moves the outputs of deleted sources (output bucket); None keeps them in place."""
     scan: ScanSettings = field(default_factory=ScanSettings)
 
 
@@ -231,8 +238,20 @@ def _catalog(read: _Reader) -> CatalogSettings:
         batch_size=read.number(
             "CATALOG_BATCH_SIZE", 100, int, "a whole number of images (1 or more)", 0, True
         ),
+        archive_prefix=_archive_prefix(read),
         scan=_scan(read, source_bucket),
     )
+
+
+def _archive_prefix(read: _Reader) -> str | None:
+    raw = read.text("CATALOG_ARCHIVE_PREFIX")
+    prefix = raw.strip("/")
+    if raw and (not prefix or prefix == read.text("CATALOG_OUTPUT_PREFIX", "retouched/").strip("/")):
+        read.fail(
+            "CATALOG_ARCHIVE_PREFIX", raw, "a prefix of its own such as archived/ (not the output prefix)"
+        )
+        return None
+    return prefix + "/" if prefix else None
 
 
 def _scan(read: _Reader, source_bucket: str) -> ScanSettings:

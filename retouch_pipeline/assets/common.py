@@ -52,13 +52,26 @@ def latest_materializations(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
 ) -> dict[str, dg.EventLogRecord]:
     """The newest materialization record of each partition in `partition_keys` (absent: none yet)."""
+    return _latest(instance.fetch_materializations, asset_key, partition_keys, page)
+
+
+def latest_observations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
+) -> dict[str, dg.EventLogRecord]:
+    """The newest observation record (failure or pending note) of each partition in `partition_keys`."""
+    return _latest(instance.fetch_observations, asset_key, partition_keys, page)
+
+
+def _latest(
+    fetch: Any, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int
+) -> dict[str, dg.EventLogRecord]:
     found: dict[str, dg.EventLogRecord] = {}
     for start in range(0, len(partition_keys), page):
         chunk = list(partition_keys[start : start + page])
         wanted = set(chunk)
         cursor = None
         while wanted:
-            result = instance.fetch_materializations(
+            result = fetch(
                 dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=chunk),
                 limit=page,
                 cursor=cursor,

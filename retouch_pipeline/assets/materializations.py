@@ -39,6 +39,7 @@ def uploaded_event(item: WorkItem, source_bucket: str) -> dg.AssetMaterializatio
             "collection": item.collection,
             "content_hash": item.content_hash,
             "format": item.image.format,
+            "converted_from": item.converted_from or "",
             "width": dg.MetadataValue.int(item.image.width),
             "height": dg.MetadataValue.int(item.image.height),
             "bytes": dg.MetadataValue.int(item.image.size),

@@ -61,6 +61,9 @@ def failure_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
             "message": dg.MetadataValue.text(failure.sentence),
             "stage": failure.stage,
             "reason": failure.reason,
+            # settled until the source changes: the refresh does not plan this source version again
+            "content_refusal": failure.content_refusal,
+            "source_etag": item.source_etag or "",
             **_common(item, execution_link),
         },
         tags=collection_tags(item.collection),
@@ -83,6 +86,20 @@ def pending_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
             **_common(item, execution_link),
         },
         tags=collection_tags(item.collection),
+    )
+
+
+def deleted_source_observation(partition_key: str, where: str) -> dg.AssetObservation:
+    """`retouched_image`'s note for a partition whose source was deleted from S3: where its output is."""
+    sentence = (
+        f"The source of this image was deleted from S3. Its output was {where}. Nothing is bought for it "
+        "until a source with this name is uploaded again."
+    )
+    return dg.AssetObservation(
+        asset_key=RETOUCHED,
+        partition=partition_key,
+        description=sentence,
+        metadata={"status": "source_deleted", "message": dg.MetadataValue.text(sentence)},
     )
 
 

@@ -21,10 +21,18 @@ Partition keys
     :func:`s3_key_from_partition_key` accepts only canonical keys (``encode(decode(pk)) == pk``), so a
     hand-typed or foreign key fails loudly instead of addressing the wrong object.
 
-Output keys
-    :func:`output_key` keeps the relative path readable but can never leave the output prefix: empty,
-    ``.`` and ``..`` segments are rewritten bijectively, and control characters, ``\\`` and ``~`` are
-    ``~HH``-escaped (tools that mirror S3 to a file system would otherwise interpret them).
+Output keys (decision, issue 16)
+    :func:`output_key` is the relative path with the result's extension *appended*, never substituted:
+    ``shoes/pair.jpg`` -> ``retouched/shoes/pair.jpg.png``, ``shoes/pair.png`` ->
+    ``retouched/shoes/pair.png.png``.
+    Why always and not only when two sources share a stem: a rule that depends on the neighbours would move
+    an existing output the day a second ``pair.*`` is uploaded. Appending is injective (an extension holds
+    no dot, so the last segment and the rest are recovered exactly), so two different sources can never
+    share an output key, and a sidecar (``<output>.json``) never equals an image key. The path stays
+    readable but can never leave the output prefix: empty, ``.`` and ``..`` segments are rewritten
+    bijectively, and control characters, ``\\`` and ``~`` are ``~HH``-escaped (tools that mirror S3 to a
+    file system would otherwise interpret them). :func:`legacy_output_key` is the scheme before issue 16
+    (extension replaced), read only by the migration (``retouch-pipeline migrate-outputs``).
 """
 
 from __future__ import annotations
@@ -121,15 +129,46 @@ def _escape_output_segment(segment: str) -> str:
     return "_" + escaped if _SPECIAL_SEGMENT_RE.fullmatch(escaped) else escaped
 
 
-def output_key(
-    output_prefix: str, relative_key: str, extension: str, *, keep_source_extension: bool = False
-) -> str:
-    """Where the result of ``relative_key`` goes: ``<output_prefix>/<relative path with new extension>``.
+def output_key(output_prefix: str, relative_key: str, extension: str) -> str:
+    """Where the result of ``relative_key`` goes: ``<output_prefix>/<relative path>.<extension>``.
 
-    The result always lies strictly below ``output_prefix`` whatever the source key holds. Replacing the
-    extension maps ``a.jpg`` and ``a.jpeg`` to the same ``a.png``; pass ``keep_source_extension=True``
-    (``a.jpg.png``) where a catalog has such pairs: then distinct source keys never share an output.
+    The source's own extension is kept (``a.jpg`` -> ``a.jpg.png``): distinct source keys never share an
+    output (module docstring). The result always lies strictly below ``output_prefix``.
     """
+    return _output_key(output_prefix, relative_key, extension, keep_source_extension=True)
+
+
+def legacy_output_key(output_prefix: str, relative_key: str, extension: str) -> str:
+    """The key the pipeline wrote before issue 16 (``a.jpg`` -> ``a.png``); for the migration only."""
+    return _output_key(output_prefix, relative_key, extension, keep_source_extension=False)
+
+
+_WRITTEN_SPECIAL_RE = re.compile(r"_+\.{0,2}")  # a special segment as `_escape_output_segment` writes it
+
+
+def _unescape_output_segment(segment: str) -> str:
+    return _unescape(segment[1:] if _WRITTEN_SPECIAL_RE.fullmatch(segment) else segment)
+
+
+def source_of_output_key(output_prefix: str, key: str) -> str | None:
+    """The relative source key whose result :func:`output_key` writes at `key` (None: not such a key).
+
+    The inverse of :func:`output_key` (both rewrites are bijective). An output written under the legacy
+    scheme decodes to a source that usually does not exist: callers confirm with the sidecar.
+    """
+    prefix = output_prefix.strip("/")
+    rest = key[len(prefix) + 1 :] if prefix else key
+    if (prefix and not key.startswith(prefix + "/")) or "." not in rest.rsplit("/", 1)[-1]:
+        return None
+    stem = rest.rsplit(".", 1)[0]
+    try:
+        relative = "/".join(_unescape_output_segment(s) for s in stem.split("/"))
+    except UnicodeDecodeError:
+        return None
+    return relative if relative and output_key(prefix, relative, rest.rsplit(".", 1)[1]) == key else None
+
+
+def _output_key(output_prefix: str, relative_key: str, extension: str, *, keep_source_extension: bool) -> str:
     if not _EXTENSION_RE.fullmatch(extension.removeprefix(".")):
         raise ValueError(f"not a file extension: {extension!r}")
     if not relative_key:

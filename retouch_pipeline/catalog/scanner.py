@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
 from retouch_pipeline.catalog.state import ETAG_MASK, PARITY_BIT, ScanState, etag_digest, key_digest
+from retouch_pipeline.processing.failures import bucket_problem
 
 S3_MAX_PAGE = 1000
 SQS_MAX_BATCH = 10
@@ -96,6 +97,21 @@ def _record(state: ScanState, result: ScanResult, obj: S3Object) -> None:
     state.known[digest] = etag | (PARITY_BIT if state.parity else 0)
 
 
+class BucketError(RuntimeError):
+    """A listing failed because of the bucket itself (missing, access denied): names it, says what to do."""
+
+    @classmethod
+    def check(cls, error: BaseException, bucket: str, variable: str) -> BucketError | None:
+        """The error to raise instead of `error` when it is about the bucket, else None."""
+        problem = bucket_problem(error, bucket, "listing")
+        if problem is None:
+            return None
+        return cls(
+            f"{problem}: create the bucket, or set {variable} to the bucket that holds it, or grant this "
+            "pipeline's credentials s3:ListBucket on it"
+        )
+
+
 class ListingScanner:
     """Bounded, resumable lexicographic passes over a prefix with ``ListObjectsV2`` (see module doc)."""
 
@@ -135,7 +151,13 @@ class ListingScanner:
             elif state.start_after:
                 kwargs["StartAfter"] = state.start_after
             page_started = self._clock()
-            page = self._s3.list_objects_v2(**kwargs)
+            try:
+                page = self._s3.list_objects_v2(**kwargs)
+            except Exception as exc:
+                error = BucketError.check(exc, self.bucket, "CATALOG_SOURCE_BUCKET")
+                if error is None:
+                    raise
+                raise error from exc
             now = self._clock()
             slowest_page = max(slowest_page, now - page_started)
             result.requests += 1

@@ -19,7 +19,13 @@ from PIL import Image
 
 from retouch_pipeline.autoretouch import WorkflowExecution
 from retouch_pipeline.catalog.keys import output_key
-from retouch_pipeline.processing.failures import NoExecution, ResultUndecodable
+from retouch_pipeline.processing.failures import (
+    NoExecution,
+    OutputBucketUnusable,
+    OutputCollision,
+    ResultUndecodable,
+    bucket_problem,
+)
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.thumbnails import thumbnail_data_uri, thumbnail_of_source
@@ -66,16 +72,90 @@ def sidecar_key(image_key: str) -> str:
     return image_key + ".json"
 
 
+def read_sidecar(s3: Any, bucket: str, image_key: str) -> dict[str, Any]:
+    """The JSON sidecar of an output ({} when it is not a JSON object)."""
+    body = s3.get_object(Bucket=bucket, Key=sidecar_key(image_key))["Body"].read()
+    try:
+        loaded = json.loads(body)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def move_output(s3: Any, bucket: str, old: str, new: str) -> None:
+    """Image then sidecar to `new`, then the old sidecar and image away (no sidecar without its image)."""
+    sidecar = read_sidecar(s3, bucket, old)
+    s3.copy_object(Bucket=bucket, Key=new, CopySource={"Bucket": bucket, "Key": old})
+    sidecar.setdefault("result", {})["key"] = new
+    sidecar["moved_from"] = old
+    s3.put_object(
+        Bucket=bucket,
+        Key=sidecar_key(new),
+        Body=json.dumps(sidecar, indent=2, sort_keys=True).encode(),
+        ContentType="application/json",
+    )
+    s3.delete_object(Bucket=bucket, Key=sidecar_key(old))
+    s3.delete_object(Bucket=bucket, Key=old)
+
+
+WRITE_PROBE = ".retouch-pipeline-write-check"
+
+
+def check_output_writable(step: Step) -> OutputBucketUnusable | None:
+    """Before anything is bought: can this step write (and delete) below the output prefix?
+
+    One zero-byte probe object, deleted at once. A missing bucket or denied access is returned as the
+    step's permanent failure naming the bucket; any other error is left to the delivery (transient).
+    """
+    catalog = step.catalog
+    probe = "/".join(p for p in (catalog.output_prefix_normalized(), WRITE_PROBE) if p)
+    try:
+        step.s3.put_object(Bucket=catalog.output_bucket, Key=probe, Body=b"")
+        step.s3.delete_object(Bucket=catalog.output_bucket, Key=probe)
+    except Exception as exc:
+        problem = bucket_problem(exc, catalog.output_bucket, "writing the results")
+        if problem is None:  # a network or server error says nothing about the bucket: delivery retries
+            step.log.warning(f"output write check inconclusive ({type(exc).__name__}); continuing")
+            return None
+        return OutputBucketUnusable(problem)
+    return None
+
+
+def planned_output_key(step: Step, item: WorkItem) -> str:
+    """The output key an item's result will get (the workflow's export extension; PNG when unknown)."""
+    extension = step.workflow.export_extension or ".png"
+    return output_key(step.catalog.output_prefix_normalized(), item.relative_key, extension)
+
+
+def check_no_collision(step: Step, item: WorkItem) -> None:
+    """Raise `OutputCollision` when the item's output key already holds another source's result.
+
+    Output keys cannot collide within a catalog (`catalog.keys`); this catches what the scheme cannot:
+    another catalog (or a tool) writing the same output prefix. Read before anything is bought.
+    """
+    bucket, key = step.catalog.output_bucket, planned_output_key(step, item)
+    try:
+        source = read_sidecar(step.s3, bucket, key).get("source") or {}
+    except step.s3.exceptions.NoSuchKey:
+        return
+    except Exception as exc:
+        problem = bucket_problem(exc, bucket, "reading the results")
+        if problem is None:
+            raise
+        raise OutputBucketUnusable(problem) from exc
+    owner = f"s3://{source.get('bucket')}/{source.get('key')}"
+    if owner != f"s3://{step.catalog.source_bucket}/{item.source_key}":
+        raise OutputCollision(
+            f"s3://{bucket}/{key} already holds the result of {owner}, so "
+            f"s3://{step.catalog.source_bucket}/{item.source_key} would overwrite it"
+        )
+
+
 def write_output(step: Step, item: WorkItem, execution: WorkflowExecution) -> OutputFacts:
     """Download, decode-check, PUT image then sidecar (one pool thread's job)."""
     extension = result_extension(execution, step.workflow.export_extension)
     catalog = step.catalog
-    key = output_key(
-        catalog.output_prefix_normalized(),
-        item.relative_key,
-        extension,
-        keep_source_extension=catalog.keep_source_extension,
-    )
+    key = output_key(catalog.output_prefix_normalized(), item.relative_key, extension)
     fd, path = tempfile.mkstemp(prefix="retouch-out-", suffix=extension)
     os.close(fd)
     try:
@@ -124,6 +204,7 @@ def _sidecar(
             "key": item.source_key,
             "etag": item.source_etag,
             "content_hash": item.content_hash,
+            "converted_from": item.converted_from,
         },
         "result": {
             "bucket": step.catalog.output_bucket,

@@ -25,6 +25,8 @@ class Failure(Exception):
     permanent: ClassVar[bool] = False
     """True when re-running the same step cannot help (the run is then not retried)."""
     template: ClassVar[str] = _TRANSIENT
+    content_refusal: ClassVar[bool] = False
+    """True when the source's bytes themselves are refused: settled until the source changes (its ETag)."""
 
     def __init__(self, detail: str, *, stage: str | None = None) -> None:
         self.detail = detail
@@ -63,6 +65,7 @@ class InvalidImage(Failure):
     stage_name = "validate"
     kind = "invalid_image"
     permanent = True
+    content_refusal = True
     template = (
         "The source image cannot be processed ({reason}). No credit was spent. Replace the file in S3: the "
         "catalog sensor picks the new version up and processes it."
@@ -71,6 +74,7 @@ class InvalidImage(Failure):
 
 class InvalidPartitionKey(InvalidImage):
     stage_name = "partition"
+    content_refusal = False
 
 
 class EmptySourceImage(InvalidImage):
@@ -95,6 +99,57 @@ class AnimatedImage(InvalidImage):
 
 class ImageTooLarge(InvalidImage):
     pass
+
+
+class UnsupportedMode(InvalidImage):
+    """A pixel format with no defined colour meaning (32-bit integer or floating-point samples)."""
+
+
+class BucketUnusable(Failure):
+    """A bucket is missing or refuses this pipeline's credentials: permanent until someone fixes it."""
+
+    stage_name = "read"
+    kind = "bucket_unusable"
+    permanent = True
+    template = (
+        "{reason}. Nothing was spent. A re-materialization cannot help until the bucket is fixed: create it "
+        "or correct the bucket variable (CATALOG_SOURCE_BUCKET / CATALOG_OUTPUT_BUCKET), or grant this "
+        "pipeline's credentials access, then re-materialize."
+    )
+
+
+def bucket_problem(error: BaseException, bucket: str, doing: str) -> str | None:
+    """What an S3 error says about the bucket itself (missing, access denied), else None (transient).
+
+    Duck-typed on botocore's `ClientError.response` so this module stays free of boto imports.
+    """
+    response = getattr(error, "response", None)
+    code = str(((response or {}).get("Error") or {}).get("Code", "")) if isinstance(response, dict) else ""
+    if code == "NoSuchBucket":
+        return f"bucket {bucket!r} does not exist ({doing})"
+    if code in ("AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return f"bucket {bucket!r} refused {doing} ({code})"
+    return None
+
+
+class SourceBucketUnusable(BucketUnusable):
+    pass
+
+
+class OutputBucketUnusable(BucketUnusable):
+    stage_name = "output"
+
+
+class OutputCollision(Failure):
+    """The output key already holds the result of another source: nothing is bought over it."""
+
+    stage_name = "output"
+    kind = "output_collision"
+    permanent = True
+    template = (
+        "Not started: {reason}. No execution was created and nothing was spent; the other source's result "
+        "is left as it is. Point this catalog at an output prefix of its own (CATALOG_OUTPUT_PREFIX)."
+    )
 
 
 class SourceMissing(Failure):

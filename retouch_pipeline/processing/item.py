@@ -95,6 +95,8 @@ class WorkItem:
     content_hash: str | None = None
     image: ImageFacts | None = None
     preview_before: str | None = None
+    converted_from: str | None = None
+    """The source's format when it was converted to PNG before upload (GIF, BMP, AVIF, ...)."""
     bytes_sent: bool = False
     """False when AutoRetouch already had the bytes (HEAD de-dup)."""
     idempotency_key: str | None = None

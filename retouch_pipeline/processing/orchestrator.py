@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from retouch_pipeline.processing.budget import worst_case_fits
 from retouch_pipeline.processing.create import Settled, create, resolve
-from retouch_pipeline.processing.deliver import from_records
+from retouch_pipeline.processing.deliver import check_output_writable, from_records
 from retouch_pipeline.processing.events import Event, ExecutionSettled, Failed, StillPending, Uploaded
 from retouch_pipeline.processing.failures import Failure, UnexpectedError
 from retouch_pipeline.processing.item import Purchase, State, WorkItem
@@ -78,7 +78,16 @@ def process(
 def upload_and_create(
     step: Step, items: Sequence[WorkItem], stages: Stages, pool: ThreadPoolExecutor
 ) -> Iterator[Event]:
-    """Upload every image; create executions batch by batch as uploads finish (see the module docstring)."""
+    """Upload every image; create executions batch by batch as uploads finish (see the module docstring).
+
+    Nothing is bought for a step that could not write its results: the output location is checked first.
+    """
+    unusable = check_output_writable(step) if stages.create else None
+    if unusable is not None:
+        for item in items:
+            if not item.failed:
+                item.fail(unusable)
+        return
     ready = sum(1 for i in items if not i.failed)
     streaming = stages.create and ready > 0 and worst_case_fits(step, ready)
     deferred: list[WorkItem] = []  # re-used or retried: settled after the uploads, in one status pass

@@ -51,9 +51,6 @@ class CatalogLayout(Protocol):
     def output_bucket(self) -> str: ...
 
     @property
-    def keep_source_extension(self) -> bool: ...
-
-    @property
     def max_image_bytes(self) -> int: ...
 
     @property

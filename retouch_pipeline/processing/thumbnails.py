@@ -20,19 +20,62 @@ def thumbnail_data_uri(image: Image.Image) -> str:
     place, and no full-size copy is made. An image not loaded yet is decoded here, a JPEG at a reduced DCT
     scale (`Image.draft`, 1/2 to 1/8): that still entropy-decodes the whole stream, so truncated or corrupt
     data raises exactly as a full decode does (validation relies on the errors propagating).
+
+    The picture is what a viewer shows: turned upright by its EXIF orientation (after shrinking: the turn
+    costs nothing at thumbnail size), and 16-bit samples scaled to 8 (`reduce` and `thumbnail` have no
+    16-bit mode; the image itself is not at fault).
     """
+    orientation = upright_orientation(image)
     draft_side = int(THUMBNAIL_SIDE * THUMBNAIL_REDUCING_GAP)
     image.draft(None, (draft_side, draft_side))  # no-op unless a JPEG not loaded yet
     image.load()
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_eight_bits(image)
     factor = int(max(image.size) / draft_side)
     if factor > 1 and image.mode in ("RGBA", "LA"):
         image = _reduce_by_bands(image, factor)
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), reducing_gap=THUMBNAIL_REDUCING_GAP)
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    if orientation in _TRANSPOSES:
+        image = image.transpose(_TRANSPOSES[orientation])
     buf = io.BytesIO()
     image.save(buf, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1-8; 1 when absent or unreadable)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block does not make the picture wrong
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image: swapped when the EXIF orientation turns it by 90°."""
+    width, height = image.size
+    return (height, width) if upright_orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def _to_eight_bits(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float samples as 8-bit grey (a preview: the top 8 bits of a 16-bit sample)."""
+    if image.mode == "F":
+        return image.convert("L")
+    as_int = image if image.mode == "I" else image.convert("I")
+    return as_int.point(lambda v: v / 256).convert("L")
 
 
 def _reduce_by_bands(image: Image.Image, factor: int) -> Image.Image:

@@ -1,8 +1,13 @@
-"""Stage 1b, upload: send the validated bytes to AutoRetouch, unless HEAD says it already has them."""
+"""Stage 1b, upload: send the validated bytes to AutoRetouch, unless HEAD says it already has them.
+
+Before the upload the item's output key is checked to belong to no other source
+(`deliver.check_no_collision`): everything that could make the purchase useless is known before it is made.
+"""
 
 from __future__ import annotations
 
 from retouch_pipeline.autoretouch import InvalidImageError
+from retouch_pipeline.processing.deliver import check_no_collision
 from retouch_pipeline.processing.failures import HashMismatch, RejectedByAutoRetouch
 from retouch_pipeline.processing.item import State, WorkItem
 from retouch_pipeline.processing.step import Step
@@ -12,8 +17,9 @@ from retouch_pipeline.processing.validate import ACCEPTED_FORMATS, source_file, 
 def validate_and_upload(step: Step, item: WorkItem) -> None:
     """Read, validate and upload one image (one thread's job); raises a `Failure` for a named failure."""
     with source_file(step, item) as path:
-        validate(step, item, path)
-        upload(step, item, path)
+        upload_path = validate(step, item, path)
+        check_no_collision(step, item)
+        upload(step, item, upload_path)
 
 
 def upload(step: Step, item: WorkItem, path: str) -> None:
@@ -22,7 +28,7 @@ def upload(step: Step, item: WorkItem, path: str) -> None:
     try:
         result = step.client.upload_image(
             path,
-            filename=item.relative_key.rsplit("/", 1)[-1],
+            filename=item.relative_key.rsplit("/", 1)[-1] + (".png" if item.converted_from else ""),
             content_type=ACCEPTED_FORMATS[item.image.format],
             skip_if_exists=True,
         )

@@ -12,9 +12,11 @@ from retouch_pipeline.catalog.keys import (
     DEFAULT_COLLECTION,
     collection_of,
     collection_of_partition_key,
+    legacy_output_key,
     output_key,
     partition_key_for,
     s3_key_from_partition_key,
+    source_of_output_key,
 )
 
 # Any Unicode text S3 could hold (no lone surrogates: not encodable in UTF-8), biased towards the
@@ -105,27 +107,55 @@ def test_output_key_never_escapes_the_prefix(prefix: str, relative_key: str) -> 
     assert key.endswith(".png")
 
 
-@given(relative_keys, relative_keys)
-def test_output_keys_are_injective_when_keeping_the_source_extension(a: str, b: str) -> None:
+extensions = st.sampled_from(["png", "jpg", "webp", "tiff"])
+
+
+@settings(max_examples=600)
+@given(relative_keys, relative_keys, extensions, extensions)
+def test_output_keys_never_collide(a: str, b: str, ext_a: str, ext_b: str) -> None:
+    """Two different sources never share an output, whatever their names and result formats."""
     if a != b:
-        assert output_key("o", a, "png", keep_source_extension=True) != output_key(
-            "o", b, "png", keep_source_extension=True
-        )
+        assert output_key("o", a, ext_a) != output_key("o", b, ext_b)
+        assert output_key("o", a, ext_a) + ".json" != output_key("o", b, ext_b)  # nor a sidecar's key
+
+
+@settings(max_examples=600)
+@given(prefixes, relative_keys, extensions)
+def test_an_output_key_names_its_source(prefix: str, relative_key: str, extension: str) -> None:
+    assert source_of_output_key(prefix, output_key(prefix, relative_key, extension)) == relative_key
+
+
+def test_the_pairs_that_collided_before_issue_16_do_not() -> None:
+    pairs = [("pair.jpg", "pair.png"), ("astronaut.jpg", "astronaut.tif"), ("coffee.jpg", "coffee.webp")]
+    for a, b in pairs:
+        assert legacy_output_key("o", a, "png") == legacy_output_key("o", b, "png")
+        assert output_key("o", a, "png") == f"o/{a}.png" != output_key("o", b, "png") == f"o/{b}.png"
+
+
+@pytest.mark.parametrize(
+    ("relative_key", "expected"),
+    [
+        ("spring-2026/shoes/red shoe.jpg", "out/spring-2026/shoes/red shoe.jpg.png"),
+        ("../../etc/passwd", "out/_../_../etc/passwd.png"),
+        ("/abs//x.jpg", "out/_/abs/_/x.jpg.png"),
+        ("a\\..\\b.jpg", "out/a~5C..~5Cb.jpg.png"),
+        (".hidden", "out/.hidden.png"),
+        ("c/..", "out/c/_...png"),
+    ],
+)
+def test_output_key_examples(relative_key: str, expected: str) -> None:
+    assert output_key("out/", relative_key, ".png") == expected
 
 
 @pytest.mark.parametrize(
     ("relative_key", "expected"),
     [
         ("spring-2026/shoes/red shoe.jpg", "out/spring-2026/shoes/red shoe.png"),
-        ("../../etc/passwd", "out/_../_../etc/passwd.png"),
-        ("/abs//x.jpg", "out/_/abs/_/x.png"),
-        ("a\\..\\b.jpg", "out/a~5C..~5Cb.png"),
         (".hidden", "out/.hidden.png"),
-        ("c/..", "out/c/_..png"),
     ],
 )
-def test_output_key_examples(relative_key: str, expected: str) -> None:
-    assert output_key("out/", relative_key, ".png") == expected
+def test_legacy_output_key_examples(relative_key: str, expected: str) -> None:
+    assert legacy_output_key("out/", relative_key, ".png") == expected
 
 
 def test_output_key_rejects_bad_extensions() -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from retouch_pipeline.catalog.scanner import ListingScanner, is_junk, normalize_prefix
+from retouch_devtools.stack.s3 import s3_client
+from retouch_pipeline.catalog.scanner import BucketError, ListingScanner, is_junk, normalize_prefix
 from retouch_pipeline.catalog.state import ScanState
 
 
@@ -100,3 +101,12 @@ def test_junk(key: str, junk: bool) -> None:
 def test_normalize_prefix() -> None:
     assert normalize_prefix("/incoming/") == "incoming/" == normalize_prefix("incoming")
     assert normalize_prefix("") == ""
+
+
+def test_a_missing_bucket_is_named_with_what_to_do(moto_url: str) -> None:
+    """Real S3 semantics (moto over HTTP): the sensor's listing names the bucket, not just NoSuchBucket."""
+    scanner = ListingScanner(s3_client(moto_url), "no-such-catalog", "incoming/")
+    with pytest.raises(BucketError) as raised:
+        scanner.scan(ScanState())
+    message = str(raised.value)
+    assert "'no-such-catalog' does not exist" in message and "CATALOG_SOURCE_BUCKET" in message

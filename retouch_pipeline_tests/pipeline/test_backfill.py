@@ -4,7 +4,6 @@ projection against what the run then does: the same verdict, the same credits, t
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -14,24 +13,8 @@ from retouch_devtools.stack.inprocess import InProcessStack as Stack
 
 
 def _backfill(stack: Stack, collection: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`retouch-pipeline backfill COLLECTION ARGS` with the pipeline's environment pointing at the stack."""
-    environment = {
-        "PATH": "/usr/bin:/bin",
-        "DAGSTER_HOME": stack.instance.root_directory,
-        "AUTORETOUCH_API_URL": stack.sandbox.api_url,
-        "AUTORETOUCH_AUTH_URL": stack.sandbox.auth_url,
-        "AUTORETOUCH_WORKFLOW_ID": stack.workflow["id"],
-        "AUTORETOUCH_ORGANIZATION_ID": stack.sandbox.organization_id,
-        "AUTORETOUCH_REFRESH_TOKEN": stack.sandbox.refresh_token,
-        "S3_ENDPOINT_URL": stack.moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "CATALOG_SOURCE_BUCKET": stack.bucket,
-        "RETOUCH_SENSORS_RUNNING": "0",
-        **env,
-    }
-    cmd = [sys.executable, "-m", "retouch_pipeline.cli", "backfill", collection, *args]
-    return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=60)
+    """`retouch-pipeline backfill COLLECTION ARGS` on the stack."""
+    return stack.cli("backfill", collection, *args, **env)
 
 
 def _step_failure(result: object) -> str:

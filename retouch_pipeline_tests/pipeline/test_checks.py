@@ -82,8 +82,10 @@ def test_check_only_run_fails_on_missing_and_undecodable_outputs(
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
     calls_before = dict(stack.sandbox.state.accounting.calls)
 
-    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/c/0.png")
-    stack.s3.put_object(Bucket=stack.bucket, Key="retouched/c/1.png", Body=b"\x89PNG\r\n\x1a\n not really")
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/c/0.png.png")
+    stack.s3.put_object(
+        Bucket=stack.bucket, Key="retouched/c/1.png.png", Body=b"\x89PNG\r\n\x1a\n not really"
+    )
     audit = _audit(stack, keys[0], keys[-1])
     output = check_results(audit)[OUTPUT_CHECK]
     assert not output.passed

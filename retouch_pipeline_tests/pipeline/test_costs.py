@@ -46,7 +46,7 @@ def test_costs_are_incremental_and_match_the_ledger(stack: Stack, make_image: Ca
     assert again["events_read"] == 0 and again["total_charged_credits"] == 3 * price
 
     # restored output (re-download) and a second partition with the same bytes: recorded, not paid again
-    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/shoes/b.png")
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/shoes/b.png.png")
     assert stack.run([keys[1]], selection=[RETOUCHED]).success
     dup = stack.put("shoes/copy-of-a.png", shoe)
     stack.register([dup])

@@ -16,12 +16,12 @@ def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes
     assert result.success
     outputs = stack.keys("retouched/")
     assert outputs == sorted(
-        [f"retouched/shoes/item-{i}.png" for i in range(3)]
-        + [f"retouched/shoes/item-{i}.png.json" for i in range(3)]
+        [f"retouched/shoes/item-{i}.jpg.png" for i in range(3)]
+        + [f"retouched/shoes/item-{i}.jpg.png.json" for i in range(3)]
     )
-    image = stack.image("retouched/shoes/item-0.png")
+    image = stack.image("retouched/shoes/item-0.jpg.png")
     assert image.format == "PNG" and image.mode == "RGBA"
-    sidecar = json.loads(stack.get("retouched/shoes/item-0.png.json"))
+    sidecar = json.loads(stack.get("retouched/shoes/item-0.jpg.png.json"))
     assert sidecar["source"]["key"] == "incoming/shoes/item-0.jpg"
     assert sidecar["execution"]["charged_credits"] == stack.workflow["executionPrice"]
     assert stack.charged() == 3 * stack.workflow["executionPrice"]

@@ -89,7 +89,7 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
     assert stack.charged() == 4 * price
     # a changed image is processed once more; a deleted output is restored without a charge
     stack.put("shoes/p0.jpg", make_image(format="JPEG", width=99))
-    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/bags/p1.png")
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/bags/p1.jpg.png")
     resources = stack.resources()
     plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
     assert (
@@ -98,7 +98,7 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
     assert stack.run(plan.changed).success
     assert stack.run(plan.outputs_missing, selection=[RETOUCHED]).success
     assert stack.charged() == 5 * price
-    assert stack.image("retouched/bags/p1.png").mode == "RGBA"
+    assert stack.image("retouched/bags/p1.jpg.png").mode == "RGBA"
     plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
     assert not plan.full and not plan.outputs_missing and plan.unchanged == 4
     assert _costs(stack)["total_charged_credits"] == stack.charged()

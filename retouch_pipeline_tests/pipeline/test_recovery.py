@@ -58,7 +58,7 @@ def test_rerun_adopts_execution_created_before_a_crash(
     assert calls.get("E1", 0) == 1  # no second create
     assert len(stack.ledger()) == 1 and stack.charged() == price  # one charge
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
-    assert stack.image("retouched/crash/shoe.png").mode == "RGBA"
+    assert stack.image("retouched/crash/shoe.png.png").mode == "RGBA"
     assert ExecutionIndex(stack.instance).get([key])[key]["execution_id"] == executions[0].id
     assert any("recovered execution" in r.getMessage() for r in caplog.records) or any(
         "recovered execution" in (e.message or "") for e in stack.instance.all_logs(second.run_id)

@@ -83,10 +83,10 @@ def _catalog_with_changes(stack: Stack, make_image: Callable[..., bytes]) -> tup
     stack.register(keys)
     assert stack.run(keys).success
     assert stack.charged() == 4 * price
-    old_sidecar = json.loads(stack.get("retouched/a/p1.png.json"))
+    old_sidecar = json.loads(stack.get("retouched/a/p1.png.png.json"))
     missed = stack.put("a/p2.png", make_image(width=99))  # in S3, never seen by the sensor
     stack.put("b/p0.png", make_image(width=98))  # changed source (new ETag)
-    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/a/p1.png")  # output deleted
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/a/p1.png.png")  # output deleted
     return keys, missed, old_sidecar
 
 
@@ -94,10 +94,10 @@ def _assert_brought_up_to_date(stack: Stack, creates: int, old_sidecar: dict) ->
     """Missed and changed: one new execution each; the deleted output: restored from the same execution."""
     assert stack.sandbox.state.accounting.calls.get("E1", 0) == creates + 2
     assert stack.charged() == 6 * stack.workflow["executionPrice"] and len(stack.ledger()) == 6
-    restored = json.loads(stack.get("retouched/a/p1.png.json"))
+    restored = json.loads(stack.get("retouched/a/p1.png.png.json"))
     assert restored["execution"]["id"] == old_sidecar["execution"]["id"]
-    assert stack.image("retouched/a/p1.png").mode == "RGBA"
-    assert stack.image("retouched/a/p2.png").mode == "RGBA"
+    assert stack.image("retouched/a/p1.png.png").mode == "RGBA"
+    assert stack.image("retouched/a/p2.png.png").mode == "RGBA"
 
 
 def test_small_difference_is_processed_inside_the_refresh_run(

@@ -72,7 +72,7 @@ def test_previews_links_and_failure_notes(stack: Stack, make_image: Callable[...
     assert "No credit was spent" in failure.step_failure_data.error.message
 
     # retouched_image alone (pending sensor, refresh): the preview still has its "before" half
-    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/ui/a-good.png")
+    stack.s3.delete_object(Bucket=stack.bucket, Key="retouched/ui/a-good.png.png")
     alone = stack.run([good], selection=[RETOUCHED])
     assert alone.success
     _assert_preview(stack.materializations(RETOUCHED, alone)[good], 2)

@@ -69,7 +69,7 @@ def test_processed_partition_shows_before_and_after(page: Page, stack: DevProces
     page.get_by_text(partition, exact=True).first.click()
     expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
     output = metadata_row(page, "output_uri")
-    expect(output).to_contain_text(f"retouched/{SAMPLE_COLLECTIONS[0]}/mug-003.png")
+    expect(output).to_contain_text(f"retouched/{SAMPLE_COLLECTIONS[0]}/mug-003.jpg.png")
     preview = metadata_row(page, "preview")
     preview.scroll_into_view_if_needed()
     save(page, artifacts, "partition-metadata")

@@ -94,7 +94,7 @@ def bad_inputs() -> list[SourceImage]:
         ),
         SourceImage("bad/.DS_Store", b"\x00\x00\x00\x01Bud1" + b"\x00" * 64, "junk"),
         SourceImage("bad/too-wide.png", _encode(Image.new("RGB", (10_001, 4)), "PNG"), "ImageTooLarge"),
-        SourceImage("bad/animated.gif", _animated("GIF"), "UnsupportedFormat"),
+        SourceImage("bad/animated.gif", _animated("GIF"), "AnimatedImage"),
         SourceImage("bad/animated.webp", _animated("WEBP"), "AnimatedImage"),
         SourceImage("bad/cmyk.jpg", _encode(rgb.convert("CMYK"), "JPEG")),
         SourceImage("bad/sixteen-bit.png", _encode(sixteen, "PNG")),

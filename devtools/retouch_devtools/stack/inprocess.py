@@ -9,6 +9,8 @@ The refresh token is an `EnvVar` resolved in the run, as in production: the call
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ from PIL import Image
 
 from retouch_devtools.sandbox import SandboxServer
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX, TOKEN_ENV, WORKFLOW_NAME, workflow_named
-from retouch_devtools.stack.s3 import CREDENTIALS
+from retouch_devtools.stack.s3 import CREDENTIALS, DUMMY_AWS
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.autoretouch import AutoRetouchClient, WorkflowExecution
@@ -146,6 +148,26 @@ class InProcessStack:
                 if mat.asset_key == asset and mat.partition:
                     out[mat.partition] = {k: v.value for k, v in mat.metadata.items()}
         return out
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """`retouch-pipeline ARGS` in a subprocess, with the pipeline's environment pointing at this stack."""
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "DAGSTER_HOME": self.instance.root_directory,
+            "AUTORETOUCH_API_URL": self.sandbox.api_url,
+            "AUTORETOUCH_AUTH_URL": self.sandbox.auth_url,
+            "AUTORETOUCH_WORKFLOW_ID": self.workflow["id"],
+            "AUTORETOUCH_ORGANIZATION_ID": self.sandbox.organization_id,
+            "AUTORETOUCH_REFRESH_TOKEN": self.sandbox.refresh_token,
+            "S3_ENDPOINT_URL": self.moto_url,
+            "AWS_ACCESS_KEY_ID": DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+            "CATALOG_SOURCE_BUCKET": self.bucket,
+            "RETOUCH_SENSORS_RUNNING": "0",
+            **env,
+        }
+        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
+        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
 
     def client(self) -> AutoRetouchClient:
         return AutoRetouchClient(
