@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from retouch_pipeline.assets.common import PIPELINE_KEYS
-from retouch_pipeline.assets.records import EventLogRecords
+from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import collection_of_partition_key
 from retouch_pipeline.launch import submit_backfills
@@ -69,7 +69,7 @@ def estimate(
 ) -> tuple[BackfillEstimate, RefreshPlan]:
     """What the backfill of `collection` will buy, projected as its runs will project it."""
     plan = plan_refresh(instance, s3, catalog, collection)
-    records = EventLogRecords(instance)
+    records = EventLogRecords(instance, ledger_of(catalog, s3))
     recorded = records.executions(list(plan.etags))
     contents = {
         pk: (recorded[pk].input_hash if pk in recorded and recorded[pk].source_etag == etag else None)
