@@ -116,6 +116,16 @@ def _restart_sandbox(run: ProfileRun) -> None:
         run.notes["sandbox state restored"] = stack.sandbox.state.restored
 
 
+def _lose_instance(run: ProfileRun) -> None:
+    import random
+
+    accounting = run.stack.sandbox.state.accounting
+    moment = random.randint(1, max(1, run.images - 1))
+    if _reached(lambda: accounting.calls["E1"] >= moment, run.stop_during):
+        run.stack.lose_instance()
+        run.notes["Dagster storage wiped after creates"] = accounting.calls["E1"]
+
+
 def _with_token(run: ProfileRun, token: str) -> None:
     run.stack.set_token(token)
     run.default_first_pass()
@@ -198,6 +208,12 @@ _PROFILES = [
         for stage in STAGES
     ],
     Profile("sandbox-restart", "AutoRetouch restarted after a third of the creates", during=_restart_sandbox),
+    Profile(
+        "instance-loss",
+        "Dagster's storage wiped at a random moment of the run; the pipeline restarted on an empty instance",
+        sandbox={"processing_seconds": 0.3},
+        during=_lose_instance,
+    ),
     Profile("bad-input", "the bad-input set (named failures, converted formats, odd keys)", catalog="bad"),
     Profile(
         "wrong-workflow",

@@ -1,0 +1,131 @@
+"""What was bought outlives the Dagster instance (issue 12), over real HTTP: sandbox, moto S3 server, Dagster
+instances on disk, the real catalog sensor ticked (`retouch_devtools.chaos.stack.ProfileStack`).
+
+(1) A catalog processed, Dagster's storage wiped while the sandbox and S3 keep running, the pipeline run
+again on an empty instance: every partition ends materialized with `provenance: adopted`, no credit charged,
+no S3 object under the output prefix rewritten (ledger aside); a changed image is then bought once.
+(2) Two Dagster instances at once over one catalog and organization: each image charged exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from retouch_devtools.chaos.catalog import good_catalog
+from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_devtools.samples import product_photo
+from retouch_devtools.sandbox import SandboxConfig
+from retouch_devtools.stack.s3 import running_moto
+from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
+from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
+from retouch_pipeline.catalog.keys import s3_key_from_partition_key
+from retouch_pipeline.processing.ledger import is_ledger_key
+
+IMAGES = 12
+
+
+@pytest.fixture
+def world() -> Iterator[ProfileStack]:
+    with running_moto() as moto_url:
+        config = SandboxConfig(processing_seconds=0.05, workers=8, auto_approve=True)
+        stack = ProfileStack(moto_url, config, {}, "Background Removal")
+        try:
+            for source in good_catalog(IMAGES):
+                stack.s3.put_object(
+                    Bucket=stack.bucket, Key=SOURCE_PREFIX + source.relative_key, Body=source.data
+                )
+            yield stack
+        finally:
+            stack.close()
+
+
+def process(stack: ProfileStack) -> None:
+    """What a deployment does: the catalog sensor ticks, each run it requests runs."""
+    for selection, keys in stack.tick_catalog():
+        stack.run(keys, selection)
+
+
+def outputs(stack: ProfileStack) -> dict[str, tuple[str, Any]]:
+    """Every object under the output prefix but the ledger: key -> (ETag, LastModified)."""
+    pages = stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=OUTPUT_PREFIX)
+    return {
+        o["Key"]: (o["ETag"], o["LastModified"])
+        for p in pages
+        for o in p.get("Contents", [])
+        if not is_ledger_key(o["Key"], OUTPUT_PREFIX)
+    }
+
+
+def provenances(stack: ProfileStack) -> dict[str, set[str]]:
+    """asset -> the `provenance` values of each partition's latest materialization."""
+    keys = stack.registered()
+    out: dict[str, set[str]] = {}
+    for asset in (UPLOADED, EXECUTION, RETOUCHED):
+        records = latest_materializations(stack.instance, asset, keys)
+        assert set(records) == set(keys), f"{asset.to_user_string()}: {len(records)} of {len(keys)}"
+        out[asset.to_user_string()] = {
+            str(metadata_value(materialization_metadata(r), "provenance")) for r in records.values()
+        }
+    return out
+
+
+def test_wiped_instance_adopts_the_catalog_for_free(world: ProfileStack) -> None:
+    accounting = world.sandbox.state.accounting
+    price = int(world.workflow["executionPrice"])
+    process(world)
+    assert len(world.retouched_partitions()) == IMAGES
+    charged, creates, before = accounting.total_charged, accounting.calls["E1"], outputs(world)
+    assert charged == IMAGES * price and creates == IMAGES
+    assert len(before) == 2 * IMAGES  # an image and its sidecar each
+
+    world.lose_instance()
+    assert world.registered() == []
+    process(world)
+    assert len(world.registered()) == IMAGES and world.retouched_partitions() == set(world.registered())
+    assert provenances(world) == {
+        "uploaded_image": {"adopted"},
+        "autoretouch_execution": {"adopted"},
+        "retouched_image": {"adopted"},
+    }
+    assert (accounting.total_charged, accounting.calls["E1"]) == (charged, creates)  # 0 credits
+    assert outputs(world) == before  # nothing rewritten
+
+    changed = next(k for k in map(s3_key_from_partition_key, world.registered()) if k.endswith(".png"))
+    world.s3.put_object(
+        Bucket=world.bucket,
+        Key=SOURCE_PREFIX + changed,
+        Body=product_photo("changed", 140, 90, "PNG"),
+    )
+    process(world)
+    process(world)  # a second pass buys nothing more
+    assert accounting.total_charged == charged + price and accounting.calls["E1"] == creates + 1
+
+
+def test_two_instances_at_once_buy_each_image_once(world: ProfileStack) -> None:
+    twin = world.twin()
+    errors: list[BaseException] = []
+
+    def deploy(stack: ProfileStack) -> None:
+        try:
+            process(stack)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deploy, args=(s,)) for s in (world, twin)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    charges = Counter(c["input_content_hash"] for c in world.sandbox.state.accounting.ledger())
+    assert len(charges) == IMAGES and set(charges.values()) == {1}, charges
+    assert world.sandbox.state.accounting.calls["E1"] == IMAGES
+    for stack in (world, twin):
+        assert stack.retouched_partitions() == set(stack.registered()) and len(stack.registered()) == IMAGES
+    adopted = provenances(world)["autoretouch_execution"] | provenances(twin)["autoretouch_execution"]
+    assert "adopted" in adopted  # one bought, the other adopted
