@@ -117,13 +117,18 @@ def _restart_sandbox(run: ProfileRun) -> None:
 
 
 def _lose_instance(run: ProfileRun) -> None:
+    """At a random number of finished executions: Dagster's storage wiped, the pipeline restarted on an
+    empty instance at once (sensor tick, runs) while the old instance's run is still in flight."""
     import random
 
-    accounting = run.stack.sandbox.state.accounting
+    stack = run.stack
+    engine = stack.sandbox.state.engine
     moment = random.randint(1, max(1, run.images - 1))
-    if _reached(lambda: accounting.calls["E1"] >= moment, run.stop_during):
-        run.stack.lose_instance()
-        run.notes["Dagster storage wiped after creates"] = accounting.calls["E1"]
+    if _reached(lambda: engine.counts_by_status()["COMPLETED"] >= moment, run.stop_during):
+        stack.lose_instance()
+        run.notes["Dagster storage wiped after executions completed"] = engine.counts_by_status()["COMPLETED"]
+        for selection, keys in stack.tick_catalog():
+            stack.run(keys, selection)
 
 
 def _with_token(run: ProfileRun, token: str) -> None:
