@@ -74,7 +74,16 @@ def provenances(stack: ProfileStack) -> dict[str, set[str]]:
     return out
 
 
-def test_wiped_instance_adopts_the_catalog_for_free(world: ProfileStack) -> None:
+def drop_ledger(stack: ProfileStack) -> None:
+    pages = stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=OUTPUT_PREFIX)
+    for key in [o["Key"] for p in pages for o in p.get("Contents", [])]:
+        if is_ledger_key(key, OUTPUT_PREFIX):
+            stack.s3.delete_object(Bucket=stack.bucket, Key=key)
+
+
+@pytest.mark.parametrize("ledger", ["kept", "deleted"])
+def test_wiped_instance_adopts_the_catalog_for_free(world: ProfileStack, ledger: str) -> None:
+    """With the ledger deleted too, the sidecars alone say what was bought (a catalog from before it)."""
     accounting = world.sandbox.state.accounting
     price = int(world.workflow["executionPrice"])
     process(world)
@@ -84,6 +93,8 @@ def test_wiped_instance_adopts_the_catalog_for_free(world: ProfileStack) -> None
     assert len(before) == 2 * IMAGES  # an image and its sidecar each
 
     world.lose_instance()
+    if ledger == "deleted":
+        drop_ledger(world)
     assert world.registered() == []
     process(world)
     assert len(world.registered()) == IMAGES and world.retouched_partitions() == set(world.registered())

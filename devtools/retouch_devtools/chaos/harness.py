@@ -10,6 +10,7 @@ summary line; with several profiles, the last line sums them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +51,9 @@ def run_profile(
     profile: Profile, images: int, moto_url: str, seed: int = 0
 ) -> tuple[Outcome, dict[str, Any]]:
     """One profile from an empty world to its verdict; (outcome, figures for the table)."""
+    # Runs in two threads at once (instance-loss) interleave Dagster's stdout/stderr capture, which can leave
+    # fd 1/2 pointing at a compute log: they are put back when the profile ends.
+    saved_fds = (os.dup(1), os.dup(2))
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     started = time.monotonic()
@@ -108,6 +112,9 @@ def run_profile(
     finally:
         logging.getLogger().removeHandler(capture)
         stack.close()
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def describe(figures: dict[str, Any]) -> str:
