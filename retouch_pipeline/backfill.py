@@ -28,6 +28,7 @@ from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import collection_of_partition_key
 from retouch_pipeline.launch import submit_backfills
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.processing.adopt import known_contents
 from retouch_pipeline.processing.budget import Projection, refusal
 from retouch_pipeline.processing.create import forecast
 from retouch_pipeline.processing.failures import BudgetRefused
@@ -77,6 +78,8 @@ def estimate(
     }
     with autoretouch.get_client() as client:
         step = _step(client, autoretouch, catalog, s3, records)
+        unknown = {pk: plan.etags[pk] for pk, content in contents.items() if content is None}
+        contents.update(known_contents(step, unknown))  # results already in S3: the run adopts them
         projection = forecast(step, contents)
         balance = client.get_balance()
     images = len(plan.etags)

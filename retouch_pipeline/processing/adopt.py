@@ -45,6 +45,7 @@ class Sidecar:
     height: int
     mode: str
     written_at: str
+    source_etag: str | None = None
 
 
 def expected_output_key(step: Step, relative_key: str, extension: str) -> str:
@@ -72,6 +73,7 @@ def read_sidecar(s3: Any, bucket: str, image_key: str) -> Sidecar | None:
             int(result.get("height") or 0),
             str(result.get("mode") or ""),
             str(raw.get("written_at") or ""),
+            source.get("etag"),
         )
     except ClientError:
         return None
@@ -96,6 +98,12 @@ def sidecars(step: Step, partition_keys: Sequence[str]) -> dict[str, Sidecar]:
     with ThreadPoolExecutor(min(WORKERS, len(wanted)), thread_name_prefix="sidecar") as pool:
         found = pool.map(lambda key: read_sidecar(step.s3, bucket, key), wanted.values())
         return {pk: sc for pk, sc in zip(wanted, found, strict=True) if sc is not None}
+
+
+def known_contents(step: Step, etags: Mapping[str, str]) -> dict[str, str]:
+    """partition -> input hash, from sidecars written for the source as it is now (same ETag)."""
+    found = sidecars(step, list(etags))
+    return {pk: sc.content_hash for pk, sc in found.items() if sc.source_etag and sc.source_etag == etags[pk]}
 
 
 def deliver_adopted(step: Step, items: Sequence[WorkItem]) -> Iterator[Delivered]:

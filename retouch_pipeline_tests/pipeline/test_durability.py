@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from retouch_devtools.chaos.catalog import good_catalog
-from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_devtools.chaos.catalog import COLLECTIONS, good_catalog
+from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack, build_resources
 from retouch_devtools.samples import product_photo
 from retouch_devtools.sandbox import SandboxConfig
 from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
+from retouch_pipeline.backfill import estimate
 from retouch_pipeline.catalog.keys import s3_key_from_partition_key
 from retouch_pipeline.processing.ledger import is_ledger_key
 
@@ -48,6 +49,18 @@ def process(stack: ProfileStack) -> None:
     """What a deployment does: the catalog sensor ticks, each run it requests runs."""
     for selection, keys in stack.tick_catalog():
         stack.run(keys, selection)
+
+
+def forecast_on(stack: ProfileStack) -> tuple[int, int]:
+    """(new executions, credits) `backfill` projects over every collection, on `stack`'s instance."""
+    resources = build_resources(stack.settings())
+    autoretouch = resources["autoretouch"].process_config_and_initialize()
+    s3 = resources["s3"].get_client()
+    executions = credits = 0
+    for collection in COLLECTIONS:
+        projection = estimate(stack.instance, autoretouch, resources["catalog"], s3, collection)[0].projection
+        executions, credits = executions + projection.executions, credits + projection.credits
+    return executions, credits
 
 
 def outputs(stack: ProfileStack) -> dict[str, tuple[str, Any]]:
@@ -96,6 +109,7 @@ def test_wiped_instance_adopts_the_catalog_for_free(world: ProfileStack, ledger:
     if ledger == "deleted":
         drop_ledger(world)
     assert world.registered() == []
+    assert forecast_on(world) == (0, 0)  # `backfill --dry-run` on the fresh instance agrees with the run
     process(world)
     assert len(world.registered()) == IMAGES and world.retouched_partitions() == set(world.registered())
     assert provenances(world) == {
