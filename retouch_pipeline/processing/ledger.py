@@ -34,8 +34,9 @@ _MISSING = {"NoSuchKey", "404"}
 
 
 def ledger_prefix(output_prefix: str) -> str:
-    """The reserved prefix of the ledger under a (normalized, '' or ending in '/') output prefix."""
-    return f"{output_prefix}{LEDGER_DIR}/"
+    """The reserved prefix of the ledger under an output prefix ("retouched" or "retouched/" alike)."""
+    base = output_prefix.strip("/")
+    return f"{base}/{LEDGER_DIR}/" if base else f"{LEDGER_DIR}/"
 
 
 def is_ledger_key(key: str, output_prefix: str) -> bool:

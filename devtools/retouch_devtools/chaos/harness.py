@@ -84,7 +84,7 @@ def run_profile(
         passes = 0 if profile.expect_all else run.resume()
         seen = observer.stop()
         state = stack.sandbox.state.accounting.snapshot()
-        texts = [*run.texts, *seen.sidecar_bodies, "\n".join(capture.lines).encode()]
+        texts = [*run.texts, *seen.sidecar_bodies, *seen.ledger_bodies, "\n".join(capture.lines).encode()]
         outcome = evaluate(
             stack, {s.relative_key: s for s in loaded}, profile.expect_all, seen.partial, texts
         )
