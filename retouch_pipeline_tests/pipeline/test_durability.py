@@ -5,13 +5,16 @@ instances on disk, the real catalog sensor ticked (`retouch_devtools.chaos.stack
 again on an empty instance: every partition ends materialized with `provenance: adopted`, no credit charged,
 no S3 object under the output prefix rewritten (ledger aside); a changed image is then bought once.
 (2) Two Dagster instances at once over one catalog and organization: each image charged exactly once.
+(3) A purchase claimed elsewhere and not yet recorded: nothing bought here until it is, then adopted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,12 +23,17 @@ from retouch_devtools.chaos.catalog import COLLECTIONS, good_catalog
 from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack, build_resources
 from retouch_devtools.samples import product_photo
 from retouch_devtools.sandbox import SandboxConfig
+from retouch_devtools.stack.inprocess import InProcessStack, observations
 from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
+from retouch_pipeline.assets.records import ledger_of
+from retouch_pipeline.autoretouch import ImageRef
 from retouch_pipeline.backfill import estimate
 from retouch_pipeline.catalog.keys import s3_key_from_partition_key
+from retouch_pipeline.processing import create as create_stage
 from retouch_pipeline.processing.ledger import is_ledger_key
+from retouch_pipeline.processing.records import PurchaseEntry
 
 IMAGES = 12
 
@@ -154,3 +162,40 @@ def test_two_instances_at_once_buy_each_image_once(world: ProfileStack) -> None:
         assert stack.retouched_partitions() == set(stack.registered()) and len(stack.registered()) == IMAGES
     adopted = provenances(world)["autoretouch_execution"] | provenances(twin)["autoretouch_execution"]
     assert "adopted" in adopted  # one bought, the other adopted
+
+
+def test_a_purchase_in_flight_elsewhere_waits_then_is_adopted(
+    make_stack: Callable[..., InProcessStack],
+    make_image: Callable[..., bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another deployment claimed the image and has not recorded its execution: nothing is bought here, the
+    image waits as "bought elsewhere, pending"; once the other side records its execution, a run adopts it."""
+    monkeypatch.setattr(create_stage, "CLAIM_WAIT_SECONDS", 1.0)
+    stack = make_stack()
+    data = make_image(width=83)
+    keys = [stack.put("elsewhere/bag.png", data)]
+    stack.register(keys)
+    client = stack.client()
+    workflow = client.get_workflow(stack.workflow["id"])
+    key = create_stage.idempotency_key(hashlib.sha256(data).hexdigest(), workflow.id, workflow.version)
+    ledger = ledger_of(stack.resources()["catalog"], stack.s3)
+    claim = PurchaseEntry(partition=keys[0], at=datetime.now(UTC).isoformat(), owner="staging-run-1")
+    assert ledger.claim({key: claim}, lambda owner: False) == {}  # the other deployment holds the key
+
+    first = stack.run(keys)
+    assert not first.success
+    assert observations(first)[keys[0]]["failure_class"] == "bought_elsewhere_pending"
+    assert stack.sandbox.state.accounting.calls.get("E1", 0) == 0 and stack.charged() == 0
+
+    # the other deployment's create lands and is recorded
+    execution_id = client.create_execution(
+        workflow.id, image=ImageRef("bag.png", hashlib.sha256(data).hexdigest()), idempotency_key=key
+    )
+    ledger.write({key: PurchaseEntry(execution_id=execution_id, partition=keys[0], owner="staging-run-1")})
+    second = stack.run(keys)
+    assert second.success
+    recorded = stack.materializations(EXECUTION, second)[keys[0]]
+    assert (recorded["execution_id"], recorded["provenance"]) == (execution_id, "adopted")
+    assert stack.sandbox.state.accounting.calls["E1"] == 1 and len(stack.ledger()) == 1
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
