@@ -23,9 +23,10 @@ from typing import Any
 import dagster as dg
 
 from retouch_pipeline.assets.common import PIPELINE_KEYS
-from retouch_pipeline.assets.records import EventLogRecords
+from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.launch import register_partitions, submit_backfills
+from retouch_pipeline.processing.adopt import known_contents
 from retouch_pipeline.processing.budget import Projection, refusal
 from retouch_pipeline.processing.create import forecast
 from retouch_pipeline.processing.failures import BudgetRefused
@@ -75,7 +76,7 @@ def estimate(
 ) -> tuple[BackfillEstimate, RefreshPlan]:
     """What the backfill of `collection` will buy, projected as its runs will project it."""
     plan = plan_refresh(instance, s3, catalog, collection)
-    records = EventLogRecords(instance)
+    records = EventLogRecords(instance, ledger_of(catalog, s3))
     recorded = records.executions(list(plan.etags))
     contents = {  # settled refusals are left out: they can never be bought
         pk: (recorded[pk].input_hash if pk in recorded and recorded[pk].source_etag == etag else None)
@@ -83,6 +84,8 @@ def estimate(
     }
     with autoretouch.get_client() as client:
         step = _step(client, autoretouch, catalog, s3, records)
+        unknown = {pk: plan.etags[pk] for pk, content in contents.items() if content is None}
+        contents.update(known_contents(step, unknown))  # results already in S3: the run adopts them
         projection = forecast(step, contents)
         balance = client.get_balance()
     images = len(plan.buyable)

@@ -19,11 +19,18 @@ import pytest
 import requests
 from PIL import Image
 
-from retouch_devtools.devstack import DevSettings, pipeline_environment, prepare_dagster_home, seed_catalog
+from retouch_devtools.devstack import (
+    DevSettings,
+    hold_dagster_home,
+    pipeline_environment,
+    prepare_dagster_home,
+    seed_catalog,
+)
 from retouch_devtools.stack.dev import DevProcess, start_dev_process
 from retouch_devtools.stack.env import PIPELINE_ENV
 from retouch_devtools.stack.process import descendants, live_processes, process_stat
 from retouch_devtools.stack.s3 import running_moto, s3_client
+from retouch_pipeline.settings import VARIABLES
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
 
@@ -68,6 +75,21 @@ def test_sandbox_and_seeded_s3_come_up_and_sigterm_stops_them(start_dev: Callabl
     assert collections == {"spring-2026", "summer-2026"}
     assert "Ctrl-C stops everything" in stack.output()
     assert descendants({stack.proc.pid}) == set(), "sandbox and S3 are threads: no child process"
+    banner_end = stack.output().index("Ctrl-C stops everything")
+    exports = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in stack.output()[banner_end:].splitlines()
+        if line.startswith("export ")
+    )
+    assert set(exports) <= {v.name for v in VARIABLES} | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert exports[PIPELINE_ENV["s3_endpoint_url"]] == stack.settings.s3_endpoint_url
+    assert exports[PIPELINE_ENV["api_url"]].startswith(f"http://127.0.0.1:{stack.settings.sandbox_port}")
+    assert (
+        exports[PIPELINE_ENV["output_prefix"]] == "retouched/"
+        and exports["AWS_SECRET_ACCESS_KEY"] == "testing"
+    )
+    assert {PIPELINE_ENV["refresh_token"], PIPELINE_ENV["workflow_id"]} <= set(exports)
+    assert "sandbox's own dev token" in stack.output()
 
     assert stack.send(signal.SIGTERM, timeout=15) == 0
     assert port_free(stack.settings.sandbox_port) and port_free(stack.settings.s3_port)
@@ -194,3 +216,17 @@ def test_dagster_home_is_reset_only_when_ours(tmp_path: Path) -> None:
     assert (home / "history").exists()
     prepare_dagster_home(home, keep_state=False)
     assert not (home / "history").exists() and (home / "workspace.yaml").exists()
+
+
+def test_a_running_stacks_dagster_home_is_never_wiped(tmp_path: Path) -> None:
+    """A second `make dev` in the same checkout refuses while the first holds `.dagster_home/`."""
+    held = hold_dagster_home(tmp_path / "home")
+    home = prepare_dagster_home(tmp_path / "home", keep_state=False)
+    (home / "runs.db").write_text("the running stack's runs")
+    with pytest.raises(
+        RuntimeError, match=r"belongs to a running `retouch-pipeline dev`.*RETOUCH_DEV_DAGSTER_HOME"
+    ):
+        hold_dagster_home(tmp_path / "home")
+    assert (home / "runs.db").read_text() == "the running stack's runs"
+    held.close()  # the first stack stopped: the next start may reset it
+    hold_dagster_home(tmp_path / "home").close()

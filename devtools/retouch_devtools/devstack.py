@@ -10,7 +10,11 @@ One foreground process owns everything: the sandbox AutoRetouch and moto's S3 se
 - S3 and the sandbox are in memory, so they start empty every time. Dagster's instance storage in
   `DAGSTER_HOME` is therefore reset at each start (unless `--keep-state`): a kept instance would remember
   partitions whose objects no longer exist, and the catalog sensor's baseline pass would adopt the freshly
-  seeded images silently instead of processing them. Only a folder this module created (marker file) is reset.
+  seeded images silently instead of processing them. Only a folder this module created (marker file) is reset,
+  and never one a running stack holds (an exclusive lock on `LOCK_FILE` for the stack's life): a second
+  `make dev` in the same checkout refuses to start instead of wiping the first one's storage.
+- With `--no-dagster`, the banner ends with the pipeline's environment as `export NAME=value` lines (the names
+  of `retouch_pipeline.settings.VARIABLES`), so a Dagster started by hand points at the same sandbox and S3.
 
 Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `stack.env.PIPELINE_ENV` (the
 variables the Dagster definitions read; bucket and prefixes are read from them too, so one override moves both
@@ -20,8 +24,10 @@ sides). The pieces (moto's S3, the pipeline's environment) come from the stack b
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -30,16 +36,18 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from retouch_devtools.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
 from retouch_devtools.stack.env import PIPELINE_ENV, pipeline_variables
 from retouch_devtools.stack.s3 import DUMMY_AWS, REMOVED_AWS, ensure_bucket, running_moto, s3_client
+from retouch_pipeline.settings import VARIABLES
 
 if TYPE_CHECKING:
     from retouch_devtools.sandbox.realism import Realism
 
 MARKER = ".retouch-dev-home"
+LOCK_FILE = ".retouch-dev.lock"
 DAGSTER_YAML = """\
 # Written by `retouch-pipeline dev` at every start; edit devstack.py instead.
 telemetry:
@@ -171,18 +179,40 @@ def seed_catalog(
     return written, unchanged
 
 
+def hold_dagster_home(path: Path) -> IO[str]:
+    """Lock DAGSTER_HOME for the stack's life (closing the file releases it); refuse one that is held."""
+    home = path.expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = (home / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RuntimeError(
+            f"{home} belongs to a running `retouch-pipeline dev` ({holder}); starting would wipe its "
+            "Dagster storage. Stop that stack first, or give this one its own folder with "
+            "RETOUCH_DEV_DAGSTER_HOME (and its own RETOUCH_DEV_*_PORT)."
+        ) from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def prepare_dagster_home(path: Path, *, keep_state: bool) -> Path:
     """Create DAGSTER_HOME with its dagster.yaml; reset its storage unless keep_state (see module doc)."""
     home = path.expanduser().resolve()
     marker = home / MARKER
-    if home.exists() and any(home.iterdir()) and not marker.exists():
+    if home.exists() and any(e.name != LOCK_FILE for e in home.iterdir()) and not marker.exists():
         raise RuntimeError(
             f"{home} exists and was not created by `retouch-pipeline dev`; "
             "choose another RETOUCH_DEV_DAGSTER_HOME (it would be reset at each start)."
         )
     if home.exists() and not keep_state:
         for entry in home.iterdir():
-            if entry.name != MARKER:
+            if entry.name not in (MARKER, LOCK_FILE):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     home.mkdir(parents=True, exist_ok=True)
     marker.write_text("Created by `retouch-pipeline dev`; reset at each start unless --keep-state.\n")
@@ -230,6 +260,26 @@ def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> 
         "--workspace", str(home / "workspace.yaml"),
     ]  # fmt: skip
     return start_in_own_group(command, env)
+
+
+def export_lines(env: Mapping[str, str]) -> list[str]:
+    """`export NAME=value` of the pipeline's variables set in `env` (and moto's dummy AWS keys)."""
+    names = [v.name for v in VARIABLES] + ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    return [f"export {name}={shlex.quote(env[name])}" for name in names if name in env]
+
+
+def environment_block(settings: DevSettings, sandbox: Any) -> str:
+    """The banner's tail without Dagster: how to point a Dagster of one's own at this sandbox and S3."""
+    env = pipeline_environment(settings, sandbox, None, {})
+    lines = [
+        "  The pipeline's environment, for a Dagster of your own (eval these lines, then `dagster dev` with",
+        "  its own DAGSTER_HOME). AUTORETOUCH_REFRESH_TOKEN is the sandbox's own dev token, the one the dev",
+        "  stack hands to Dagster; the AWS keys are moto's dummies. No other secret is printed.",
+        "",
+        *export_lines(env),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def banner(settings: DevSettings, sandbox: Any, dagster: bool, seeded: tuple[int, int] | None) -> str:
@@ -302,6 +352,7 @@ def run_dev(
             seeded = (len(written), len(unchanged))
         process: subprocess.Popen[bytes] | None = None
         if dagster and not stop_event.is_set():
+            stack.callback(hold_dagster_home(settings.dagster_home).close)  # before any reset
             home = prepare_dagster_home(settings.dagster_home, keep_state=keep_state)
             env = pipeline_environment(settings, sandbox, home, os.environ)
             process = start_dagster(settings, home, env)
@@ -311,6 +362,8 @@ def run_dev(
             if not wait_for_http(f"{settings.dagster_url}/server_info", process, stop_event, 180.0):
                 return 0 if stop_event.is_set() else 1
         echo(banner(settings, sandbox, dagster, seeded))
+        if not dagster:
+            echo(environment_block(settings, sandbox))
         while not stop_event.wait(0.5):
             if process is not None and process.poll() is not None:
                 echo(f"dagster dev exited on its own (status {process.returncode}); stopping the rest.")

@@ -20,11 +20,20 @@ from retouch_pipeline.assets.common import (
 )
 from retouch_pipeline.autoretouch import Workflow, WorkflowExecution
 from retouch_pipeline.processing.deliver import sidecar_key
-from retouch_pipeline.processing.item import WorkItem
+from retouch_pipeline.processing.item import Purchase, WorkItem
+
+_PROVENANCE = {Purchase.CREATE: "bought", Purchase.RETRY: "bought", Purchase.REUSE: "reused"}
 
 
 def _urls(links: Mapping[str, str] | None) -> dict[str, dg.MetadataValue]:
     return {name: dg.MetadataValue.url(url) for name, url in (links or {}).items()}
+
+
+def provenance(item: WorkItem) -> str:
+    """`adopted`: taken from the durable record (ledger, sidecar, label), not bought by this instance."""
+    if item.adopted:
+        return "adopted"
+    return _PROVENANCE.get(item.purchase, "uploaded") if item.purchase else "uploaded"
 
 
 def uploaded_event(item: WorkItem, source_bucket: str) -> dg.AssetMaterialization:
@@ -45,6 +54,7 @@ def uploaded_event(item: WorkItem, source_bucket: str) -> dg.AssetMaterializatio
             "bytes": dg.MetadataValue.int(item.image.size),
             "uploaded": item.bytes_sent,
             "preview": preview_markdown(item.preview_before),
+            "provenance": provenance(item),
         },
         tags=collection_tags(item.collection),
     )
@@ -78,6 +88,7 @@ def execution_event(
             "input_hash": item.content_hash or "",
             "created_at": item.execution_created_at or "",
             "preview": preview_markdown(item.preview_before),
+            "provenance": provenance(item),
             **_urls(links),
         },
         tags=collection_tags(item.collection),
@@ -115,6 +126,7 @@ def retouched_event(
             "mode": output.mode,
             "bytes": dg.MetadataValue.int(output.size),
             "preview": preview_markdown(item.preview_before, output.preview_after),
+            "provenance": provenance(item),
             **_urls(links),
         },
         tags=collection_tags(item.collection),

@@ -1,17 +1,16 @@
-"""The purchase records as Dagster holds them: the event log and the instance's key-value index.
+"""The purchase records as the pipeline keeps them: Dagster's event log (fast path) and the S3 ledger (truth).
 
 `EventLogRecords` implements `processing.records.PurchaseRecords`: a partition's last recorded execution is
-its last `autoretouch_execution` materialization; an idempotency key's entry is `retouch/exec/<key>` in the
-instance's key-value store (JSON: {"execution_id"?, "partition"?, "at"?, "created_at"?, "recovered"?}), read
-and written in batches from the step's main thread (one query per batch, not per image).
+its last `autoretouch_execution` materialization; an idempotency key's entry, and the claims that make one
+deployment buy and the other adopt, live in the pipeline's own ledger in the output bucket
+(`processing.ledger.S3Ledger`), which outlives the instance. Nothing here uses Dagster's key-value store.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -23,42 +22,23 @@ from retouch_pipeline.assets.common import (
     materialization_metadata,
     metadata_value,
 )
+from retouch_pipeline.processing.ledger import S3Ledger
 from retouch_pipeline.processing.records import PurchaseEntry, RecordedExecution
+from retouch_pipeline.processing.step import CatalogLayout
 
-KV_PREFIX = "retouch/exec/"
 _DATA_URI = re.compile(r"!\[before\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)")
 
 
-class ExecutionIndex:
-    """`retouch/exec/<idempotency key>` -> its entry (a JSON object) in the instance's key-value store."""
-
-    def __init__(self, instance: dg.DagsterInstance) -> None:
-        self._kvs = instance.run_storage
-
-    def get(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        wanted = {KV_PREFIX + k for k in keys}
-        if not wanted:
-            return {}
-        raw = self._kvs.get_cursor_values(wanted)
-        out: dict[str, dict[str, Any]] = {}
-        for name, value in raw.items():
-            try:
-                out[name[len(KV_PREFIX) :]] = json.loads(value)
-            except ValueError:
-                continue
-        return out
-
-    def put(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
-        if entries:
-            self._kvs.set_cursor_values({KV_PREFIX + k: json.dumps(dict(v)) for k, v in entries.items()})
+def ledger_of(catalog: CatalogLayout, s3: Any) -> S3Ledger:
+    """The ledger beside the catalog's outputs."""
+    return S3Ledger(s3, catalog.output_bucket, catalog.output_prefix_normalized())
 
 
 class EventLogRecords:
-    """`PurchaseRecords` over one Dagster instance."""
+    """`PurchaseRecords` over one Dagster instance and the ledger; `owner` (a run id) signs the claims."""
 
-    def __init__(self, instance: dg.DagsterInstance) -> None:
-        self._instance = instance
-        self._index = ExecutionIndex(instance)
+    def __init__(self, instance: dg.DagsterInstance, ledger: S3Ledger, owner: str | None = None) -> None:
+        self._instance, self._ledger, self._owner = instance, ledger, owner
 
     def executions(self, partition_keys: Sequence[str]) -> dict[str, RecordedExecution]:
         out: dict[str, RecordedExecution] = {}
@@ -84,15 +64,19 @@ class EventLogRecords:
         return {pk: uri for pk, uri in found.items() if uri}
 
     def purchases(self, idempotency_keys: Iterable[str]) -> dict[str, PurchaseEntry]:
-        fields = set(PurchaseEntry.__dataclass_fields__)
-        return {
-            key: PurchaseEntry(**{k: v for k, v in entry.items() if k in fields})
-            for key, entry in self._index.get(idempotency_keys).items()
-            if isinstance(entry, dict)
-        }
+        return {key: held.entry for key, held in self._ledger.read(idempotency_keys).items()}
 
     def record(self, entries: Mapping[str, PurchaseEntry]) -> None:
-        self._index.put({key: {k: v for k, v in asdict(e).items() if v} for key, e in entries.items()})
+        self._ledger.write({key: replace(e, owner=e.owner or self._owner) for key, e in entries.items()})
+
+    def claim(self, intents: Mapping[str, PurchaseEntry]) -> dict[str, PurchaseEntry]:
+        signed = {key: replace(e, owner=self._owner) for key, e in intents.items()}
+        return self._ledger.claim(signed, self.run_ended)
+
+    def run_ended(self, run_id: str) -> bool:
+        """Whether `run_id` is a run of this instance that has ended (its intents can be taken over)."""
+        run = self._instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
 
 
 def recorded_thumbnail(record: dg.EventLogRecord) -> str | None:

@@ -19,7 +19,7 @@ from retouch_pipeline.assets.checks import DeliveredOutput, evaluate_checks
 from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.assets.materializations import execution_event, retouched_event, uploaded_event
 from retouch_pipeline.assets.presentation import failure_observation, pending_observation
-from retouch_pipeline.assets.records import EventLogRecords
+from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.processing.events import (
     Delivered,
@@ -70,7 +70,7 @@ def build_step(
         batch_created_at=created_at,
         settings=autoretouch,
         catalog=catalog,
-        records=EventLogRecords(instance),
+        records=EventLogRecords(instance, ledger_of(catalog, s3), context.run_id),
         log=context.log,
     )
 

@@ -3,20 +3,23 @@
 Idempotency
     The key is derived from what decides the result and the price: SHA-256 of the input bytes, the workflow id
     and the workflow version (`idempotency_key`). Before creating, a step asks the purchase records
-    (`records.PurchaseRecords`): (1) the partition's last recorded execution carries its key; (2) the key's
-    own entry (same content under another partition, or a crash after the create and before the record); an
-    entry that only holds an *intent* (written, in one batch, right before the creates) means a create may
-    have reached AutoRetouch without its id being kept: then AutoRetouch itself is asked, by the idempotency
-    label (E3). Only when all three say "none" is an execution created. FAILED and PAYMENT_REQUIRED executions
-    are retried (E8), not re-created.
+    (`records.PurchaseRecords`): (1) the partition's last recorded execution in the event log (the fast path);
+    when it knows nothing, the durable record: (2) the key's entry in the ledger (same content under another
+    partition, another deployment's purchase, or a crash after the create); (3) the output's sidecar
+    (`adopt.sidecars`); an entry that only holds an *intent* means a create may have reached AutoRetouch
+    without its id being kept: then AutoRetouch itself is asked, by the idempotency label (E3). Only when all
+    say "none" is an execution created, and only after the step *claimed* the key in the ledger (a conditional
+    write: of two deployments, one buys, the other adopts). FAILED and PAYMENT_REQUIRED executions are retried
+    (E8), not re-created.
 
 Order: decide for every image (`resolve`), project the spend of what is left (`budget.py`) and refuse *before*
-the first create; then create or retry on the step's pool.
+the first create; then claim, create or retry on the step's pool.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,9 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from retouch_pipeline.autoretouch import ImageRef, WorkflowExecution
+from retouch_pipeline.processing.adopt import sidecars
 from retouch_pipeline.processing.budget import Projection, check
 from retouch_pipeline.processing.failures import (
     BudgetRefused,
+    ClaimedElsewhere,
     DuplicateContentNotCreated,
     ExecutionNotFound,
     UnexpectedError,
@@ -38,6 +43,9 @@ from retouch_pipeline.processing.step import Step
 
 BATCH_NAMESPACE = uuid.UUID("6f1d3c52-9a43-4df0-a3a6-2b4c9f1e7d10")
 BATCH_LABELS = ("autoretouch_batch_id", "autoretouch_batch_name", "autoretouch_batch_createdAt")
+CLAIM_WAIT_SECONDS = 20.0
+"""How long a step waits for the execution id of a key another run claimed (its create takes a second)."""
+CLAIM_POLL_SECONDS = 0.5
 Settled = tuple[WorkItem, WorkflowExecution | None]
 
 
@@ -65,27 +73,51 @@ class Decision:
     execution_id: str | None = None
     created_at: str | None = None
     recovered: PurchaseEntry | None = None
-    """Set when the execution was found by its label: the entry that spares the next run the lookup."""
+    """Set when found by its label or sidecar: the entry that spares the next run the lookup."""
+    adopted: bool = False
+    """The execution came from the durable record, not from this instance's event log."""
 
 
 def decide(step: Step, keys: Mapping[str, str]) -> dict[str, Decision]:
     """partition -> decision, for partitions whose idempotency key is known (`keys`: partition -> key)."""
     recorded = step.records.executions(list(keys))
-    entries = step.records.purchases(set(keys.values()))
+    unknown = {pk: k for pk, k in keys.items() if pk not in recorded or recorded[pk].idempotency_key != k}
+    entries = step.records.purchases(set(unknown.values()))
+    found = durable_entries(step, {pk: k for pk, k in unknown.items() if k not in entries})
     decisions: dict[str, Decision] = {}
     for partition_key, key in keys.items():
-        record, entry = recorded.get(partition_key), entries.get(key)
-        if record is not None and record.idempotency_key == key:
+        entry, sidecar_entry = entries.get(key), found.get(partition_key)
+        if partition_key not in unknown:
+            record = recorded[partition_key]
             decisions[partition_key] = Decision(Purchase.REUSE, record.execution_id, record.created_at)
         elif entry is not None and entry.execution_id:
-            decisions[partition_key] = Decision(Purchase.REUSE, entry.execution_id, entry.created_at)
-        elif (
-            entry is not None
-        ):  # an intent without an id: a create may have reached AutoRetouch before a crash
+            decisions[partition_key] = Decision(
+                Purchase.REUSE, entry.execution_id, entry.created_at, adopted=True
+            )
+        elif sidecar_entry is not None:
+            decisions[partition_key] = Decision(
+                Purchase.REUSE, sidecar_entry.execution_id, sidecar_entry.created_at, sidecar_entry, True
+            )
+        elif entry is not None:  # an intent without an id: a create may have reached AutoRetouch
             decisions[partition_key] = _recover(step, partition_key, key, entry)
         else:
             decisions[partition_key] = Decision(Purchase.CREATE)
     return decisions
+
+
+def durable_entries(step: Step, keys: Mapping[str, str]) -> dict[str, PurchaseEntry]:
+    """partition -> the entry its output's sidecar stands for, where that sidecar is of the same key."""
+    out: dict[str, PurchaseEntry] = {}
+    now = datetime.now(UTC).isoformat()
+    for partition_key, sidecar in sidecars(step, list(keys)).items():
+        if (
+            idempotency_key(sidecar.content_hash, sidecar.workflow_id, sidecar.workflow_version)
+            == keys[partition_key]
+        ):
+            out[partition_key] = PurchaseEntry(
+                sidecar.execution_id, partition_key, now, sidecar.created_at, recovered=True
+            )
+    return out
 
 
 def _recover(step: Step, partition_key: str, key: str, intent: PurchaseEntry) -> Decision:
@@ -95,7 +127,7 @@ def _recover(step: Step, partition_key: str, key: str, intent: PurchaseEntry) ->
     step.log.warning(f"{partition_key}: recovered execution {found.id} by its idempotency label")
     created_at = found.created_at.isoformat() if found.created_at else None
     entry = PurchaseEntry(execution_id=found.id, at=intent.at, recovered=True)
-    return Decision(Purchase.REUSE, found.id, created_at, recovered=entry)
+    return Decision(Purchase.REUSE, found.id, created_at, recovered=entry, adopted=True)
 
 
 def resolve(step: Step, items: Sequence[WorkItem]) -> None:
@@ -109,7 +141,7 @@ def resolve(step: Step, items: Sequence[WorkItem]) -> None:
     for item in ready:
         decision = decisions[item.partition_key]
         item.purchase, item.execution_id = decision.purchase, decision.execution_id
-        item.execution_created_at = decision.created_at
+        item.execution_created_at, item.adopted = decision.created_at, decision.adopted
         if decision.recovered is not None:
             recovered[item.idempotency_key or ""] = decision.recovered
         item.advance(State.RESOLVED)
@@ -172,16 +204,15 @@ def _refuse(step: Step, items: Sequence[WorkItem], refused: BudgetRefused) -> No
 
 
 def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: str) -> dict[str, str]:
-    """Intents first, then the creates and retries in parallel; returns idempotency key -> execution id."""
-    step.records.record(
-        {
-            i.idempotency_key: PurchaseEntry(partition=i.partition_key, at=now)
-            for i in buying
-            if i.purchase is Purchase.CREATE and i.idempotency_key
-        }
-    )
-    futures = {pool.submit(_spend, step, item): item for item in buying}
-    bought: dict[str, str] = {}  # also serves in-step duplicates of the same content
+    """Claims first, then the creates and retries in parallel; returns idempotency key -> execution id."""
+    intents = {
+        i.idempotency_key: PurchaseEntry(partition=i.partition_key, at=now)
+        for i in buying
+        if i.purchase is Purchase.CREATE and i.idempotency_key
+    }
+    held = step.records.claim(intents)
+    bought = _adopt_held(step, [i for i in buying if i.idempotency_key in held], held)
+    futures = {pool.submit(_spend, step, item): item for item in buying if item.idempotency_key not in held}
     for future in as_completed(futures):
         item = futures[future]
         try:
@@ -198,9 +229,33 @@ def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: 
             item.execution_status, step.retried = "RETRIED", step.retried + 1
             item.advance(State.RETRYING)
         bought[item.idempotency_key or ""] = execution_id or ""
-    entries = {k: PurchaseEntry(execution_id=v, at=now, created_at=now) for k, v in bought.items() if k and v}
+    entries = {
+        k: PurchaseEntry(execution_id=v, at=now, created_at=now)
+        for k, v in bought.items()
+        if k and v and k not in held
+    }
     step.records.record(entries)
     return bought
+
+
+def _adopt_held(step: Step, items: Sequence[WorkItem], held: Mapping[str, PurchaseEntry]) -> dict[str, str]:
+    """Keys another run claimed: wait a moment for their execution ids; those items adopt them (REUSE)."""
+    ids = {k: e.execution_id for k, e in held.items() if e.execution_id}
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while len(ids) < len(held) and time.monotonic() < deadline:
+        time.sleep(CLAIM_POLL_SECONDS)
+        entries = step.records.purchases([k for k in held if k not in ids])
+        ids.update({k: e.execution_id for k, e in entries.items() if e.execution_id})
+    for item in items:
+        key = item.idempotency_key or ""
+        if key in ids:
+            item.purchase, item.execution_id, item.adopted = Purchase.REUSE, ids[key], True
+            item.execution_created_at = held[key].created_at or held[key].at
+            step.log.info(f"{item.partition_key}: adopted execution {ids[key]}, bought by {held[key].owner}")
+        else:
+            holder = held[key].owner or "another deployment"
+            item.fail(ClaimedElsewhere(f"claimed by {holder} at {held[key].at}"))
+    return {k: v or "" for k, v in ids.items()}
 
 
 def _spend(step: Step, item: WorkItem) -> str | None:

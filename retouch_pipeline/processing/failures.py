@@ -209,6 +209,17 @@ class DuplicateContentNotCreated(Failure):
     stage_name = "create"
 
 
+class ClaimedElsewhere(Failure):
+    """Another deployment (or run) claimed this image's purchase and has not recorded its execution yet."""
+
+    stage_name = "create"
+    kind = "bought_elsewhere_pending"
+    template = (
+        "Another run or deployment is buying this image ({reason}). Nothing was bought here; a later run "
+        "adopts its execution, or takes the claim over once its owner has ended."
+    )
+
+
 class NoExecution(Failure):
     stage_name = "download"
 

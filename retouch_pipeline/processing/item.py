@@ -101,6 +101,8 @@ class WorkItem:
     """False when AutoRetouch already had the bytes (HEAD de-dup)."""
     idempotency_key: str | None = None
     purchase: Purchase | None = None
+    adopted: bool = False
+    """Its execution came from the durable record (ledger, sidecar, label), not from the event log."""
     execution_id: str | None = None
     execution_status: str | None = None
     execution_created_at: str | None = None

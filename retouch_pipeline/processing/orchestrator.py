@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from retouch_pipeline.processing.adopt import deliver_adopted
 from retouch_pipeline.processing.budget import worst_case_fits
 from retouch_pipeline.processing.create import Settled, create, resolve
 from retouch_pipeline.processing.deliver import check_output_writable, from_records
@@ -67,7 +68,8 @@ def process(
     if stages.deliver:
         if not stages.create:
             from_records(step, items)
-        yield from wait_and_deliver(step, items, pool)
+        yield from deliver_adopted(step, items)  # results already in S3 (sidecar matches): not written again
+        yield from wait_and_deliver(step, [i for i in items if i.state is not State.DELIVERED], pool)
     for item in [*items, *restore]:
         if item.failed:
             yield Failed(item)

@@ -1,10 +1,11 @@
 """What was bought before: the one place a buying decision consults (`PurchaseRecords`).
 
 Why a Protocol: the domain must never buy an execution twice, and what it knows about earlier purchases lives
-outside it (today Dagster's event log and the instance's key-value index; an S3-sidecar or an
-AutoRetouch-label implementation can answer the same questions). Every "has this been bought?" goes through
-these four methods, so a new source of truth is one new implementation, not a change to the stages. (Only an
-intent without an execution id, i.e. an interrupted create, sends `create.py` on to AutoRetouch's label.)
+outside it: Dagster's event log (the fast path) and the pipeline's own ledger in S3 (`ledger.py`, the truth
+when the event log knows nothing). Every "has this been bought?" and every claim to buy goes through these
+methods, so a new source of truth is one new implementation, not a change to the stages. The other durable
+records, the output sidecars and AutoRetouch's idempotency labels, are asked by `adopt.py` and `create.py`
+when the ledger has no id for a key.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class PurchaseEntry:
     """When the intent (or the purchase) was written, ISO 8601."""
     created_at: str | None = None
     recovered: bool = False
-    """Found by its idempotency label after an interrupted create."""
+    """Found by its idempotency label after an interrupted create (or from an output's sidecar)."""
+    owner: str | None = None
+    """Who wrote the intent (a run id): an intent whose owner is known to have ended can be taken over."""
 
 
 class PurchaseRecords(Protocol):
@@ -55,4 +58,11 @@ class PurchaseRecords(Protocol):
 
     def record(self, entries: Mapping[str, PurchaseEntry]) -> None:
         """Write (replace) the entries of these idempotency keys, in one batch."""
+        ...
+
+    def claim(self, intents: Mapping[str, PurchaseEntry]) -> dict[str, PurchaseEntry]:
+        """Claim these keys before creating (at most one claimant wins each, across deployments).
+
+        Returns, for each key *not* won, the entry of whoever holds it (with its execution id once recorded).
+        """
         ...

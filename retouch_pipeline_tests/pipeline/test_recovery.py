@@ -1,6 +1,6 @@
 """Crash between "the create reached AutoRetouch" and "Dagster recorded it": the re-run adopts the execution.
 
-The sequence: the step writes its intent (`retouch/exec/<key>` without an id) in the instance, sends the
+The sequence: the step claims the key (its intent, without an id, in the S3 ledger), sends the
 create; AutoRetouch creates the execution but the response is lost (sandbox `lose_create_rate=1.0`); the
 process dies before it could look the execution up or record anything (simulated by an exception at that
 exact point: the client's label lookup). What survives is what a SIGKILL leaves: the intent, no
@@ -17,7 +17,7 @@ import pytest
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED
-from retouch_pipeline.assets.records import ExecutionIndex
+from retouch_pipeline.assets.records import ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
 
 
@@ -46,8 +46,10 @@ def test_rerun_adopts_execution_created_before_a_crash(
     assert len(executions) == 1  # ... and created the execution
     assert stack.instance.get_materialized_partitions(EXECUTION) == set()  # ... but Dagster recorded nothing
     key = executions[0].labels["retouch_pipeline_idempotency_key"]
-    intent = ExecutionIndex(stack.instance).get([key])[key]
-    assert "execution_id" not in intent and intent["partition"] == keys[0]  # only the intent survived
+    ledger = ledger_of(stack.resources()["catalog"], stack.s3)
+    intent = ledger.read([key])[key].entry
+    assert intent.execution_id is None and intent.partition == keys[0]  # only the intent survived
+    assert intent.owner == first.run_id
 
     stack.sandbox.state.faults.lose_create_rate = 0.0
     caplog.set_level("WARNING")
@@ -59,7 +61,7 @@ def test_rerun_adopts_execution_created_before_a_crash(
     assert len(stack.ledger()) == 1 and stack.charged() == price  # one charge
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
     assert stack.image("retouched/crash/shoe.png.png").mode == "RGBA"
-    assert ExecutionIndex(stack.instance).get([key])[key]["execution_id"] == executions[0].id
+    assert ledger.read([key])[key].entry.execution_id == executions[0].id
     assert any("recovered execution" in r.getMessage() for r in caplog.records) or any(
         "recovered execution" in (e.message or "") for e in stack.instance.all_logs(second.run_id)
     )

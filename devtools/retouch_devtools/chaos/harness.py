@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -65,6 +66,9 @@ def run_profile(
     profile: Profile, images: int, moto_url: str, seed: int = 0, realism: Realism | None = None
 ) -> tuple[Outcome, dict[str, Any]]:
     """One profile from an empty world to its verdict; (outcome, figures for the table)."""
+    # Runs in two threads at once (instance-loss) interleave Dagster's stdout/stderr capture, which can leave
+    # fd 1/2 pointing at a compute log: they are put back when the profile ends.
+    saved_fds = (os.dup(1), os.dup(2))
     capture = _Capture()
     logging.getLogger().addHandler(capture)
     started = time.monotonic()
@@ -92,7 +96,7 @@ def run_profile(
         passes = 0 if profile.expect_all else run.resume()
         seen = observer.stop()
         state = stack.sandbox.state.accounting.snapshot()
-        texts = [*run.texts, *seen.sidecar_bodies, "\n".join(capture.lines).encode()]
+        texts = [*run.texts, *seen.sidecar_bodies, *seen.ledger_bodies, "\n".join(capture.lines).encode()]
         outcome = evaluate(
             stack, {s.relative_key: s for s in loaded}, profile.expect_all, seen.partial, texts
         )
@@ -120,6 +124,9 @@ def run_profile(
     finally:
         logging.getLogger().removeHandler(capture)
         stack.close()
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def describe(figures: dict[str, Any]) -> str:

@@ -7,8 +7,10 @@ reads every object version it has not read yet (by key and ETag) and records a *
 - a sidecar is not valid JSON or names no result key,
 - a sidecar's image is missing when the sidecar is seen (the pipeline writes the image first).
 
-A sidecar whose image is present but has another content hash is not partial (an image overwritten
-by a newer result just before its sidecar); it is counted as `stale_sidecar_reads` for information.
+The pipeline's purchase ledger (`<prefix>.ledger/`) is not an output: its objects are only kept for the leak
+scan (`ledger_bodies`). A sidecar whose image is present but has another content hash is not partial (an
+image overwritten by a newer result just before its sidecar); it is counted as `stale_sidecar_reads` for
+information.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from PIL import Image
 
+from retouch_pipeline.processing.ledger import is_ledger_key
+
 
 @dataclass
 class Observations:
@@ -29,6 +33,7 @@ class Observations:
     partial: list[str] = field(default_factory=list)
     stale_sidecar_reads: int = 0
     sidecar_bodies: list[bytes] = field(default_factory=list)
+    ledger_bodies: list[bytes] = field(default_factory=list)
 
 
 class OutputObserver:
@@ -72,6 +77,9 @@ class OutputObserver:
                 body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             except self.s3.exceptions.NoSuchKey:
                 continue  # overwritten or deleted between list and get: nothing was visible
+            if is_ledger_key(key, self.prefix):
+                self.result.ledger_bodies.append(body)
+                continue
             self.result.reads += 1
             problem = self._check_sidecar(body) if key.endswith(".json") else self._check_image(body)
             if problem:

@@ -116,6 +116,21 @@ def _restart_sandbox(run: ProfileRun) -> None:
         run.notes["sandbox state restored"] = stack.sandbox.state.restored
 
 
+def _lose_instance(run: ProfileRun) -> None:
+    """At a random number of finished executions: Dagster's storage wiped, the pipeline restarted on an
+    empty instance at once (sensor tick, runs) while the old instance's run is still in flight."""
+    import random
+
+    stack = run.stack
+    engine = stack.sandbox.state.engine
+    moment = random.randint(1, max(1, run.images - 1))
+    if _reached(lambda: engine.counts_by_status()["COMPLETED"] >= moment, run.stop_during):
+        stack.lose_instance()
+        run.notes["Dagster storage wiped after executions completed"] = engine.counts_by_status()["COMPLETED"]
+        for selection, keys in stack.tick_catalog():
+            stack.run(keys, selection)
+
+
 def _with_token(run: ProfileRun, token: str) -> None:
     run.stack.set_token(token)
     run.default_first_pass()
@@ -199,6 +214,12 @@ _PROFILES = [
         for stage in STAGES
     ],
     Profile("sandbox-restart", "AutoRetouch restarted after a third of the creates", during=_restart_sandbox),
+    Profile(
+        "instance-loss",
+        "Dagster's storage wiped at a random moment of the run; the pipeline restarted on an empty instance",
+        sandbox={"processing_seconds": 0.3},
+        during=_lose_instance,
+    ),
     Profile("bad-input", "the bad-input set (named failures, converted formats, odd keys)", catalog="bad"),
     Profile(
         "wrong-workflow",

@@ -18,6 +18,7 @@ polling delays (timings: docs/reliability.md); the daemon's own backfill path is
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -85,6 +86,7 @@ class ProfileStack:
         self.s3 = s3_client(moto_url)  # the world's view, never faulted
         self.bucket = new_bucket(self.s3, "chaos")
         self.instance = dg.DagsterInstance.local_temp(str(self.home))
+        self.lost_instances: list[dg.DagsterInstance] = []
         self.workflow = workflow_named(self.sandbox.workflows, workflow_name)
         self.autoretouch = {
             "api_url": self.sandbox.api_url,
@@ -164,6 +166,28 @@ class ProfileStack:
             self.sandbox_config.auth_port = auth_port
         self.sandbox = SandboxServer(self.sandbox_config).start()
         self._watch_tokens()
+
+    def lose_instance(self) -> None:
+        """Dagster's storage wiped: from now on a new, empty instance (new DAGSTER_HOME) drives the pipeline.
+
+        The sandbox, the bucket and the runs already in flight (on the old instance) keep going, as they do
+        when a database is lost under a running deployment and the pipeline is restarted on a fresh one.
+        """
+        self.lost_instances.append(self.instance)
+        self.home = Path(tempfile.mkdtemp(prefix="dagster_home-", dir=self.root))
+        self.instance = dg.DagsterInstance.local_temp(str(self.home))
+        self._catalog_cursor = self._pending_cursor = None
+
+    def twin(self) -> ProfileStack:
+        """A second deployment over the same catalog and organization: same sandbox, bucket and settings,
+        its own Dagster instance and sensor cursors."""
+        other = copy.copy(self)
+        other.lost_instances = []
+        other.home = Path(tempfile.mkdtemp(prefix="dagster_home-twin-", dir=self.root))
+        other.instance = dg.DagsterInstance.local_temp(str(other.home))
+        other._catalog_cursor = other._pending_cursor = None
+        other.run_partitions, other.launch_failures = {}, {}
+        return other
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(
@@ -252,5 +276,6 @@ class ProfileStack:
     def close(self) -> None:
         self.proxy.stop()
         self.sandbox.stop()
-        self.instance.dispose()
+        for instance in [*self.lost_instances, self.instance]:
+            instance.dispose()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""The claim protocol of the S3 ledger over moto's server (real HTTP, real conditional PUTs).
+
+Of two claimants of one key exactly one wins, also when they race; the loser is told who holds the key; an
+intent is taken over only when its owner has ended or it is stale, and a takeover races safely too.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from retouch_devtools.stack.s3 import new_bucket, s3_client
+from retouch_pipeline.processing.ledger import STALE_INTENT_SECONDS, S3Ledger, is_ledger_key
+from retouch_pipeline.processing.records import PurchaseEntry
+
+KEY = "rp1-" + "ab" * 24
+
+
+def never_ended(owner: str) -> bool:
+    return False
+
+
+@pytest.fixture
+def ledger(moto_url: str) -> S3Ledger:
+    client: Any = s3_client(moto_url)
+    return S3Ledger(client, new_bucket(client, "ledger"), "retouched/")
+
+
+def intent(owner: str, age_seconds: float = 0.0) -> PurchaseEntry:
+    at = (datetime.now(UTC) - timedelta(seconds=age_seconds)).isoformat()
+    return PurchaseEntry(partition="p", at=at, owner=owner)
+
+
+def test_first_claim_wins_and_the_second_learns_the_holder(ledger: S3Ledger) -> None:
+    assert ledger.claim({KEY: intent("run-a")}, never_ended) == {}
+    held = ledger.claim({KEY: intent("run-b")}, never_ended)
+    assert held[KEY].owner == "run-a" and held[KEY].execution_id is None
+    ledger.write({KEY: PurchaseEntry(execution_id="ex-1", owner="run-a")})
+    assert ledger.claim({KEY: intent("run-c")}, lambda owner: True)[KEY].execution_id == "ex-1"
+    assert ledger.read([KEY])[KEY].entry.execution_id == "ex-1"
+    assert ledger.key(KEY) == f"retouched/.ledger/{KEY}.json" and is_ledger_key(ledger.key(KEY), "retouched/")
+
+
+def test_racing_claimants_one_winner(ledger: S3Ledger) -> None:
+    keys = [f"rp1-{i:048d}" for i in range(20)]
+    owners = [f"run-{n}" for n in range(4)]
+
+    def claim(owner: str) -> set[str]:
+        return set(keys) - set(ledger.claim(dict.fromkeys(keys, intent(owner)), never_ended))
+
+    with ThreadPoolExecutor(len(owners)) as pool:
+        won = list(pool.map(claim, owners))
+    assert sorted(k for w in won for k in w) == sorted(keys)  # every key won exactly once
+    recorded = ledger.read(keys)
+    for owner, keys_won in zip(owners, won, strict=True):
+        assert all(recorded[k].entry.owner == owner for k in keys_won)
+
+
+def test_an_intent_is_taken_over_only_when_abandoned(ledger: S3Ledger) -> None:
+    ledger.claim({KEY: intent("run-a")}, never_ended)
+    assert KEY in ledger.claim({KEY: intent("run-b")}, never_ended)  # young, owner alive: held
+    assert ledger.claim({KEY: intent("run-b")}, lambda owner: owner == "run-a") == {}  # owner ended
+    assert ledger.read([KEY])[KEY].entry.owner == "run-b"
+
+    other = "rp1-" + "cd" * 24
+    ledger.write({other: intent("run-x", age_seconds=STALE_INTENT_SECONDS + 1)})
+    with ThreadPoolExecutor(3) as pool:  # a stale intent: three contenders, one takeover
+        results = list(pool.map(lambda o: ledger.claim({other: intent(o)}, never_ended), ["c", "d", "e"]))
+    assert sum(1 for r in results if not r) == 1
+    assert ledger.read([other])[other].entry.owner in {"c", "d", "e"}
