@@ -36,6 +36,7 @@ from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 from retouch_pipeline.schedules import build_refresh_schedule, catalog_refresh_job
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline.settings import Settings, read_settings
+from retouch_pipeline.state_objects import state_prefix
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -79,6 +80,8 @@ def build_scan_config(settings: Settings) -> ScanConfig:
         source_bucket=catalog.source_bucket,
         source_prefix=catalog.source_prefix,
         batch_size=catalog.batch_size,
+        state_bucket=catalog.output_bucket,
+        state_prefix=state_prefix(catalog.output_prefix, "catalog"),
         mode=scan.mode,
         sqs_queue_url=scan.sqs_queue_url,
         sqs_endpoint_url=scan.sqs_endpoint_url,

@@ -7,7 +7,7 @@ too). Sending an arbitrary set of partitions needs ``RunRequest.for_asset_graph_
 ``AssetGraphSubset``, and makes the run wait for the backfill daemon's loop. Dynamic partitions keep the
 order in which they were added, so the keys one sensor tick registers together form one contiguous range:
 new images become one run per ``batch_size`` keys of a collection, queued at once. Changed or pending images
-(scattered among the registered keys) become as few ranges as their positions allow, single keys at worst.
+(scattered among the registered keys) become as few ranges as their positions allow, one-key ranges at worst.
 This is what the backfill daemon itself does with a ``BackfillPolicy``: it splits a set into contiguous
 ranges and runs each range in chunks.
 """
@@ -54,9 +54,8 @@ def contiguous_chunks(order: Sequence[str], keys: Iterable[str], size: int) -> l
 def range_run_request(
     chunk: Sequence[str], asset_keys: Sequence[dg.AssetKey], tags: Mapping[str, str]
 ) -> dg.RunRequest:
-    """One run over `chunk` (consecutive registered keys): a single partition key, or a range."""
-    if len(chunk) == 1:
-        return dg.RunRequest(asset_selection=list(asset_keys), partition_key=chunk[0], tags=dict(tags))
+    """One run over `chunk` (consecutive registered keys) as a range, also for one key, as a backfill's runs
+    are: a `partition_key` request is validated against the partitions before this tick's additions exist."""
     range_tags = {RANGE_START_TAG: chunk[0], RANGE_END_TAG: chunk[-1]}
     return dg.RunRequest(asset_selection=list(asset_keys), tags={**tags, **range_tags})
 
@@ -81,7 +80,5 @@ def batch_run_requests(
 
 def requested_partition_keys(request: dg.RunRequest, order: Sequence[str]) -> list[str]:
     """The partition keys one of these requests runs (`order`: the registered keys)."""
-    if request.partition_key is not None:
-        return [request.partition_key]
     start, end = order.index(request.tags[RANGE_START_TAG]), order.index(request.tags[RANGE_END_TAG])
     return list(order[start : end + 1])
