@@ -11,7 +11,8 @@ them fails naming the variable. `CATALOG_SOURCE_BUCKET` is required: without it 
 
 The SQS scan mode (`catalog/scanner.py`), in this order: create the queue in `AWS_REGION` (the SQS client's
 region), let the bucket send to it, switch on the bucket's `s3:ObjectCreated:*` and `s3:ObjectRemoved:*`
-notifications, *then* set `CATALOG_SCAN_MODE=sqs` and the queue URL. The first tick in that mode lists the
+notifications filtered to the source prefix (outputs and the pipeline's state may share the bucket),
+*then* set `CATALOG_SCAN_MODE=sqs` and the queue URL. The first tick in that mode lists the
 prefix once (the queue only holds events from the moment notifications were on); later ticks read only the
 queue. The code server needs `sqs:ReceiveMessage` and `sqs:DeleteMessage` on it. An unknown mode, or `sqs`
 without a queue URL, stops the definitions from loading with a message naming the variable; nothing is
