@@ -68,7 +68,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CATALOG_SOURCE_PREFIX", "incoming/", "prefix of the catalog"),
     Variable("CATALOG_OUTPUT_BUCKET", "the source bucket", "bucket of the results"),
     Variable("CATALOG_OUTPUT_PREFIX", "retouched/", "prefix of the results"),
-    Variable("CATALOG_BATCH_SIZE", "100", "images per backfill launched by sensors and the refresh"),
+    Variable("CATALOG_BATCH_SIZE", "100", "images per sensor-requested run; per backfill of refresh and CLI"),
     Variable("CATALOG_SCAN_MODE", "listing", "listing: list the prefix every tick; sqs: S3 events via SQS"),
     Variable("CATALOG_SQS_QUEUE_URL", "(required when the mode is sqs)", "queue of the bucket's S3 events"),
     Variable("CATALOG_SQS_ENDPOINT_URL", "unset = AWS", "SQS endpoint; does not follow S3_ENDPOINT_URL"),

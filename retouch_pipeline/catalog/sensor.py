@@ -36,6 +36,7 @@ from retouch_pipeline.catalog.keys import (
 from retouch_pipeline.catalog.requests import batch_run_requests, group_by_collection
 from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner, normalize_prefix
 from retouch_pipeline.catalog.state import ScanState, StateStore, key_digest
+from retouch_pipeline.state_objects import STATE_DIR
 
 TRIGGER_TAG = "retouch/trigger"
 
@@ -59,7 +60,7 @@ class ScanConfig(BaseModel):
         default=None, description="Bucket of the scan state; the source's if unset."
     )
     state_prefix: str = Field(
-        default=".retouch-pipeline/state/catalog/",
+        default=f"{STATE_DIR}catalog/",
         description="Prefix of the scan state objects; must lie outside the scanned prefix.",
     )
     mode: Literal["listing", "sqs"] = Field(
