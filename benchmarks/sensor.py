@@ -2,7 +2,7 @@
 
 In one process: moto's server (S3 + SQS over HTTP, as the catalog tests use it), a persistent test instance,
 and the sensor evaluated tick after tick the way the daemon applies a tick (cursor carried over, partitions
-added, each batch request turned into a real backfill). The floor, one plain paginated `list_objects_v2` of
+added, each run request read back as its partition range). The floor, one plain paginated `list_objects_v2` of
 the prefix, and `dagster_aws.s3.sensor.get_objects` are timed in the same process against the same server,
 interleaved with the steady ticks; medians of `repeats` each.
 

@@ -11,7 +11,8 @@ them fails naming the variable. `CATALOG_SOURCE_BUCKET` is required: without it 
 
 The SQS scan mode (`catalog/scanner.py`), in this order: create the queue in `AWS_REGION` (the SQS client's
 region), let the bucket send to it, switch on the bucket's `s3:ObjectCreated:*` and `s3:ObjectRemoved:*`
-notifications, *then* set `CATALOG_SCAN_MODE=sqs` and the queue URL. The first tick in that mode lists the
+notifications filtered to the source prefix (outputs and the pipeline's state may share the bucket),
+*then* set `CATALOG_SCAN_MODE=sqs` and the queue URL. The first tick in that mode lists the
 prefix once (the queue only holds events from the moment notifications were on); later ticks read only the
 queue. The code server needs `sqs:ReceiveMessage` and `sqs:DeleteMessage` on it. An unknown mode, or `sqs`
 without a queue URL, stops the definitions from loading with a message naming the variable; nothing is
@@ -38,6 +39,7 @@ from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 from retouch_pipeline.schedules import build_refresh_schedule, catalog_refresh_job
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline.settings import Settings, read_settings
+from retouch_pipeline.state_objects import state_prefix
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -82,6 +84,8 @@ def build_scan_config(settings: Settings) -> ScanConfig:
         source_bucket=catalog.source_bucket,
         source_prefix=catalog.source_prefix,
         batch_size=catalog.batch_size,
+        state_bucket=catalog.output_bucket,
+        state_prefix=state_prefix(catalog.output_prefix, "catalog"),
         mode=scan.mode,
         sqs_queue_url=scan.sqs_queue_url,
         sqs_endpoint_url=scan.sqs_endpoint_url,

@@ -1,22 +1,19 @@
-"""Launching asset backfills from code (the daily refresh and the CLI), the way the sensor daemon does.
+"""Launching asset backfills from code (the daily refresh and the CLI): one per batch of a collection.
 
-Why through the instance: `instance.add_backfill(PartitionBackfill.from_asset_graph_subset(...))` is what the
-sensor daemon does with a `RunRequest.for_asset_graph_subset`; the backfill daemon then plans runs honouring
-the assets' `BackfillPolicy`, exactly as a backfill launched from the UI. It needs `DAGSTER_HOME` (the same
-instance as the webserver and the daemon), not a running webserver.
+The backfill itself is submitted by :mod:`retouch_pipeline.dagster_private` (the one module allowed Dagster
+internals, and why); the backfill daemon then plans runs honouring the assets' `BackfillPolicy`, exactly as
+a backfill launched from the UI. It needs `DAGSTER_HOME` (the same instance as the webserver and the daemon),
+not a running webserver.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.execution.backfill import PartitionBackfill
 
-from retouch_pipeline.catalog.sensor import batch_run_requests
+from retouch_pipeline.catalog.requests import COLLECTION_TAG, group_by_collection
+from retouch_pipeline.dagster_private import add_asset_backfill
 from retouch_pipeline.partitions import catalog_images
 
 
@@ -47,27 +44,17 @@ def submit_backfills(
     if not keys:
         return []
     register_partitions(instance, keys)
-    ids = []
-    requests = batch_run_requests(keys, asset_keys, catalog_images, batch_size, tags)
+    batches = [
+        (collection, chunk[i : i + batch_size])
+        for collection, chunk in group_by_collection(keys).items()
+        for i in range(0, len(chunk), batch_size)
+    ]
+    ids: list[str] = []
     images = 0
-    for request in requests:
-        subset = request.asset_graph_subset
-        assert isinstance(subset, AssetGraphSubset)
-        backfill_id = uuid.uuid4().hex[:8]
-        instance.add_backfill(
-            PartitionBackfill.from_asset_graph_subset(
-                backfill_id=backfill_id,
-                backfill_timestamp=time.time(),
-                tags=request.tags,
-                dynamic_partitions_store=instance,
-                asset_graph_subset=subset,
-                title=title,
-                description=None,
-                run_config=None,
-            )
-        )
-        ids.append(backfill_id)
+    for collection, batch in batches:
+        batch_tags = {**(tags or {}), COLLECTION_TAG: collection}
+        ids.append(add_asset_backfill(instance, catalog_images, asset_keys, batch, batch_tags, title))
+        images += len(batch)
         if progress is not None:
-            images += len(list(subset.get_partitions_subset(asset_keys[0]).get_partition_keys()))
-            progress(len(ids), len(requests), images)
+            progress(len(ids), len(batches), images)
     return ids

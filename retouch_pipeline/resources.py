@@ -130,7 +130,11 @@ class CatalogResource(dg.ConfigurableResource):
     max_image_side: int = Field(
         default=10_000, gt=0, description="Wider or taller images fail (AutoRetouch's documented limit)."
     )
-    batch_size: int = Field(default=100, gt=0, description="Images per backfill launched by sensors.")
+    batch_size: int = Field(
+        default=100,
+        gt=0,
+        description="Images per sensor-requested run; per backfill of the refresh and CLI.",
+    )
 
     def source_key(self, relative_key: str) -> str:
         """The S3 key of a catalog image from its key below the source prefix."""

@@ -10,7 +10,8 @@ this sensor
 2. considers only entries whose recording run has finished (a running step is still downloading them itself);
 3. reads their statuses in ONE batched pass (executions list, E3), and
 4. requests `retouched_image` for the finished ones (COMPLETED: download; FAILED/PAYMENT_REQUIRED: the step
-   records an explained failure) as asset backfills, one collection per batch (the catalog's helper).
+   records an explained failure) as runs over contiguous partition ranges, one collection per run (the
+   catalog's helper, `catalog.requests`).
 
 The cursor is JSON (a typed pydantic model); an unreadable cursor restarts from the beginning of the event
 log, which only costs a longer first tick.
@@ -19,7 +20,6 @@ log, which only costs a longer first tick.
 import time
 
 import dagster as dg
-from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
 from pydantic import BaseModel, Field, ValidationError
 
 from retouch_pipeline.assets.common import (
@@ -30,7 +30,7 @@ from retouch_pipeline.assets.common import (
     metadata_value,
 )
 from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
-from retouch_pipeline.catalog.sensor import batch_run_requests
+from retouch_pipeline.catalog.requests import batch_run_requests
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.processing.statuses import oldest_of, read_statuses
 from retouch_pipeline.resources import AutoRetouchResource
@@ -38,6 +38,9 @@ from retouch_pipeline.resources import AutoRetouchResource
 TRIGGER_TAG = "retouch/trigger"
 REQUEST_AGAIN_SECONDS = 1800.0
 MAX_EVENTS_PER_TICK = 20_000
+FINISHED_STATUSES = frozenset(
+    {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+)
 
 
 class PendingEntry(BaseModel):
@@ -86,7 +89,7 @@ def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -
     run_ids = list({e.run_id for e in cursor.pending.values()})
     finished: set[str] = set()
     for start in range(0, len(run_ids), 100):
-        runs = instance.get_runs(filters=RunsFilter(run_ids=run_ids[start : start + 100]))
+        runs = instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids[start : start + 100]))
         finished.update(r.run_id for r in runs if r.status in FINISHED_STATUSES)
     return {
         pk: e
@@ -150,10 +153,9 @@ def _tick(
         for e in eligible.values()
         if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
     )
-    requests = (
-        batch_run_requests(done, [RETOUCHED], catalog_images, batch_size, {TRIGGER_TAG: name}) if done else []
-    )
-    summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} batch requests"
+    order = context.instance.get_dynamic_partitions(str(catalog_images.name)) if done else []
+    requests = batch_run_requests(done, [RETOUCHED], order, batch_size, {TRIGGER_TAG: name}) if done else []
+    summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} run requests"
     context.log.info(summary)
     return dg.SensorResult(
         run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary

@@ -72,7 +72,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CATALOG_SOURCE_PREFIX", "incoming/", "prefix of the catalog"),
     Variable("CATALOG_OUTPUT_BUCKET", "the source bucket", "bucket of the results"),
     Variable("CATALOG_OUTPUT_PREFIX", "retouched/", "prefix of the results"),
-    Variable("CATALOG_BATCH_SIZE", "100", "images per backfill launched by sensors and the refresh"),
+    Variable("CATALOG_BATCH_SIZE", "100", "images per sensor-requested run; per backfill of refresh and CLI"),
     Variable(
         "CATALOG_ARCHIVE_PREFIX",
         "unset = keep",

@@ -7,19 +7,28 @@ pipeline spent; the tests compare it with the sandbox's own ledger. Executions r
 `autoretouch_execution` without a result yet are the pending work, priced at their `executionPrice`.
 
 Incremental (why): re-reading the whole event log at every hourly materialization grows with the catalog's
-history. The running totals and the event-log positions read so far are kept in the instance's key-value
-store (`retouch/costs/state`), so a materialization reads only the events recorded since the last one
-(at most `MAX_EVENTS` per asset; `caught_up` says whether it reached the end). Whether an execution was
-already counted is `retouch/costs/charged/<execution id>` = storage id of the first result recorded for it:
-an event is counted iff it is that first one. This makes the outcome a function of the event log alone, so
-two overlapping materializations (e.g. hourly schedule + a UI click) write the same totals for the same
-events instead of double-counting. The organization's balance is read from AutoRetouch (one call).
+history. So each materialization stores its running totals and the event-log positions read so far in its own
+metadata (`rollup_state`, read back with the public `instance.get_latest_materialization_event`), and reads
+only the events recorded since (at most `MAX_EVENTS` per asset; `caught_up` says whether it reached the end).
+Whether an execution was already counted is a set of execution-id digests kept as an S3 object under the
+pipeline's reserved prefix (`retouch_pipeline.state_objects`; it grows by 8 bytes an execution, too large for
+metadata that is written hourly); the state names it with a pointer. An event is counted iff its execution
+was not counted before, so the outcome is a function of the event log alone: two overlapping
+materializations (e.g. hourly schedule + a UI click) write the same totals for the same events, and a
+missing or damaged set restarts the count from the beginning (slow once, still correct). No Dagster
+internals and no key-value store: this runs on Dagster+ as it runs locally. The organization's balance is
+read from AutoRetouch (one call).
 """
 
+import hashlib
+import struct
+import zlib
 from collections import Counter
 from itertools import islice
+from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, Field, ValidationError
 
 from retouch_pipeline.assets.common import (
@@ -32,10 +41,10 @@ from retouch_pipeline.assets.common import (
 )
 from retouch_pipeline.assets.presentation import OWNERS
 from retouch_pipeline.autoretouch import AutoRetouchError
-from retouch_pipeline.resources import AutoRetouchResource
+from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
+from retouch_pipeline.state_objects import S3SlotStore, SlotPointer, state_prefix
 
-STATE_KEY = "retouch/costs/state"
-CHARGED_PREFIX = "retouch/costs/charged/"
+STATE_METADATA = "rollup_state"
 MAX_EVENTS = 50_000
 
 
@@ -51,37 +60,58 @@ class CostState(BaseModel):
     pending: dict[str, int] = Field(default_factory=dict)
     """execution id -> executionPrice, for executions recorded without a result yet."""
 
+    counted: SlotPointer | None = None
+    """Where the digests of the executions already counted are (S3)."""
+
     @property
     def total(self) -> int:
         return sum(self.by_collection.values())
 
     @classmethod
     def load(cls, instance: dg.DagsterInstance) -> "CostState":
-        raw = instance.run_storage.get_cursor_values({STATE_KEY}).get(STATE_KEY)
+        """The state the last materialization recorded; empty when there is none or it is unreadable."""
+        event = instance.get_latest_materialization_event(COSTS)
+        materialization = event.asset_materialization if event is not None else None
+        value = materialization.metadata.get(STATE_METADATA) if materialization is not None else None
         try:
-            return cls.model_validate_json(raw) if raw else cls()
+            return cls.model_validate(value.value) if isinstance(value, dg.JsonMetadataValue) else cls()
         except ValidationError:
             return cls()  # unreadable: recount from the start (slow once, still correct)
 
-    def save(self, instance: dg.DagsterInstance) -> None:
-        instance.run_storage.set_cursor_values({STATE_KEY: self.model_dump_json()})
+
+def execution_digest(execution_id: str) -> int:
+    """64-bit digest of an execution id (collision chance ~n^2/2^65: 3e-10 at 100,000 executions)."""
+    return int.from_bytes(hashlib.blake2b(execution_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _first_results(instance: dg.DagsterInstance, execution_ids: set[str]) -> dict[str, int]:
-    names = {CHARGED_PREFIX + e for e in execution_ids}
-    raw = instance.run_storage.get_cursor_values(names) if names else {}
-    return {name[len(CHARGED_PREFIX) :]: int(value) for name, value in raw.items() if value.isdigit()}
+class CountedExecutions:
+    """The digests of the executions whose credits are in the totals, as one S3 object."""
+
+    def __init__(self, s3_client: Any, bucket: str, prefix: str) -> None:
+        self._slots = S3SlotStore(s3_client, bucket, prefix)
+
+    def load(self, pointer: SlotPointer | None) -> set[int] | None:
+        """The set `pointer` names (empty without one); ``None`` when it is missing or damaged."""
+        if pointer is None:
+            return set()
+        blob = self._slots.load(pointer)
+        if blob is None:
+            return None
+        raw = zlib.decompress(blob)
+        return set(struct.unpack(f"<{len(raw) // 8}Q", raw))
+
+    def save(self, digests: set[int], previous: SlotPointer | None) -> SlotPointer:
+        raw = struct.pack(f"<{len(digests)}Q", *sorted(digests))
+        return self._slots.save(zlib.compress(raw, 6), previous)
 
 
 def update_costs(
-    instance: dg.DagsterInstance, state: CostState, max_events: int = MAX_EVENTS
+    instance: dg.DagsterInstance, state: CostState, counted: set[int], max_events: int = MAX_EVENTS
 ) -> tuple[int, bool]:
-    """Fold the events recorded since `state`'s positions into it; returns (events read, caught up)."""
+    """Fold the events recorded since `state`'s positions into it and `counted` (the digests of the
+    executions already counted); returns (events read, caught up)."""
     retouched = list(islice(iter_materializations(instance, RETOUCHED, state.after_retouched), max_events))
     executions = list(islice(iter_materializations(instance, EXECUTION, state.after_execution), max_events))
-    ids = {metadata_value(materialization_metadata(r), "execution_id") for r in retouched + executions}
-    first = _first_results(instance, {i for i in ids if i})
-    known_before = dict(first)
     by_collection, by_batch = Counter(state.by_collection), Counter(state.by_batch)
     by_day = Counter(state.by_day)
     for record in retouched:
@@ -91,9 +121,9 @@ def update_costs(
         if not execution_id:
             continue
         state.pending.pop(execution_id, None)
-        if execution_id in first and first[execution_id] < record.storage_id:
+        if execution_digest(execution_id) in counted:
             continue  # a re-delivery (restored output, second partition with the same content): paid once
-        first[execution_id] = record.storage_id
+        counted.add(execution_digest(execution_id))
         credits = int(metadata_value(meta, "chargedCredits") or 0)
         by_collection[metadata_value(meta, "collection") or "?"] += credits
         by_batch[metadata_value(meta, "batch_id") or "none"] += credits
@@ -103,14 +133,18 @@ def update_costs(
         meta = materialization_metadata(record)
         execution_id = metadata_value(meta, "execution_id")
         state.after_execution = record.storage_id
-        if execution_id and execution_id not in first:
+        if execution_id and execution_digest(execution_id) not in counted:
             state.pending[execution_id] = int(metadata_value(meta, "executionPrice") or 0)
     state.by_collection, state.by_batch, state.by_day = dict(by_collection), dict(by_batch), dict(by_day)
-    changed = {CHARGED_PREFIX + e: str(s) for e, s in first.items() if known_before.get(e) != s}
-    if changed:
-        instance.run_storage.set_cursor_values(changed)
     caught_up = len(retouched) < max_events and len(executions) < max_events
     return len(retouched) + len(executions), caught_up
+
+
+def _load_state(
+    context: dg.AssetExecutionContext, catalog: CatalogResource, s3: S3Resource
+) -> tuple[CostState, CountedExecutions]:
+    prefix = state_prefix(catalog.output_prefix, "costs")
+    return CostState.load(context.instance), CountedExecutions(s3.get_client(), catalog.output_bucket, prefix)
 
 
 def _table(title: str, counter: Counter[str]) -> str:
@@ -129,12 +163,19 @@ def _table(title: str, counter: Counter[str]) -> str:
     "so the asset page plots it over time.",
 )
 def autoretouch_costs(
-    context: dg.AssetExecutionContext, autoretouch: AutoRetouchResource
+    context: dg.AssetExecutionContext,
+    autoretouch: AutoRetouchResource,
+    catalog: CatalogResource,
+    s3: S3Resource,
 ) -> dg.MaterializeResult:
     """Fold new events into the stored totals, read the balance, report."""
-    state = CostState.load(context.instance)
-    events, caught_up = update_costs(context.instance, state)
-    state.save(context.instance)
+    state, store = _load_state(context, catalog, s3)
+    counted = store.load(state.counted)
+    if counted is None:
+        context.log.warning("Counted executions missing or damaged: recounting from the start.")
+        state, counted = CostState(), set()
+    events, caught_up = update_costs(context.instance, state, counted)
+    state.counted = store.save(counted, state.counted) if events else state.counted
     balance: int | None = None
     try:
         with autoretouch.get_client() as client:
@@ -142,6 +183,7 @@ def autoretouch_costs(
     except AutoRetouchError as exc:
         context.log.warning(f"Balance unavailable: {exc}")
     metadata: dict[str, dg.RawMetadataValue] = {
+        STATE_METADATA: dg.MetadataValue.json(state.model_dump(mode="json")),
         "total_charged_credits": dg.MetadataValue.int(state.total),
         "executions": dg.MetadataValue.int(state.executions),
         "pending_executions": dg.MetadataValue.int(len(state.pending)),

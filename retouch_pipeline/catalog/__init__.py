@@ -18,7 +18,8 @@ from retouch_pipeline.catalog.keys import (
 
 _LAZY = {
     **dict.fromkeys(("ListingScanner", "S3Object", "Scanner", "ScanResult", "SqsScanner"), "scanner"),
-    **dict.fromkeys(("COLLECTION_TAG", "ScanConfig", "batch_run_requests", "build_catalog_sensor"), "sensor"),
+    **dict.fromkeys(("COLLECTION_TAG", "batch_run_requests"), "requests"),
+    **dict.fromkeys(("ScanConfig", "build_catalog_sensor"), "sensor"),
 }
 
 __all__ = [

@@ -1,42 +1,42 @@
-"""The catalog sensor's typed cursor: a small pointer to the scan state, plus figures for the UI.
+"""The catalog sensor's typed cursor: a small pointer to the scan state in S3, plus figures for the UI.
 
-No ``from __future__ import annotations`` here: ``@record`` builds its checks from the evaluated
-annotations and cannot resolve ``"str | None"`` strings.
+Plain pydantic JSON (public APIs only); an unreadable or outdated cursor parses as ``None`` and the sensor
+starts a baseline pass, which adopts the registered partitions instead of requesting them again.
 """
 
-from dagster_shared.record import record
-from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
+from __future__ import annotations
 
-CURSOR_VERSION = 1
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from retouch_pipeline.state_objects import SlotPointer
+
+CURSOR_VERSION = 2
 
 
-@whitelist_for_serdes
-@record
-class CatalogCursor:
-    """The sensor cursor: a pointer to the stored :class:`ScanState` plus figures shown in the UI."""
+class CatalogCursor(BaseModel):
+    """The sensor cursor: where the stored :class:`~.state.ScanState` is, plus figures shown in the UI."""
+
+    model_config = ConfigDict(frozen=True)
 
     version: int
     source: str
     """``scanner:s3://bucket/prefix``; a cursor for another source resets the state."""
-    slot: int
-    generation: int
-    chunks: int
-    crc: int
+    state: SlotPointer
     known: int
     passes: int
     start_after: str | None
 
     def serialize(self) -> str:
-        return serialize_value(self)
+        return self.model_dump_json()
 
     @staticmethod
-    def parse(raw: str | None, source: str) -> "CatalogCursor | None":
+    def parse(raw: str | None, source: str) -> CatalogCursor | None:
         """The cursor, or ``None`` (start afresh) when absent, unreadable, outdated or for another source."""
         if not raw:
             return None
         try:
-            cursor = deserialize_value(raw, CatalogCursor)
-        except Exception:
+            cursor = CatalogCursor.model_validate_json(raw)
+        except ValidationError:
             return None
         if cursor.version != CURSOR_VERSION or cursor.source != source:
             return None

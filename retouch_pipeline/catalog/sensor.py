@@ -2,22 +2,15 @@
 
 Each tick: one S3 client (``S3Resource.get_client()``), one bounded scan (:mod:`.scanner`), the new
 partition keys added with ``partitions_def.build_add_request`` and, for new and changed images, run
-requests in batches. The typed cursor (:class:`~.state.CatalogCursor`) points at the scan state kept in
-the instance's key-value store (why: :mod:`.state`); an unreadable cursor or state resets safely.
+requests in batches. The typed cursor (:class:`~.cursor.CatalogCursor`) points at the scan state kept in
+S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable cursor or state resets safely.
 
-How batches are launched (checked against Dagster 1.13)
-    A ``RunRequest`` carries one ``partition_key`` or a *contiguous range* (the
-    ``dagster/asset_partition_range_start/end`` tags). New and changed images are not contiguous in the
-    dynamic partition order (a changed image sits wherever it was first added, and another writer may
-    add keys in between), so ranges cannot express a batch. ``RunRequest.for_asset_graph_subset`` can:
-    it carries an arbitrary set of partitions and makes the sensor daemon submit an **asset backfill**,
-    which honours the target assets' ``BackfillPolicy``. So the sensor emits one backfill per batch of
-    at most ``batch_size`` images of *one collection* (tag ``retouch/collection``), and the assets
-    decide how many Dagster runs a batch becomes: with ``BackfillPolicy.single_run()`` one run per
-    batch, with ``multi_run(max_partitions_per_run=N)`` ceil(batch/N). Without a policy an asset
-    backfill runs one partition per run: give the real assets a policy. The API is documented as
-    private-by-intent (``AssetGraphSubset`` is internal) but it is what Dagster's own automation
-    sensor uses; a sensor with such requests must target assets, not a job.
+How batches are launched
+    As public ``RunRequest``s over contiguous partition ranges (:mod:`.requests`): the keys one tick
+    registers are consecutive in the dynamic partition order, so new images go as one run per
+    ``batch_size`` keys of one collection (tag ``retouch/collection``), queued at once without waiting for
+    the backfill daemon; changed images go as the few ranges their positions allow. The runs carry the
+    same tags, pools and run limits as the runs of a backfill.
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects
@@ -27,24 +20,24 @@ Resets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import boto3
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from retouch_pipeline.catalog.cursor import CatalogCursor
 from retouch_pipeline.catalog.keys import (
-    collection_of_partition_key,
     partition_key_for,
     s3_key_from_partition_key,
 )
-from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner
-from retouch_pipeline.catalog.state import CatalogCursor, ScanState, StateStore, key_digest
+from retouch_pipeline.catalog.requests import batch_run_requests, group_by_collection
+from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner, normalize_prefix
+from retouch_pipeline.catalog.state import ScanState, StateStore, key_digest
+from retouch_pipeline.state_objects import STATE_DIR
 
-COLLECTION_TAG = "retouch/collection"
 TRIGGER_TAG = "retouch/trigger"
 
 
@@ -61,7 +54,14 @@ class ScanConfig(BaseModel):
     max_seconds_per_tick: float = Field(
         default=20.0, gt=0, description="Scan time per tick; keep well inside the 60 s sensor timeout."
     )
-    batch_size: int = Field(default=100, gt=0, description="Images per requested backfill (one collection).")
+    batch_size: int = Field(default=100, gt=0, description="Images per requested run (one collection).")
+    state_bucket: str | None = Field(
+        default=None, description="Bucket of the scan state; the source's if unset."
+    )
+    state_prefix: str = Field(
+        default=f"{STATE_DIR}catalog/",
+        description="Prefix of the scan state objects; must lie outside the scanned prefix.",
+    )
     mode: Literal["listing", "sqs"] = Field(
         default="listing", description="'sqs': S3 event notifications via SQS after a first listing."
     )
@@ -73,6 +73,15 @@ class ScanConfig(BaseModel):
         default=False,
         description="Delete the partition of a deleted source object (its history stays in the event log).",
     )
+
+    @model_validator(mode="after")
+    def _state_outside_the_catalog(self) -> ScanConfig:
+        scanned = normalize_prefix(self.source_prefix)
+        if (self.state_bucket or self.source_bucket) == self.source_bucket and self.state_prefix.startswith(
+            scanned
+        ):
+            raise ValueError(f"state_prefix {self.state_prefix!r} lies inside the scanned prefix {scanned!r}")
+        return self
 
 
 def make_scanner(config: ScanConfig, s3_client: Any, sqs_client_factory: Callable[[], Any] | None) -> Scanner:
@@ -96,44 +105,18 @@ def make_scanner(config: ScanConfig, s3_client: Any, sqs_client_factory: Callabl
     return SqsScanner(listing, sqs, config.sqs_queue_url, max_messages=config.sqs_max_messages_per_tick)
 
 
-def batch_run_requests(
-    partition_keys: Iterable[str],
-    asset_keys: Iterable[dg.AssetKey],
-    partitions_def: dg.PartitionsDefinition,
-    batch_size: int,
-    tags: Mapping[str, str] | None = None,
-) -> list[dg.RunRequest]:
-    """One backfill request per ``batch_size`` partitions of one collection (see module doc)."""
-    by_collection: dict[str, list[str]] = {}
-    for key in dict.fromkeys(partition_keys):
-        by_collection.setdefault(collection_of_partition_key(key), []).append(key)
-    asset_keys = sorted(set(asset_keys))
-    requests = []
-    for collection, keys in by_collection.items():
-        for start in range(0, len(keys), batch_size):
-            subset = partitions_def.subset_with_partition_keys(keys[start : start + batch_size])
-            requests.append(
-                dg.RunRequest.for_asset_graph_subset(
-                    AssetGraphSubset(  # type: ignore[call-arg]  # mypy misreads the serdes NamedTuple
-                        partitions_subsets_by_asset_key={k: subset for k in asset_keys},
-                        non_partitioned_asset_keys=set(),
-                    ),
-                    tags={**(tags or {}), COLLECTION_TAG: collection},
-                )
-            )
-    return requests
-
-
 def _partitioned_target_keys(
-    context: dg.SensorEvaluationContext, selection: dg.AssetSelection, partitions_def: dg.PartitionsDefinition
+    context: dg.SensorEvaluationContext,
+    target: Sequence[dg.AssetKey],
+    partitions_def: dg.PartitionsDefinition,
 ) -> list[dg.AssetKey]:
     repository = context.repository_def
     if repository is None:
         raise dg.DagsterInvariantViolationError(
             "the catalog sensor needs its definitions (build_sensor_context(definitions=...))"
         )
-    graph = repository.asset_graph
-    keys = [k for k in selection.resolve(graph) if graph.get(k).partitions_def == partitions_def]
+    assets = repository.assets_defs_by_key
+    keys = [k for k in target if k in assets and assets[k].partitions_def == partitions_def]
     if not keys:
         raise dg.DagsterInvariantViolationError(f"no target asset is partitioned by {partitions_def}")
     return keys
@@ -169,12 +152,17 @@ class _TickPlan:
         to_run += [partition_key_for(o.relative_key) for o in result.changed]
         return cls(list(dict.fromkeys(to_run)), [k for k in new_keys if k in registered], deleted)
 
+    def to_add(self, registered: Sequence[str]) -> list[str]:
+        """The keys to register, collection by collection: each collection's new keys end up consecutive."""
+        known = set(registered)
+        return [k for keys in group_by_collection(self.to_run).values() for k in keys if k not in known]
+
     def partition_requests(
-        self, partitions_def: dg.DynamicPartitionsDefinition, delete_deleted: bool
+        self, partitions_def: dg.DynamicPartitionsDefinition, to_add: list[str], delete_deleted: bool
     ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
         requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-        if self.to_run:
-            requests.append(partitions_def.build_add_request(self.to_run))
+        if to_add:
+            requests.append(partitions_def.build_add_request(to_add))
         if self.deleted and delete_deleted:
             requests.append(partitions_def.build_delete_request(self.deleted))
         return requests
@@ -184,7 +172,7 @@ class _TickPlan:
             f"listed {result.listed} objects in {result.seconds:.2f}s ({result.requests} requests): "
             f"{len(result.new) - len(self.adopted)} new, {len(result.changed)} changed, "
             f"{len(self.deleted)} deleted, {len(self.adopted)} adopted, {result.skipped_junk} junk; "
-            f"{batches} batch requests"
+            f"{batches} run requests"
             + ("; pass complete" if result.pass_completed else f"; resumes after {state.start_after!r}")
         )
 
@@ -196,11 +184,28 @@ class _CatalogTick:
     name: str
     partitions_def: dg.DynamicPartitionsDefinition
     partitions_name: str
-    selection: dg.AssetSelection
+    target: list[dg.AssetKey]
     config: ScanConfig
     s3_resource_key: str
     tags: Mapping[str, str]
     sqs_client_factory: Callable[[], Any] | None
+
+    def _state_store(self, s3_client: Any) -> StateStore:
+        bucket = self.config.state_bucket or self.config.source_bucket
+        return StateStore(s3_client, bucket, f"{self.config.state_prefix.rstrip('/')}/{self.name}/")
+
+    def _requests(
+        self, context: dg.SensorEvaluationContext, plan: _TickPlan, registered: list[str] | None
+    ) -> tuple[list[str], list[dg.RunRequest]]:
+        """(keys to register, run requests): the new keys are appended to the registered order."""
+        if not plan.to_run:
+            return [], []
+        if registered is None:
+            registered = list(context.instance.get_dynamic_partitions(self.partitions_name))
+        to_add = plan.to_add(registered)
+        target = _partitioned_target_keys(context, self.target, self.partitions_def)
+        order = registered + to_add
+        return to_add, batch_run_requests(plan.to_run, target, order, self.config.batch_size, self.tags)
 
     def evaluate(self, context: dg.SensorEvaluationContext) -> dg.SensorResult:
         # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
@@ -208,7 +213,7 @@ class _CatalogTick:
         resource = getattr(context.resources, self.s3_resource_key)
         s3_client = resource.get_client() if hasattr(resource, "get_client") else resource
         scanner = make_scanner(self.config, s3_client, self.sqs_client_factory)
-        store = StateStore(context.instance.run_storage, namespace=self.name)
+        store = self._state_store(s3_client)
         cursor = CatalogCursor.parse(context.cursor, scanner.source)
         state = store.load(cursor)
         if state is None:
@@ -216,23 +221,15 @@ class _CatalogTick:
                 context.log.warning("Catalog cursor or state unreadable: starting a baseline pass.")
             state = ScanState()
         registered = (
-            set(context.instance.get_dynamic_partitions(self.partitions_name)) if state.baseline else set()
+            list(context.instance.get_dynamic_partitions(self.partitions_name)) if state.baseline else None
         )
         result = scanner.scan(state)
         plan = _TickPlan.of(
-            result, registered, _deleted_partition_keys(result, context.instance, self.partitions_def)
+            result,
+            set(registered or ()),
+            _deleted_partition_keys(result, context.instance, self.partitions_def),
         )
-        run_requests = (
-            batch_run_requests(
-                plan.to_run,
-                _partitioned_target_keys(context, self.selection, self.partitions_def),
-                self.partitions_def,
-                self.config.batch_size,
-                self.tags,
-            )
-            if plan.to_run
-            else []
-        )
+        to_add, run_requests = self._requests(context, plan, registered)
         new_cursor = store.save(state, cursor, scanner.source)
         summary = plan.summary(result, state, len(run_requests))
         context.log.info(summary)
@@ -242,17 +239,29 @@ class _CatalogTick:
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=plan.partition_requests(
-                self.partitions_def, self.config.delete_partitions_of_deleted_objects
+                self.partitions_def, to_add, self.config.delete_partitions_of_deleted_objects
             ),
             cursor=new_cursor.serialize(),
             skip_reason=None if run_requests else summary,
         )
 
 
+def _asset_keys(
+    target: Sequence[dg.AssetsDefinition] | Sequence[dg.AssetKey] | Sequence[str],
+) -> list[dg.AssetKey]:
+    keys: list[dg.AssetKey] = []
+    for item in target:
+        if isinstance(item, dg.AssetsDefinition):
+            keys.extend(item.keys)
+        else:
+            keys.append(dg.AssetKey.from_coercible(item))
+    return list(dict.fromkeys(keys))
+
+
 def build_catalog_sensor(
     name: str,
     partitions_def: dg.DynamicPartitionsDefinition,
-    target: dg.AssetSelection | Sequence[dg.AssetsDefinition] | Sequence[dg.AssetKey] | Sequence[str],
+    target: Sequence[dg.AssetsDefinition] | Sequence[dg.AssetKey] | Sequence[str],
     *,
     config: ScanConfig,
     s3_resource_key: str = "s3",
@@ -262,29 +271,29 @@ def build_catalog_sensor(
     sqs_client_factory: Callable[[], Any] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that keeps ``partitions_def`` equal to the images under the configured prefix and
-    requests the ``target`` assets for new and changed images, ``config.batch_size`` per backfill.
+    requests the ``target`` assets for new and changed images, at most ``config.batch_size`` per run.
 
-    ``target`` may also select assets of other partitionings; only those partitioned by
+    ``target`` may also name assets of other partitionings; only those partitioned by
     ``partitions_def`` are requested (downstream roll-ups are for automation conditions).
     """
     if partitions_def.name is None:
         raise dg.DagsterInvalidDefinitionError("the catalog needs a named DynamicPartitionsDefinition")
-    selection = dg.AssetSelection.from_coercible(target)
+    target_keys = _asset_keys(target)
     partitions_name: str = partitions_def.name
     tags = {TRIGGER_TAG: name, **(run_tags or {})}
 
     tick = _CatalogTick(
-        name, partitions_def, partitions_name, selection, config, s3_resource_key, tags, sqs_client_factory
+        name, partitions_def, partitions_name, target_keys, config, s3_resource_key, tags, sqs_client_factory
     )
 
     @dg.sensor(
         name=name,
-        asset_selection=selection,  # not target=: backfill requests are only accepted with asset_selection
+        asset_selection=target_keys,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={s3_resource_key},
         description=f"Registers images under s3://{config.source_bucket}/{config.source_prefix} "
-        f"as partitions of '{partitions_def.name}' and requests them in batches of {config.batch_size}.",
+        f"as partitions of '{partitions_def.name}' and requests them in runs of up to {config.batch_size}.",
     )
     def catalog_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return tick.evaluate(context)

@@ -17,7 +17,7 @@ from retouch_devtools.stack.s3 import put_many, seed_backend
 from retouch_devtools.stack.sensor import PREFIX
 from retouch_pipeline.catalog.cursor import CatalogCursor
 from retouch_pipeline.catalog.keys import partition_key_for, s3_key_from_partition_key
-from retouch_pipeline.catalog.sensor import COLLECTION_TAG
+from retouch_pipeline.catalog.requests import COLLECTION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 
 def pk(relative_key: str) -> str:
@@ -170,11 +170,25 @@ def test_run_requests_are_batched_per_collection(make_harness: Any, bucket: str)
         assert len(batch) <= 50
         assert {s3_key_from_partition_key(k).split("/")[0] for k in batch} == {tags[COLLECTION_TAG]}
         assert tags["retouch/trigger"] == "catalog_sensor"
+        assert (tags[RANGE_START_TAG], tags[RANGE_END_TAG]) == (batch[0], batch[-1])  # one run per range
     assert sorted(tick.requested) == sorted(pk(k) for k in keys)
-    backfills = h.instance.get_backfills()
-    assert len(backfills) == 6
-    targets = [b.asset_backfill_data.target_subset for b in backfills if b.asset_backfill_data]
-    assert sum(t.num_partitions_and_non_partitioned_assets for t in targets) == 2 * 250  # 2 assets
+    assert h.instance.get_backfills() == []  # plain runs: nothing waits for the backfill daemon
+
+
+def test_changed_images_go_as_the_ranges_their_positions_allow(
+    make_harness: Any, s3: Any, bucket: str
+) -> None:
+    names = [f"c/{i:02d}.jpg" for i in range(10)]
+    put_many(s3, bucket, [f"{PREFIX}/{n}" for n in names])
+    h = make_harness(batch_size=50)
+    assert h.tick().requested_batches == [[pk(n) for n in names]]
+    put_many(s3, bucket, [f"{PREFIX}/{names[i]}" for i in (2, 3, 4, 7)], body=b"changed")
+    put_many(s3, bucket, [f"{PREFIX}/c/new.jpg"])
+    tick = h.tick()
+    assert sorted(tick.requested_batches) == sorted(
+        [[pk(names[2]), pk(names[3]), pk(names[4])], [pk(names[7])], [pk("c/new.jpg")]]
+    )
+    assert sorted(t[RANGE_START_TAG] == t[RANGE_END_TAG] for t in tick.tags) == [False, True, True]
 
 
 @pytest.mark.parametrize("damage", ["garbage cursor", "lost state"])
@@ -187,9 +201,10 @@ def test_reset_adopts_registered_partitions(make_harness: Any, s3: Any, bucket: 
     else:
         cursor = CatalogCursor.parse(h.cursor, f"listing:s3://{bucket}/{PREFIX}/")
         assert cursor is not None
-        h.instance.run_storage.set_cursor_values(
-            {f"retouch_pipeline/catalog/catalog_sensor/{cursor.slot}/0": "1:corrupt"}
+        state_key = (
+            f".retouch-pipeline/state/catalog/catalog_sensor/{cursor.state.lineage}/{cursor.state.slot}"
         )
+        s3.put_object(Bucket=bucket, Key=state_key, Body=b"corrupt")
     put_many(s3, bucket, [f"{PREFIX}/c/new.jpg"])
     assert h.tick().requested == [pk("c/new.jpg")]  # a and b adopted, not bought again
     assert h.tick().requested == []

@@ -1,12 +1,14 @@
-"""The compact scan state: size, round trip, double-buffered chunked storage."""
+"""The compact scan state: size, round trip, double-buffered storage in S3."""
 
 from __future__ import annotations
 
-import dagster as dg
+from typing import Any
+
 import pytest
 
 from retouch_pipeline.catalog.cursor import CatalogCursor
 from retouch_pipeline.catalog.state import ScanState, StateStore, encoded_state_size, etag_digest, key_digest
+from retouch_pipeline.state_objects import SlotPointer
 
 
 def state_with(n: int) -> ScanState:
@@ -31,31 +33,34 @@ def test_state_round_trips() -> None:
     assert ScanState.from_bytes(state.to_bytes()) == state
 
 
-def test_store_alternates_slots_and_detects_damage() -> None:
-    with dg.instance_for_test() as instance:
-        store = StateStore(instance.run_storage, "t")
-        big = state_with(20_000)
-        first = store.save(big, None, "src")
-        assert first.chunks > 1  # 48,000-character chunks
-        assert store.load(first) == big
-        small = state_with(10)
-        second = store.save(small, first, "src")
-        assert second.slot != first.slot and second.generation == first.generation + 1
-        assert store.load(second) == small
-        assert store.load(first) == big  # the previous slot is untouched until the tick after
-        third = store.save(big, second, "src")  # overwrites first's slot, which shrank and grows back
-        assert store.load(third) == big
-        assert store.load(first) is None  # generation mismatch: a stale cursor is not trusted
-        instance.run_storage.set_cursor_values({f"retouch_pipeline/catalog/t/{third.slot}/0": "x"})
-        assert store.load(third) is None
+def test_store_alternates_slots_and_detects_damage(s3: Any, bucket: str) -> None:
+    store = StateStore(s3, bucket, "state/t/")
+    big = state_with(20_000)
+    first = store.save(big, None, "src")
+    assert store.load(first) == big
+    small = state_with(10)
+    second = store.save(small, first, "src")
+    assert second.state.slot != first.state.slot and second.state.generation == first.state.generation + 1
+    assert second.state.lineage == first.state.lineage
+    assert store.load(second) == small
+    assert store.load(first) == big  # the previous slot is untouched until the tick after
+    third = store.save(big, second, "src")  # overwrites first's slot
+    assert store.load(third) == big
+    assert store.load(first) is None  # generation mismatch: a stale cursor is not trusted
+    s3.put_object(Bucket=bucket, Key=f"state/t/{third.state.lineage}/{third.state.slot}", Body=b"x" * 20)
+    assert store.load(third) is None
+    s3.delete_object(Bucket=bucket, Key=f"state/t/{second.state.lineage}/{second.state.slot}")
+    assert store.load(second) is None
+    other = store.save(small, None, "src")  # a second lineage (another instance) never touches the first
+    assert other.state.lineage != first.state.lineage
 
 
 def test_cursor_parsing_is_forgiving() -> None:
-    cursor = CatalogCursor(
-        version=1, source="s", slot=0, generation=1, chunks=1, crc=0, known=0, passes=0, start_after=None
-    )
+    pointer = SlotPointer(lineage="abc", slot=0, generation=1, crc=0)
+    cursor = CatalogCursor(version=2, source="s", state=pointer, known=0, passes=0, start_after=None)
     assert CatalogCursor.parse(cursor.serialize(), "s") == cursor
     assert CatalogCursor.parse(cursor.serialize(), "other source") is None
     assert CatalogCursor.parse("garbage", "s") is None
     assert CatalogCursor.parse('{"__class__": "CatalogCursor"}', "s") is None
+    assert CatalogCursor.parse(cursor.serialize().replace('"version":2', '"version":1'), "s") is None
     assert CatalogCursor.parse(None, "s") is None

@@ -17,6 +17,7 @@ from retouch_devtools.stack.s3 import CREDENTIALS, notify_queue, put_many
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.definitions import (
     build_catalog_sensor_from_settings,
     build_resources,
@@ -173,7 +174,7 @@ def test_sqs_mode_from_env_registers_an_object_delivered_through_the_queue(moto_
     sqs = boto3.client("sqs", endpoint_url=moto_url, **CREDENTIALS)
     bucket = f"catalog-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
-    queue_url = notify_queue(s3, sqs, bucket)  # notifications on before the first tick (the documented order)
+    queue_url = notify_queue(s3, sqs, bucket, "incoming/")  # on before the first tick (the documented order)
     put_many(s3, bucket, ["incoming/c/before.jpg"])
     env = {
         "AUTORETOUCH_API_URL": "http://127.0.0.1:9",
@@ -210,10 +211,10 @@ def test_sqs_mode_from_env_registers_an_object_delivered_through_the_queue(moto_
                 assert isinstance(request, dg.AddDynamicPartitionsRequest)
                 instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
             requested = []
+            order = list(instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME))
             for run_request in data.run_requests or []:
-                subset = run_request.asset_graph_subset
-                assert subset is not None and subset.asset_keys == set(PIPELINE_KEYS)
-                requested += subset.get_partitions_subset(PIPELINE_KEYS[0]).get_partition_keys()
+                assert run_request.asset_selection == sorted(PIPELINE_KEYS)
+                requested += requested_partition_keys(run_request, order)
             return requested
 
         assert tick() == [partition_key_for("c/before.jpg")]  # first tick in sqs mode: one listing

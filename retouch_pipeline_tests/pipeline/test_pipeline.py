@@ -13,13 +13,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_devtools.stack.s3 import CREDENTIALS
 from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.processing.ledger import is_ledger_key
@@ -27,14 +27,10 @@ from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
 
 
-def _requested(result: dg.SensorExecutionData) -> list[list[str]]:
-    out = []
-    for request in result.run_requests or []:
-        subset = request.asset_graph_subset
-        assert isinstance(subset, AssetGraphSubset)
-        key = next(iter(subset.asset_keys))
-        out.append(sorted(subset.get_partitions_subset(key).get_partition_keys()))
-    return out
+def _requested(result: dg.SensorExecutionData, stack: Stack) -> list[list[str]]:
+    """The partition keys of each run request (ranges over the registered partitions)."""
+    order = list(stack.instance.get_dynamic_partitions(str(catalog_images.name)))
+    return [sorted(requested_partition_keys(r, order)) for r in result.run_requests or []]
 
 
 def _costs(stack: Stack) -> dict[str, object]:
@@ -65,7 +61,7 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
         tick = sensor.evaluate_tick(ctx)
     for request in tick.dynamic_partitions_requests or []:
         stack.register(request.partition_keys or [])
-    batches = _requested(tick)
+    batches = _requested(tick, stack)
     assert len(batches) == 2  # one per collection
     for keys in batches:
         assert stack.run(keys).success
@@ -199,7 +195,7 @@ def test_in_qa_run_ends_and_pending_sensor_finishes(
         instance=stack.instance, definitions=defs, resources=stack.resources(), cursor=cursor
     ) as ctx:
         tick = sensor.evaluate_tick(ctx)
-    assert _requested(tick) == [sorted(keys)]
+    assert _requested(tick, stack) == [sorted(keys)]
     assert stack.run(keys, selection=[RETOUCHED]).success
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
     assert stack.charged() == 2 * stack.workflow["executionPrice"]

@@ -55,8 +55,12 @@ def _run_backfills(stack: Stack) -> list[tuple[frozenset[dg.AssetKey], list[str]
         location_name="rp",
     )
     seen = {r.run_id for r in stack.instance.get_runs()}
-    with create_test_daemon_workspace_context(target, stack.instance) as workspace:
-        list(execute_backfill_iteration(workspace, logging.getLogger("test")))
+    # The daemon checks the runs' config against the module's resources: the workflow is an EnvVar there
+    # (no dev default since the redesign), set as a deployment sets it.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AUTORETOUCH_WORKFLOW_ID", stack.workflow["id"])  # before the code server starts
+        with create_test_daemon_workspace_context(target, stack.instance) as workspace:
+            list(execute_backfill_iteration(workspace, logging.getLogger("test")))
     out = []
     registered = list(stack.instance.get_dynamic_partitions("catalog_images"))
     for run in stack.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])):

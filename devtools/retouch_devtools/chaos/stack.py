@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.chaos.s3proxy import S3FaultProxy
@@ -39,6 +38,7 @@ from retouch_devtools.stack.s3 import CREDENTIALS, new_bucket, s3_client
 from retouch_pipeline.assets import PIPELINE_KEYS, RETOUCHED, catalog_pipeline
 from retouch_pipeline.assets.common import iter_materializations
 from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME, catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
@@ -219,15 +219,12 @@ class ProfileStack:
                     self.instance.delete_dynamic_partition(CATALOG_PARTITIONS_NAME, key)
         return result
 
-    @staticmethod
-    def _batches(result: dg.SensorExecutionData) -> list[tuple[list[dg.AssetKey], list[str]]]:
+    def _batches(self, result: dg.SensorExecutionData) -> list[tuple[list[dg.AssetKey], list[str]]]:
+        order = self.registered() if result.run_requests else []
         out = []
         for request in result.run_requests or []:
-            subset = request.asset_graph_subset
-            assert isinstance(subset, AssetGraphSubset)
-            keys = sorted(subset.asset_keys)
-            partitions = sorted(subset.get_partitions_subset(keys[0]).get_partition_keys())
-            out.append((keys, partitions))
+            keys = sorted(request.asset_selection or [])
+            out.append((keys, sorted(requested_partition_keys(request, order))))
         return out
 
     def tick_catalog(self) -> list[tuple[list[dg.AssetKey], list[str]]]:

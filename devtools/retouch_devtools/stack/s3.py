@@ -115,14 +115,25 @@ def seed_backend(bucket: str, keys: Iterable[str], body: bytes = b"img") -> None
         backend.put_object(bucket, key, body)
 
 
-def notify_queue(s3: Any, sqs: Any, bucket: str) -> str:
-    """A new queue receiving the bucket's object-created and object-removed events; its URL."""
+def notify_queue(s3: Any, sqs: Any, bucket: str, prefix: str = "") -> str:
+    """A new queue receiving the bucket's object-created and object-removed events (under `prefix`, as the
+    README recommends: outputs and the pipeline's state in the same bucket then send nothing); its URL."""
     queue_url: str = sqs.create_queue(QueueName=f"catalog-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     s3.put_bucket_notification_configuration(
         Bucket=bucket,
         NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+            "QueueConfigurations": [
+                {
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    **(
+                        {"Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
+                        if prefix
+                        else {}
+                    ),
+                }
+            ]
         },
     )
     return queue_url

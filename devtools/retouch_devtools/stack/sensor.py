@@ -1,23 +1,21 @@
 """A catalog sensor evaluated tick by tick the way the sensor daemon applies its ticks, on stand-in assets.
 
-The cursor is carried over, partition requests are applied to the instance, and each batch request becomes
-a real `PartitionBackfill` in the instance (proof that it is submittable). The catalog tests and the sensor
-benchmark drive the sensor this way.
+The cursor is carried over, partition requests are applied to the instance, and each run request is read
+back as the partition keys it runs (its single key, or its range over the registered keys, which must
+exist). The catalog tests and the sensor benchmark drive the sensor this way.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.execution.backfill import PartitionBackfill
 from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.stack.s3 import CREDENTIALS, sqs_client
 from retouch_devtools.stack.standin import catalog_images, cost_report, retouched_image, source_image
+from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 
 PREFIX = "incoming"
@@ -38,7 +36,7 @@ class Tick:
 
 class SensorHarness:
     """Evaluates ticks like the sensor daemon: cursor carried over, partition requests applied, and each
-    batch request turned into a real ``PartitionBackfill`` in the instance (proves it is submittable)."""
+    run request read back as its partition keys (a range's ends must be registered)."""
 
     def __init__(self, sensor: dg.SensorDefinition, instance: dg.DagsterInstance, endpoint: str) -> None:
         self.sensor = sensor
@@ -65,27 +63,11 @@ class SensorHarness:
                 for key in request.partition_keys:
                     self.instance.delete_dynamic_partition(request.partitions_def_name, key)
                 tick.deleted.extend(request.partition_keys)
+        order = self.partitions() if data.run_requests else []
         for run_request in data.run_requests or []:
-            subset = run_request.asset_graph_subset
-            assert isinstance(subset, AssetGraphSubset)
-            assert subset.non_partitioned_asset_keys == set()
-            assert subset.asset_keys == {source_image.key, retouched_image.key}
-            tick.requested_batches.append(
-                list(subset.get_partitions_subset(source_image.key).get_partition_keys())
-            )
+            assert run_request.asset_selection == sorted([source_image.key, retouched_image.key])
+            tick.requested_batches.append(requested_partition_keys(run_request, order))
             tick.tags.append(dict(run_request.tags))
-            self.instance.add_backfill(
-                PartitionBackfill.from_asset_graph_subset(
-                    backfill_id=uuid.uuid4().hex[:8],
-                    backfill_timestamp=time.time(),
-                    tags=run_request.tags,
-                    dynamic_partitions_store=self.instance,
-                    asset_graph_subset=subset,
-                    title=None,
-                    description=None,
-                    run_config=None,
-                )
-            )
         return tick
 
     def partitions(self) -> list[str]:
@@ -97,7 +79,7 @@ def catalog_harness(endpoint: str, instance: dg.DagsterInstance, config: ScanCon
     sensor = build_catalog_sensor(
         "catalog_sensor",
         catalog_images,
-        dg.AssetSelection.assets(source_image, retouched_image, cost_report),
+        [source_image, retouched_image, cost_report],
         config=config,
         sqs_client_factory=lambda: sqs_client(endpoint),
     )
