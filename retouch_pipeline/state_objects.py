@@ -77,7 +77,9 @@ class S3SlotStore:
         return pointer
 
 
-STATE_DIR = ".retouch-pipeline/state/"
+RESERVED_DIR = ".retouch-pipeline"
+"""Below the output prefix: everything the pipeline keeps for itself (state, ledger), never an output key."""
+STATE_DIR = f"{RESERVED_DIR}/state/"
 """Below the output prefix: the pipeline's reserved prefix for its own state (never an output key)."""
 
 

@@ -33,6 +33,7 @@ from urllib.parse import unquote_plus
 
 from retouch_pipeline.catalog.state import ETAG_MASK, PARITY_BIT, ScanState, etag_digest, key_digest
 from retouch_pipeline.processing.failures import bucket_problem
+from retouch_pipeline.state_objects import RESERVED_DIR
 
 S3_MAX_PAGE = 1000
 SQS_MAX_BATCH = 10
@@ -45,7 +46,8 @@ def is_junk(relative_key: str) -> bool:
     Only names are judged: whether an object decodes as an image is the asset's job, with a clear error.
     """
     name = relative_key.rsplit("/", 1)[-1]
-    return not name or name in JUNK_NAMES or name.startswith("._")
+    reserved = relative_key.split("/", 1)[0] == RESERVED_DIR  # the pipeline's own folder, never a source
+    return not name or name in JUNK_NAMES or name.startswith("._") or reserved
 
 
 def normalize_prefix(prefix: str) -> str:

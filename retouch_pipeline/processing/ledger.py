@@ -2,7 +2,8 @@
 
 Why in S3 and not in Dagster's storage: what was bought must outlive the Dagster instance (a wiped or
 migrated database, a second deployment over the same catalog and organization). The ledger sits beside the
-results, under `<output prefix>/.ledger/<idempotency key>.json`, and holds a `PurchaseEntry` (JSON).
+results, under `<output prefix>/.retouch-pipeline/ledger/<idempotency key>.json`, and holds a
+`PurchaseEntry` (JSON).
 
 Why conditional writes: an intent is *claimed* before a create, with `If-None-Match: *` (the PUT succeeds
 only when no entry exists), so of two deployments deciding to buy the same image at once one wins; the other
@@ -24,8 +25,9 @@ from botocore.exceptions import ClientError
 
 from retouch_pipeline.processing.records import PurchaseEntry
 from retouch_pipeline.processing.statuses import parse_time
+from retouch_pipeline.state_objects import RESERVED_DIR
 
-LEDGER_DIR = ".ledger"
+LEDGER_DIR = f"{RESERVED_DIR}/ledger"
 STALE_INTENT_SECONDS = 300.0
 """An intent without an execution id this old is abandoned (a create answers within the client's timeouts)."""
 WORKERS = 8

@@ -110,3 +110,11 @@ def test_a_missing_bucket_is_named_with_what_to_do(moto_url: str) -> None:
         scanner.scan(ScanState())
     message = str(raised.value)
     assert "'no-such-catalog' does not exist" in message and "CATALOG_SOURCE_BUCKET" in message
+
+
+def test_the_pipelines_reserved_folder_is_never_a_source() -> None:
+    """Outputs mirror source keys: a source under `.retouch-pipeline/` would write into the ledger."""
+    from retouch_pipeline.catalog.scanner import is_junk
+
+    assert is_junk(".retouch-pipeline/ledger/x.png") and is_junk(".retouch-pipeline/a.jpg")
+    assert not is_junk("spring/.retouch-pipeline.png") and not is_junk("spring/.retouch-pipeline/a.png")

@@ -16,7 +16,9 @@ def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes
     result = stack.run(keys)
     assert result.success
     outputs = [k for k in stack.keys("retouched/") if not is_ledger_key(k, "retouched/")]
-    assert len(stack.keys("retouched/.ledger/")) == 3  # one purchase entry per image (docs/durability.md)
+    assert (
+        len(stack.keys("retouched/.retouch-pipeline/ledger/")) == 3
+    )  # one purchase entry per image (docs/durability.md)
     assert outputs == sorted(
         [f"retouched/shoes/item-{i}.jpg.png" for i in range(3)]
         + [f"retouched/shoes/item-{i}.jpg.png.json" for i in range(3)]

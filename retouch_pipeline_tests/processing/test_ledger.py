@@ -41,7 +41,9 @@ def test_first_claim_wins_and_the_second_learns_the_holder(ledger: S3Ledger) -> 
     ledger.write({KEY: PurchaseEntry(execution_id="ex-1", owner="run-a")})
     assert ledger.claim({KEY: intent("run-c")}, lambda owner: True)[KEY].execution_id == "ex-1"
     assert ledger.read([KEY])[KEY].entry.execution_id == "ex-1"
-    assert ledger.key(KEY) == f"retouched/.ledger/{KEY}.json" and is_ledger_key(ledger.key(KEY), "retouched/")
+    assert ledger.key(KEY) == f"retouched/.retouch-pipeline/ledger/{KEY}.json" and is_ledger_key(
+        ledger.key(KEY), "retouched/"
+    )
 
 
 def test_racing_claimants_one_winner(ledger: S3Ledger) -> None:
