@@ -8,9 +8,9 @@ reads every object version it has not read yet (by key and ETag) and records a *
 - a sidecar's image is missing when the sidecar is seen (the pipeline writes the image first).
 
 The pipeline's purchase ledger (`<prefix>/.retouch-pipeline/ledger/`) is not an output: its objects are only
-kept for the leak scan (`ledger_bodies`). A sidecar whose image is present but has another content hash is not partial (an
-image overwritten by a newer result just before its sidecar); it is counted as `stale_sidecar_reads` for
-information.
+kept for the leak scan (`ledger_bodies`). A sidecar whose image is present but has another content hash is
+not partial (an image overwritten by a newer result just before its sidecar); it is counted as
+`stale_sidecar_reads` for information.
 """
 
 from __future__ import annotations
