@@ -83,6 +83,17 @@ STATE_DIR = f"{RESERVED_DIR}/state/"
 """Below the output prefix: the pipeline's reserved prefix for its own state (never an output key)."""
 
 
+def reserved_prefix(output_prefix: str) -> str:
+    """``<output prefix>/.retouch-pipeline/``: the pipeline's own objects (ledger, state, write probe)."""
+    stripped = output_prefix.strip("/")
+    return f"{stripped + '/' if stripped else ''}{RESERVED_DIR}/"
+
+
+def is_reserved_key(key: str, output_prefix: str) -> bool:
+    """True for an object the pipeline keeps for itself below the output prefix: never an output."""
+    return key.startswith(reserved_prefix(output_prefix))
+
+
 def state_prefix(output_prefix: str, name: str) -> str:
     """``<output prefix>/.retouch-pipeline/state/<name>/``: where the state called `name` is kept."""
     stripped = output_prefix.strip("/")

@@ -29,6 +29,7 @@ from retouch_pipeline.processing.failures import (
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.thumbnails import thumbnail_data_uri, thumbnail_of_source
+from retouch_pipeline.state_objects import RESERVED_DIR
 
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".tiff": "image/tiff"}
 
@@ -98,7 +99,7 @@ def move_output(s3: Any, bucket: str, old: str, new: str) -> None:
     s3.delete_object(Bucket=bucket, Key=old)
 
 
-WRITE_PROBE = ".retouch-pipeline-write-check"
+WRITE_PROBE = f"{RESERVED_DIR}/write-check"  # inside the reserved folder: never taken for an output
 
 
 def check_output_writable(step: Step) -> OutputBucketUnusable | None:

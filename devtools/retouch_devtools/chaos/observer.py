@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from retouch_pipeline.processing.ledger import is_ledger_key
+from retouch_pipeline.state_objects import is_reserved_key
 
 
 @dataclass
@@ -77,7 +77,7 @@ class OutputObserver:
                 body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             except self.s3.exceptions.NoSuchKey:
                 continue  # overwritten or deleted between list and get: nothing was visible
-            if is_ledger_key(key, self.prefix):
+            if is_reserved_key(key, self.prefix):  # ledger, state, write probe: scanned for leaks only
                 self.result.ledger_bodies.append(body)
                 continue
             self.result.reads += 1
