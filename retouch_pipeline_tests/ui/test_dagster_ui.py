@@ -31,6 +31,7 @@ from retouch_devtools.stack.dagster_ui import (
     toast_text,
 )
 from retouch_devtools.stack.dev import SAMPLE_COLLECTIONS, DevProcess
+from retouch_pipeline.catalog.keys import output_key, s3_key_from_partition_key
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(420)]
 
@@ -131,7 +132,7 @@ def test_collection_backfill_by_clicks_lands_in_s3(
     assert done["runs"] and all(run["status"] == "SUCCESS" for run in done["runs"]), done["runs"]
 
     outputs = stack.output_keys(NEW_COLLECTION)
-    expected = {f"{stack.settings.output_prefix}{k.rsplit('.', 1)[0]}.png" for k in keys}
+    expected = {output_key(stack.settings.output_prefix, s3_key_from_partition_key(k), "png") for k in keys}
     assert expected <= set(outputs), outputs
     assert {k + ".json" for k in expected} <= set(outputs), "one provenance sidecar per image"
     assert stack.sandbox_state()["creditsCharged"] == credits_before + NEW_IMAGES * PRICE
