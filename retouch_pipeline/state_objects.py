@@ -1,6 +1,6 @@
 """State the pipeline keeps between ticks and materializations, as S3 objects under its reserved prefix.
 
-Why S3 and not Dagster's storage: the instance's key-value store (``run_storage.get/set_cursor_values``) is
+Why S3 and not Dagster's storage: the instance's key-value store (the run storage's cursor table) is
 not public API (its methods raise on Dagster+, dagster-io/dagster#8213), and a sensor cursor is copied into
 every tick record, so it must stay small. The larger states (the catalog's ETag map, the cost roll-up's
 counted executions) go to S3, where the pipeline already writes; the cursor or the roll-up's own
