@@ -58,6 +58,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             max_wait_seconds=ar.max_wait_seconds,
             poll_interval_seconds=ar.poll_interval_seconds,
             concurrency=ar.concurrency,
+            create_settle_seconds=ar.create_settle_seconds,
         ),
         "catalog": build_catalog(settings),
         "s3": S3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.aws_region),

@@ -74,6 +74,13 @@ class AutoRetouchResource(dg.ConfigurableResource):
         description="Refuse a run whose projected spend (new executions and retries x executionPrice) "
         "exceeds this many credits. None: only the organization's balance limits it.",
     )
+    create_settle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="When a create's answer is lost, how long after the attempt a missing execution may still "
+        "appear in the executions list: absence counts as proven only after it (the image waits as 'create "
+        "unconfirmed' until then; docs/api-assumptions.md). Must exceed the list's worst lag.",
+    )
     max_status_pages: int = Field(
         default=20,
         gt=0,
@@ -106,6 +113,7 @@ class AutoRetouchResource(dg.ConfigurableResource):
             read_timeout=self.read_timeout_seconds,
             pool_size=max(8, self.concurrency * 2),
             page_size=100,
+            create_settle_seconds=self.create_settle_seconds,
         )
 
 

@@ -64,6 +64,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AUTORETOUCH_BUDGET_CREDITS", "unset = balance only", "per-run spending cap in credits"),
     Variable("AUTORETOUCH_MAX_WAIT_SECONDS", "600", "longest a run waits; the rest goes to the sensor"),
     Variable("AUTORETOUCH_POLL_SECONDS", "5", "pause between batched status reads"),
+    Variable(
+        "AUTORETOUCH_CREATE_SETTLE_SECONDS",
+        "30",
+        "after a create's lost answer, how long a missing execution may still appear in the list",
+    ),
     Variable("AUTORETOUCH_CONCURRENCY", "16", "upload threads per step, as many for creates and downloads"),
     Variable("AUTORETOUCH_APP_URL", DEFAULT_APP_URL, "web app base URL of the links in metadata"),
     Variable("S3_ENDPOINT_URL", "unset = AWS", "S3 endpoint (MinIO, a local S3)"),
@@ -107,6 +112,7 @@ class AutoRetouchSettings:
     max_wait_seconds: float = 600.0
     poll_interval_seconds: float = 5.0
     concurrency: int = 16
+    create_settle_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,9 @@ def _autoretouch(read: _Reader) -> AutoRetouchSettings:
         ),
         concurrency=read.number(
             "AUTORETOUCH_CONCURRENCY", 16, int, "a whole number of threads (1 or more)", 0, True
+        ),
+        create_settle_seconds=read.number(
+            "AUTORETOUCH_CREATE_SETTLE_SECONDS", 30.0, float, "a number of seconds above 0", 0, True
         ),
     )
 
