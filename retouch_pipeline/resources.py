@@ -77,9 +77,9 @@ class AutoRetouchResource(dg.ConfigurableResource):
     create_settle_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="When a create's answer is lost, how long after the attempt a missing execution may still "
-        "appear in the executions list: absence counts as proven only after it (the image waits as 'create "
-        "unconfirmed' until then; docs/api-assumptions.md). Must exceed the list's worst lag.",
+        description="When a create's answer is lost, how long after the attempt a missing execution may "
+        "still appear in the executions list: absence counts as proven only after it (the image waits as "
+        "'create unconfirmed' until then; docs/api-assumptions.md). Must exceed the list's worst lag.",
     )
     max_status_pages: int = Field(
         default=20,

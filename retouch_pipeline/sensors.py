@@ -13,6 +13,22 @@ this sensor
    records an explained failure) as runs over contiguous partition ranges, one collection per run (the
    catalog's helper, `catalog.requests`).
 
+It also settles the creates a run left "create unconfirmed" (the answer lost, the execution not listed yet;
+`processing/create.py`): it reads their `autoretouch_execution` observations (`status: create_unconfirmed`,
+with the idempotency key and the attempt's time) and, once their run has finished, asks AutoRetouch
+`find_execution_by_idempotency_key(workflow, key, since=attempted_at, wait=False)`:
+
+- found: the partition is run again; its purchase records find the same execution by the key's ledger intent
+  and label and reuse it (no create, no credit); the run then waits and delivers like any reused execution,
+  or leaves it pending for the next ticks;
+- proven absent (not listed once the settle window after the attempt is over): the partition is run again
+  as a normal run, which creates once (the ledger intent, left by a run that ended, is taken over);
+- still unknown (not listed, window not over, or the lookup failed): left for a later tick.
+
+Each lookup reads the workflow's whole executions list (no order is assumed), so at most
+`MAX_LOOKUPS_PER_TICK` are made per tick. The ledger stays the guard: whichever run or sensor settles first,
+nothing buys for the key before its execution is found or proven absent.
+
 The cursor is JSON (a typed pydantic model); an unreadable cursor restarts from the beginning of the event
 log, which only costs a longer first tick.
 """
@@ -24,20 +40,31 @@ from pydantic import BaseModel, Field, ValidationError
 
 from retouch_pipeline.assets.common import (
     EXECUTION,
+    PIPELINE_KEYS,
     RETOUCHED,
     iter_materializations,
+    iter_observations,
     materialization_metadata,
     metadata_value,
+    observation_metadata,
 )
-from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
+from retouch_pipeline.assets.presentation import UNCONFIRMED
+from retouch_pipeline.autoretouch import (
+    AutoRetouchClient,
+    AutoRetouchError,
+    CreateUnconfirmedError,
+    ExecutionStatus,
+    WorkflowExecution,
+)
 from retouch_pipeline.catalog.requests import batch_run_requests
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.processing.statuses import oldest_of, read_statuses
+from retouch_pipeline.processing.statuses import oldest_of, parse_time, read_statuses
 from retouch_pipeline.resources import AutoRetouchResource
 
 TRIGGER_TAG = "retouch/trigger"
 REQUEST_AGAIN_SECONDS = 1800.0
 MAX_EVENTS_PER_TICK = 20_000
+MAX_LOOKUPS_PER_TICK = 20
 FINISHED_STATUSES = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
@@ -50,12 +77,24 @@ class PendingEntry(BaseModel):
     requested_at: float | None = None
 
 
+class UnconfirmedEntry(BaseModel):
+    """A create whose fate is unknown, as its run recorded it."""
+
+    idempotency_key: str
+    workflow_id: str
+    attempted_at: str
+    run_id: str
+    storage_id: int
+
+
 class PendingCursor(BaseModel):
-    """Event-log positions read so far and the executions still without a result."""
+    """Event-log positions read so far, the executions still without a result, the unconfirmed creates."""
 
     after_execution: int | None = None
     after_retouched: int | None = None
+    after_unconfirmed: int | None = None
     pending: dict[str, PendingEntry] = Field(default_factory=dict)
+    unconfirmed: dict[str, UnconfirmedEntry] = Field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> "PendingCursor":
@@ -67,11 +106,32 @@ class PendingCursor(BaseModel):
             return cls()
 
 
+def _absorb_unconfirmed(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
+    """The `create_unconfirmed` observations of `autoretouch_execution` recorded since the last tick."""
+    for count, record in enumerate(iter_observations(instance, EXECUTION, cursor.after_unconfirmed), 1):
+        cursor.after_unconfirmed = record.storage_id
+        meta = observation_metadata(record)
+        if record.partition_key and metadata_value(meta, "status") == UNCONFIRMED:
+            cursor.unconfirmed[record.partition_key] = UnconfirmedEntry(
+                idempotency_key=str(metadata_value(meta, "idempotency_key")),
+                workflow_id=str(metadata_value(meta, "workflow_id")),
+                attempted_at=str(metadata_value(meta, "attempted_at")),
+                run_id=record.run_id,
+                storage_id=record.storage_id,
+            )
+        if count >= MAX_EVENTS_PER_TICK:
+            break
+
+
 def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
+    _absorb_unconfirmed(instance, cursor)
     for count, record in enumerate(iter_materializations(instance, EXECUTION, cursor.after_execution), 1):
         cursor.after_execution = record.storage_id
         meta = materialization_metadata(record)
         execution_id = metadata_value(meta, "execution_id")
+        unconfirmed = cursor.unconfirmed.get(record.partition_key or "")
+        if unconfirmed is not None and unconfirmed.storage_id < record.storage_id:
+            del cursor.unconfirmed[record.partition_key or ""]  # settled by a later run
         if record.partition_key and execution_id:
             cursor.pending[record.partition_key] = PendingEntry(
                 execution_id=execution_id, run_id=record.run_id, created_at=metadata_value(meta, "created_at")
@@ -85,12 +145,17 @@ def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
             del cursor.pending[record.partition_key or ""]
 
 
-def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -> dict[str, PendingEntry]:
-    run_ids = list({e.run_id for e in cursor.pending.values()})
-    finished: set[str] = set()
-    for start in range(0, len(run_ids), 100):
-        runs = instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids[start : start + 100]))
+def _finished_runs(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
+    """The runs of `run_ids` that have ended."""
+    ids, finished = sorted(run_ids), set[str]()
+    for start in range(0, len(ids), 100):
+        runs = instance.get_runs(filters=dg.RunsFilter(run_ids=ids[start : start + 100]))
         finished.update(r.run_id for r in runs if r.status in FINISHED_STATUSES)
+    return finished
+
+
+def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -> dict[str, PendingEntry]:
+    finished = _finished_runs(instance, {e.run_id for e in cursor.pending.values()})
     return {
         pk: e
         for pk, e in cursor.pending.items()
@@ -99,17 +164,40 @@ def _eligible(instance: dg.DagsterInstance, cursor: PendingCursor, now: float) -
 
 
 def _statuses(
-    autoretouch: AutoRetouchResource, eligible: dict[str, PendingEntry]
+    autoretouch: AutoRetouchResource, client: AutoRetouchClient, eligible: dict[str, PendingEntry]
 ) -> dict[str, WorkflowExecution]:
     """One batched status read of the eligible executions."""
-    with autoretouch.get_client() as client:
-        return read_statuses(
-            client,
-            autoretouch.workflow_id,
-            {e.execution_id for e in eligible.values()},
-            oldest=oldest_of(e.created_at for e in eligible.values()),
-            max_pages=autoretouch.max_status_pages,
-        )
+    return read_statuses(
+        client,
+        autoretouch.workflow_id,
+        {e.execution_id for e in eligible.values()},
+        oldest=oldest_of(e.created_at for e in eligible.values()),
+        max_pages=autoretouch.max_status_pages,
+    )
+
+
+def _settle_unconfirmed(
+    instance: dg.DagsterInstance, client: AutoRetouchClient, cursor: PendingCursor
+) -> tuple[list[str], int]:
+    """The unconfirmed partitions to run again (found, or proven absent) and how many were found."""
+    finished = _finished_runs(instance, {u.run_id for u in cursor.unconfirmed.values()})
+    ready = [pk for pk, u in cursor.unconfirmed.items() if u.run_id in finished][:MAX_LOOKUPS_PER_TICK]
+    rerun, found = [], 0
+    for partition_key in ready:
+        entry = cursor.unconfirmed[partition_key]
+        since = parse_time(entry.attempted_at)
+        try:
+            execution = client.find_execution_by_idempotency_key(
+                entry.workflow_id, entry.idempotency_key, since=since, wait=False
+            )
+        except CreateUnconfirmedError:
+            continue  # not listed, and the settle window is not over: a later tick
+        except AutoRetouchError:
+            break  # AutoRetouch is unreachable or failing: the next tick tries again
+        found += execution is not None
+        rerun.append(partition_key)
+        del cursor.unconfirmed[partition_key]
+    return rerun, found
 
 
 def _finished(
@@ -139,23 +227,31 @@ def _tick(
     _absorb_events(context.instance, cursor)
     now = time.time()
     eligible = _eligible(context.instance, cursor, now)
-    if not eligible:
+    if not eligible and not cursor.unconfirmed:
         return dg.SensorResult(
             cursor=cursor.model_dump_json(), skip_reason=f"{len(cursor.pending)} pending, none to check"
         )
     try:
-        statuses = _statuses(autoretouch, eligible)
+        with autoretouch.get_client() as client:
+            rerun, found = _settle_unconfirmed(context.instance, client, cursor)
+            statuses = _statuses(autoretouch, client, eligible) if eligible else {}
     except AutoRetouchError as exc:
-        return dg.SensorResult(cursor=cursor.model_dump_json(), skip_reason=f"status read failed: {exc}")
+        return dg.SensorResult(cursor=context.cursor, skip_reason=f"AutoRetouch read failed: {exc}")
     done = _finished(cursor, eligible, statuses, now)
     in_qa = sum(
         1
         for e in eligible.values()
         if e.execution_id in statuses and statuses[e.execution_id].status is ExecutionStatus.IN_QA
     )
-    order = context.instance.get_dynamic_partitions(str(catalog_images.name)) if done else []
-    requests = batch_run_requests(done, [RETOUCHED], order, batch_size, {TRIGGER_TAG: name}) if done else []
-    summary = f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; {len(requests)} run requests"
+    order = context.instance.get_dynamic_partitions(str(catalog_images.name)) if done or rerun else []
+    tags = {TRIGGER_TAG: name}
+    requests = batch_run_requests(done, [RETOUCHED], order, batch_size, tags) if done else []
+    requests += batch_run_requests(rerun, list(PIPELINE_KEYS), order, batch_size, tags) if rerun else []
+    summary = (
+        f"{len(eligible)} checked: {len(done)} finished, {in_qa} in QA; unconfirmed creates: {found} found, "
+        f"{len(rerun) - found} proven absent, {len(cursor.unconfirmed)} still unknown; "
+        f"{len(requests)} run requests"
+    )
     context.log.info(summary)
     return dg.SensorResult(
         run_requests=requests, cursor=cursor.model_dump_json(), skip_reason=None if requests else summary
@@ -173,11 +269,12 @@ def build_pending_sensor(
 
     @dg.sensor(
         name=name,
-        asset_selection=[RETOUCHED],
+        asset_selection=list(PIPELINE_KEYS),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Requests retouched_image for executions that finished after their run stopped waiting "
-        "(IN_QA approvals, slow executions), with one batched status read per tick.",
+        "(IN_QA approvals, slow executions), with one batched status read per tick; runs again the images "
+        "whose create was left unconfirmed once their execution is found or proven absent.",
     )
     def pending_sensor(
         context: dg.SensorEvaluationContext, autoretouch: AutoRetouchResource

@@ -94,9 +94,25 @@ def iter_materializations(
     page: int = 1000,
 ) -> Iterable[dg.EventLogRecord]:
     """Every materialization of `asset_key` after a storage id, oldest first, page by page."""
+    return _iter(instance.fetch_materializations, asset_key, after_storage_id, page)
+
+
+def iter_observations(
+    instance: dg.DagsterInstance,
+    asset_key: dg.AssetKey,
+    after_storage_id: int | None = None,
+    page: int = 1000,
+) -> Iterable[dg.EventLogRecord]:
+    """Every observation of `asset_key` after a storage id, oldest first, page by page."""
+    return _iter(instance.fetch_observations, asset_key, after_storage_id, page)
+
+
+def _iter(
+    fetch: Any, asset_key: dg.AssetKey, after_storage_id: int | None, page: int
+) -> Iterable[dg.EventLogRecord]:
     cursor = None
     while True:
-        result = instance.fetch_materializations(
+        result = fetch(
             dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after_storage_id),
             limit=page,
             cursor=cursor,
@@ -111,3 +127,8 @@ def iter_materializations(
 def materialization_metadata(record: dg.EventLogRecord) -> Mapping[str, dg.MetadataValue]:
     materialization = record.asset_materialization
     return materialization.metadata if materialization is not None else {}
+
+
+def observation_metadata(record: dg.EventLogRecord) -> Mapping[str, dg.MetadataValue]:
+    observation = record.asset_observation
+    return observation.metadata if observation is not None else {}

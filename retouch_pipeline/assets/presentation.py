@@ -7,6 +7,11 @@ why that image has no result and what to do. So every failed or still-pending pa
 reason and, when an execution exists, a link to it in the AutoRetouch web app. The browser tests read these
 metadata names: `status`, `failure_class`, `message`, `reason`, `stage`, `autoretouch_execution`. The
 sentences themselves belong to the failure classes (`processing/failures.py`).
+
+A create whose answer was lost and whose execution is not listed yet is neither failed nor pending: its
+partition gets an `AssetObservation` with `status: create_unconfirmed` on `autoretouch_execution` (the
+record the pending sensor settles, with the idempotency key, the attempt's time and the settle window) and
+the same note on `retouched_image` when that asset is in the run.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from retouch_pipeline.assets.common import RETOUCHED, collection_tags, preview_markdown
+from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, collection_tags, preview_markdown
 from retouch_pipeline.processing.item import WorkItem
 
 OWNERS = ["team:catalog-data"]
@@ -87,6 +92,47 @@ def pending_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
         },
         tags=collection_tags(item.collection),
     )
+
+
+UNCONFIRMED = "create_unconfirmed"
+"""The `status` (and `failure_class`) of a create whose fate is unknown; the pending sensor reads it."""
+
+
+def unconfirmed_sentence(attempted_at: str, settle_until: str) -> str:
+    return (
+        f"The answer to this image's execution create (at {attempted_at}) was lost and AutoRetouch does not "
+        "list the execution yet. Nothing is bought again for it: the pending-executions sensor looks it up; "
+        "found, its result is delivered (no new charge); still not listed after "
+        f"{settle_until}, the image is run again and bought once."
+    )
+
+
+def unconfirmed_observations(item: WorkItem, workflow_id: str, notes: bool) -> list[dg.AssetObservation]:
+    """A create whose fate is unknown: the record on `autoretouch_execution` the pending sensor settles
+    (idempotency key, workflow, attempt, settle window); with `notes`, the same note on `retouched_image`."""
+    unconfirmed = item.unconfirmed
+    assert unconfirmed is not None
+    sentence = unconfirmed_sentence(unconfirmed.attempted_at, unconfirmed.settle_until)
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "status": UNCONFIRMED,
+        "failure_class": UNCONFIRMED,
+        "message": dg.MetadataValue.text(sentence),
+        "idempotency_key": item.idempotency_key or "",
+        "workflow_id": workflow_id,
+        "attempted_at": unconfirmed.attempted_at,
+        "settle_until": unconfirmed.settle_until,
+        **_common(item, None),
+    }
+    return [
+        dg.AssetObservation(
+            asset_key=key,
+            partition=item.partition_key,
+            description=sentence,
+            metadata=metadata,
+            tags=collection_tags(item.collection),
+        )
+        for key in ((EXECUTION, RETOUCHED) if notes else (EXECUTION,))
+    ]
 
 
 def deleted_source_observation(partition_key: str, where: str) -> dg.AssetObservation:

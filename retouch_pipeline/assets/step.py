@@ -18,10 +18,15 @@ import dagster as dg
 from retouch_pipeline.assets.checks import DeliveredOutput, evaluate_checks
 from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.assets.materializations import execution_event, retouched_event, uploaded_event
-from retouch_pipeline.assets.presentation import failure_observation, pending_observation
+from retouch_pipeline.assets.presentation import (
+    failure_observation,
+    pending_observation,
+    unconfirmed_observations,
+)
 from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.processing.events import (
+    CreateUnconfirmed,
     Delivered,
     Event,
     ExecutionSettled,
@@ -94,6 +99,9 @@ class Translation:
 
     def __call__(self, events: Iterable[Event]) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
         for event in events:
+            if isinstance(event, CreateUnconfirmed):
+                yield from unconfirmed_observations(event.item, self.step.workflow.id, self.notes)
+                continue
             translated = self.one(event)
             if translated is not None:
                 yield translated

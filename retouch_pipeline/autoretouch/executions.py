@@ -8,8 +8,9 @@ fresh uuid4). When an attempt fails in a way where the request may have reached 
 after sending, read timeout, 5xx), the client looks the key up in every page of the workflow's executions
 (E3), assuming no order, because the reference only infers "newest first". The list may also show a new
 execution late, so a miss proves absence only `create_settle_seconds` after the attempt: until then the
-lookup polls. Found → that execution id is returned; proven absent → the create is resent with the same key;
-the lookup itself failed → `CreateUnconfirmedError` (an `AmbiguousCreateError`), never a resend: the caller
+lookup polls (or, with `create_execution(wait=False)`, gives up at once). Found → that execution id is
+returned; proven absent → the create is resent with the same key; the lookup itself failed, or absence is not
+proven yet without waiting → `CreateUnconfirmedError` (an `AmbiguousCreateError`), never a resend: the caller
 leaves the item waiting and settles it later with `find_execution_by_idempotency_key(..., since=attempt)`.
 429 and never-sent errors (no connection, no access token) are resent directly: nothing happened on the
 server. Crash recovery: a pipeline that persisted its key and the attempt's time calls
@@ -108,8 +109,13 @@ class ExecutionsMixin(ClientBase):
         webhooks: Sequence[str] | None = None,
         settings: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        wait: bool = True,
     ) -> str:
-        """E1: start `workflow_id` on an uploaded image; returns the execution id. Never double-creates."""
+        """E1: start `workflow_id` on an uploaded image; returns the execution id. Never double-creates.
+
+        `wait`: when the answer was lost and the execution is not listed yet, look again until the settle
+        window ends (True), or raise `CreateUnconfirmedError` at once (False: the caller settles it later).
+        """
         key = idempotency_key or str(uuid.uuid4())
         payload: dict[str, Any] = {
             "image": image.to_json(),
@@ -126,7 +132,7 @@ class ExecutionsMixin(ClientBase):
             yield {"data": encoded, "headers": {"Content-Type": "application/json"}}
 
         params: Params = [("workflow", workflow_id)] + ([("version", version)] if version else [])
-        return self._create(workflow_id, key, params, body)
+        return self._create(workflow_id, key, params, body, wait=wait)
 
     def create_execution_with_upload(
         self,
@@ -146,7 +152,9 @@ class ExecutionsMixin(ClientBase):
         with UploadSource(source) as src:
             return self._create(workflow_id, key, params, multipart_factory(src, filename, content_type))
 
-    def _create(self, workflow_id: str, key: str, params: Params, body: BodyFactory) -> str:
+    def _create(
+        self, workflow_id: str, key: str, params: Params, body: BodyFactory, *, wait: bool = True
+    ) -> str:
         """Send the create; when its fate is unknown, settle it by its label before ever sending again."""
         config = self.transport.retry
         for resend in range(config.max_retries + 1):
@@ -164,7 +172,9 @@ class ExecutionsMixin(ClientBase):
                 )
                 self.transport.sleep(config.backoff(0))  # let a create still being handled finish first
                 try:
-                    found = self.find_execution_by_idempotency_key(workflow_id, key, since=attempted_at)
+                    found = self.find_execution_by_idempotency_key(
+                        workflow_id, key, since=attempted_at, wait=wait
+                    )
                 except CreateUnconfirmedError:
                     raise
                 except AutoRetouchError as lookup_exc:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from retouch_pipeline.autoretouch import ImageRef, WorkflowExecution
+from retouch_pipeline.autoretouch import CreateUnconfirmedError, ImageRef, WorkflowExecution
 from retouch_pipeline.processing.adopt import sidecars
 from retouch_pipeline.processing.budget import Projection, check
 from retouch_pipeline.processing.failures import (
@@ -36,7 +36,7 @@ from retouch_pipeline.processing.failures import (
     ExecutionNotFound,
     UnexpectedError,
 )
-from retouch_pipeline.processing.item import Purchase, State, WorkItem
+from retouch_pipeline.processing.item import Purchase, State, Unconfirmed, WorkItem
 from retouch_pipeline.processing.records import PurchaseEntry
 from retouch_pipeline.processing.statuses import RETRYABLE_STATUSES, oldest_of, parse_time, read_statuses
 from retouch_pipeline.processing.step import Step
@@ -213,10 +213,14 @@ def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: 
     held = step.records.claim(intents)
     bought = _adopt_held(step, [i for i in buying if i.idempotency_key in held], held)
     futures = {pool.submit(_spend, step, item): item for item in buying if item.idempotency_key not in held}
+    unconfirmed: dict[str, PurchaseEntry] = {}
     for future in as_completed(futures):
         item = futures[future]
         try:
             execution_id = future.result()
+        except CreateUnconfirmedError as exc:
+            unconfirmed[item.idempotency_key or ""] = _leave_unconfirmed(step, item, exc)
+            continue
         except Exception as exc:
             item.fail(UnexpectedError(exc, stage=item.purchase.value if item.purchase else "create"))
             continue
@@ -234,8 +238,18 @@ def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: 
         for k, v in bought.items()
         if k and v and k not in held
     }
-    step.records.record(entries)
+    step.records.record({**entries, **unconfirmed})
     return bought
+
+
+def _leave_unconfirmed(step: Step, item: WorkItem, exc: CreateUnconfirmedError) -> PurchaseEntry:
+    """The item waits as "create unconfirmed"; returns its intent, now dated at the attempt (the lookup's
+    `since`), which keeps every later decision from buying before the key is settled."""
+    attempted_at, settle_until = exc.attempted_at.isoformat(), exc.settle_until.isoformat()
+    item.unconfirmed = Unconfirmed(attempted_at, settle_until)
+    item.advance(State.UNCONFIRMED)
+    step.log.warning(f"{item.partition_key}: create unconfirmed until {settle_until}: {exc}")
+    return PurchaseEntry(partition=item.partition_key, at=attempted_at)
 
 
 def _adopt_held(step: Step, items: Sequence[WorkItem], held: Mapping[str, PurchaseEntry]) -> dict[str, str]:
@@ -272,6 +286,7 @@ def _spend(step: Step, item: WorkItem) -> str | None:
         version=step.version,
         labels=labels,
         idempotency_key=item.idempotency_key,
+        wait=False,  # a lost answer not settled at once: the item waits as "create unconfirmed"
     )
 
 
@@ -285,11 +300,16 @@ def _settle(
 ) -> Iterator[Settled]:
     """Duplicates take the execution bought for their content; reused items take theirs."""
     buyers = {id(i) for i in buying}
+    waiting = {i.idempotency_key: i.unconfirmed for i in buying if i.unconfirmed is not None}
     for item in items:
-        if item.failed:
+        if item.failed or item.state is State.UNCONFIRMED:
             continue
         if id(item) not in buyers and item.purchase is Purchase.CREATE:  # same content as another image here
             item.execution_id = bought.get(item.idempotency_key or "")
+            if item.idempotency_key in waiting:  # its buyer's create is unconfirmed: so is its own
+                item.unconfirmed = waiting[item.idempotency_key]
+                item.advance(State.UNCONFIRMED)
+                continue
             if not item.execution_id:
                 item.fail(DuplicateContentNotCreated("the execution of the same image failed"))
                 continue

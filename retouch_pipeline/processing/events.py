@@ -45,4 +45,11 @@ class StillPending:
     item: WorkItem
 
 
-Event = Uploaded | ExecutionSettled | Delivered | Failed | StillPending
+@dataclass(frozen=True)
+class CreateUnconfirmed:
+    """At the end of the step: the image's create may or may not have happened (`item.unconfirmed`)."""
+
+    item: WorkItem
+
+
+Event = Uploaded | ExecutionSettled | Delivered | Failed | StillPending | CreateUnconfirmed

@@ -30,6 +30,9 @@ class State(Enum):
     """Its FAILED / PAYMENT_REQUIRED execution was retried (E8)."""
     PENDING = "pending"
     """Still processing or in QA when the step stopped waiting (the pending sensor finishes it)."""
+    UNCONFIRMED = "create_unconfirmed"
+    """Its create's answer was lost and the execution is neither found nor proven absent yet: nothing may
+    create again for it until the pending sensor settles it (`WorkItem.unconfirmed` says since when)."""
     DELIVERED = "delivered"
     """The result and its sidecar are in the output bucket."""
     FAILED = "failed"
@@ -40,11 +43,12 @@ _NEXT: dict[State, frozenset[State]] = {
     State.NEW: frozenset({State.VALIDATED, State.REUSED}),
     State.VALIDATED: frozenset({State.UPLOADED}),
     State.UPLOADED: frozenset({State.RESOLVED, State.REUSED}),
-    State.RESOLVED: frozenset({State.CREATED, State.REUSED, State.RETRYING}),
+    State.RESOLVED: frozenset({State.CREATED, State.REUSED, State.RETRYING, State.UNCONFIRMED}),
     State.CREATED: frozenset({State.PENDING, State.DELIVERED}),
     State.REUSED: frozenset({State.PENDING, State.DELIVERED}),
     State.RETRYING: frozenset({State.PENDING, State.DELIVERED}),
     State.PENDING: frozenset(),
+    State.UNCONFIRMED: frozenset(),
     State.DELIVERED: frozenset(),
     State.FAILED: frozenset(),
 }
@@ -66,6 +70,16 @@ class ImageFacts:
     width: int
     height: int
     size: int
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """A create whose fate is unknown: when it was attempted, and when a miss in the list proves absence."""
+
+    attempted_at: str
+    """ISO 8601, the attempt's time (the lookup's `since`)."""
+    settle_until: str
+    """ISO 8601: not listed by then = never created."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class WorkItem:
     execution_created_at: str | None = None
     batch_id: str | None = None
     pending_status: str | None = None
+    unconfirmed: Unconfirmed | None = None
     output: OutputFacts | None = None
     failure: Failure | None = None
 

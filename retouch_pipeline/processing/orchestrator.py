@@ -24,7 +24,14 @@ from retouch_pipeline.processing.adopt import deliver_adopted
 from retouch_pipeline.processing.budget import worst_case_fits
 from retouch_pipeline.processing.create import Settled, create, resolve
 from retouch_pipeline.processing.deliver import check_output_writable, from_records
-from retouch_pipeline.processing.events import Event, ExecutionSettled, Failed, StillPending, Uploaded
+from retouch_pipeline.processing.events import (
+    CreateUnconfirmed,
+    Event,
+    ExecutionSettled,
+    Failed,
+    StillPending,
+    Uploaded,
+)
 from retouch_pipeline.processing.failures import Failure, UnexpectedError
 from retouch_pipeline.processing.item import Purchase, State, WorkItem
 from retouch_pipeline.processing.step import Step
@@ -55,7 +62,8 @@ def process(
     pool: ThreadPoolExecutor,
     restore: Sequence[WorkItem] = (),
 ) -> Iterator[Event]:
-    """The selected stages of every item, then one `Failed` / `StillPending` per item that ended so.
+    """The selected stages of every item, then one `Failed` / `StillPending` / `CreateUnconfirmed` per item
+    that ended so.
 
     `restore`: images whose output is to be written again from their recorded execution (no new charge);
     delivered while AutoRetouch works on the executions just created for `items`.
@@ -75,6 +83,8 @@ def process(
             yield Failed(item)
         elif item.state is State.PENDING:
             yield StillPending(item)
+        elif item.state is State.UNCONFIRMED:
+            yield CreateUnconfirmed(item)
 
 
 def upload_and_create(

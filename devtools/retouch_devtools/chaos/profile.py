@@ -13,7 +13,6 @@ from typing import Any
 
 from retouch_devtools.chaos.catalog import SourceImage
 from retouch_devtools.chaos.stack import ProfileStack
-from retouch_pipeline.assets import RETOUCHED
 
 MAX_RESUME_PASSES = 6
 
@@ -65,8 +64,8 @@ class ProfileRun:
             before = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
             for selection, keys in stack.tick_catalog():
                 stack.run(keys, selection)
-            for _selection, keys in stack.tick_pending():
-                stack.run(keys, [RETOUCHED])
+            for selection, keys in stack.tick_pending():  # results to fetch; unconfirmed creates settled
+                stack.run(keys, selection)
             done = stack.retouched_partitions()
             leftover = [k for k in stack.registered() if k not in done]
             if leftover:
