@@ -31,6 +31,9 @@ class FaultConfig:
     """Fraction of API requests whose connection is closed without any response (not handled)."""
     lose_create_rate: float = 0.0
     """Fraction of execution creates (E1/E2) that ARE created, after which the connection is closed."""
+    create_error_rate: float = 0.0
+    """Fraction of execution creates (E1/E2) answered 500 or 503 without being handled (nothing created):
+    the client cannot tell them from a create that happened until the list proves the execution absent."""
     execution_failure_rate: float = 0.0
     """Fraction of executions that end FAILED (never charged)."""
     include_auth: bool = False

@@ -126,10 +126,13 @@ class SandboxMiddleware:
                     scope, send, 429, [(b"retry-after", retry_after_value(faults.retry_after_seconds))]
                 )
                 return
-            if injector.hit("error", faults.error_rate):
+            creating = endpoint in ("E1", "E2")
+            if injector.hit("error", faults.error_rate) or (
+                creating and injector.hit("create_error", faults.create_error_rate)
+            ):
                 await self._send_error(scope, send, injector.choice((500, 503)), [])
                 return
-            if endpoint in ("E1", "E2") and faults.lose_create_rate > 0:
+            if creating and faults.lose_create_rate > 0:
                 await self._lose_create(scope, receive, send)
                 return
         await self.app(scope, receive, send)
