@@ -28,7 +28,6 @@ from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, catalog
 from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
 from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.processing.statuses import parse_time
 from retouch_pipeline.sensors import build_pending_sensor
 
 SETTLE = 12.0
@@ -39,7 +38,8 @@ class PendingTicks:
     """The real pending sensor ticked on the stack's instance, its cursor carried over as the daemon does."""
 
     def __init__(self, stack: Stack) -> None:
-        self.stack, self.sensor, self.cursor = stack, build_pending_sensor(), None
+        self.stack, self.sensor = stack, build_pending_sensor()
+        self.cursor: str | None = None
         self.resources = stack.resources()
         self.defs = dg.Definitions(assets=[catalog_pipeline], sensors=[self.sensor], resources=self.resources)
 
@@ -108,7 +108,7 @@ def test_lost_create_hidden_by_the_lag_is_settled_by_the_pending_sensor_charged_
     while not requests and time.monotonic() < deadline:  # until the list shows it (10 s after the create)
         time.sleep(1.0)
         requests = ticks.tick()
-    assert datetime.now(UTC) < parse_time(note["settle_until"])  # found, not given up on
+    assert datetime.now(UTC) < datetime.fromisoformat(note["settle_until"])  # found, not given up on
     assert requests == [(sorted(PIPELINE_KEYS), [partition])]  # a run of the partition: it reuses
     selection, keys = requests[0]
     assert stack.run(keys, selection).success
@@ -131,8 +131,7 @@ def test_create_that_never_happened_is_bought_once_after_the_settle_window(
     stack.sandbox.state.faults.create_error_rate = 0.0
     assert _keyed(stack, note["idempotency_key"]) == []
     ticks = PendingTicks(stack)
-    settle_until = parse_time(note["settle_until"])
-    assert settle_until is not None
+    settle_until = datetime.fromisoformat(note["settle_until"])
     while datetime.now(UTC) < settle_until:  # not listed, window not over: never given up early
         assert ticks.tick() == []
         time.sleep(2.0)
