@@ -248,6 +248,7 @@ def _leave_unconfirmed(step: Step, item: WorkItem, exc: CreateUnconfirmedError) 
     attempted_at, settle_until = exc.attempted_at.isoformat(), exc.settle_until.isoformat()
     item.unconfirmed = Unconfirmed(attempted_at, settle_until)
     item.advance(State.UNCONFIRMED)
+    step.unconfirmed += 1
     step.log.warning(f"{item.partition_key}: create unconfirmed until {settle_until}: {exc}")
     return PurchaseEntry(partition=item.partition_key, at=attempted_at)
 

@@ -63,7 +63,7 @@ class CatalogLayout(Protocol):
 
 @dataclass
 class Step:
-    """One step's shared state; `created`/`reused`/`retried` count what it did."""
+    """One step's shared state; `created`/`reused`/`retried`/`unconfirmed` count what it did."""
 
     client: AutoRetouchClient
     s3: Any
@@ -79,6 +79,9 @@ class Step:
     created: int = 0
     reused: int = 0
     retried: int = 0
+    unconfirmed: int = 0
+    """Creates whose answer was lost and whose execution is not listed yet (left to the pending sensor)."""
 
     def summary(self) -> str:
-        return f"{self.created} created, {self.reused} reused, {self.retried} retried"
+        summary = f"{self.created} created, {self.reused} reused, {self.retried} retried"
+        return summary + (f", {self.unconfirmed} create(s) unconfirmed" if self.unconfirmed else "")
