@@ -249,7 +249,7 @@ def _leave_unconfirmed(step: Step, item: WorkItem, exc: CreateUnconfirmedError) 
     item.unconfirmed = Unconfirmed(attempted_at, settle_until)
     item.advance(State.UNCONFIRMED)
     step.unconfirmed += 1
-    step.log.warning(f"{item.partition_key}: create unconfirmed until {settle_until}: {exc}")
+    step.log.warning(f"{item.partition_key}: {exc}")
     return PurchaseEntry(partition=item.partition_key, at=attempted_at)
 
 
