@@ -112,6 +112,7 @@ def _absorb_unconfirmed(instance: dg.DagsterInstance, cursor: PendingCursor) -> 
         cursor.after_unconfirmed = record.storage_id
         meta = observation_metadata(record)
         if record.partition_key and metadata_value(meta, "status") == UNCONFIRMED:
+            cursor.pending.pop(record.partition_key, None)  # an older execution: the content has changed
             cursor.unconfirmed[record.partition_key] = UnconfirmedEntry(
                 idempotency_key=str(metadata_value(meta, "idempotency_key")),
                 workflow_id=str(metadata_value(meta, "workflow_id")),
@@ -130,9 +131,10 @@ def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
         meta = materialization_metadata(record)
         execution_id = metadata_value(meta, "execution_id")
         unconfirmed = cursor.unconfirmed.get(record.partition_key or "")
-        if unconfirmed is not None and unconfirmed.storage_id < record.storage_id:
+        newer = unconfirmed is None or unconfirmed.storage_id < record.storage_id
+        if unconfirmed is not None and newer:
             del cursor.unconfirmed[record.partition_key or ""]  # settled by a later run
-        if record.partition_key and execution_id:
+        if record.partition_key and execution_id and newer:  # not older than an unconfirmed create
             cursor.pending[record.partition_key] = PendingEntry(
                 execution_id=execution_id, run_id=record.run_id, created_at=metadata_value(meta, "created_at")
             )
