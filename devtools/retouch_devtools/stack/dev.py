@@ -75,10 +75,12 @@ class DevProcess:
 
     def exports(self) -> dict[str, str]:
         """The `export NAME=value` lines printed after the banner (`--no-dagster`), as a shell reads them."""
-        text = self.wait_until(
-            lambda: (out := self.output()) and BANNER_END in out and out, 60, "the banner's export lines"
-        )
-        return parse_exports(text[text.index(BANNER_END) :])
+
+        def after_banner() -> str | None:
+            out = self.output()
+            return out[out.index(BANNER_END) :] if BANNER_END in out else None
+
+        return parse_exports(self.wait_until(after_banner, 60, "the banner's export lines"))
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
