@@ -5,16 +5,16 @@ a real subprocess; its banner's `export NAME=value` lines are the whole environm
 exactly as `make dev` starts it (`devstack.start_dagster`), each on a new empty DAGSTER_HOME and its own free
 port. Nothing is ticked or launched by the test: the daemon's sensors do the work.
 
-1. One Dagster processes the catalog (12 executions, 120 credits in the sandbox's /_sandbox/state); every
-   output object's ETag and LastModified is recorded (the pipeline's reserved `.retouch-pipeline/` aside).
-2. That Dagster is stopped and its DAGSTER_HOME deleted; a second one starts on a new empty home against the
-   same sandbox and S3: every partition ends materialized with `provenance: adopted`, the sandbox's credits
-   and creates are unchanged, no output object is rewritten, added or removed.
-3. On a new, unprocessed stack, two Dagsters run at once over the one catalog and organization: 12
-   executions, 120 credits, each image charged exactly once, every partition materialized on both.
+1. Two Dagsters at once over the one unprocessed catalog and organization: 12 executions, 120 credits in the
+   sandbox's /_sandbox/state, each image charged exactly once, every partition materialized on both (what
+   one bought, the other adopted). Every output object's ETag and LastModified is recorded (the pipeline's
+   reserved `.retouch-pipeline/` aside).
+2. Both are stopped and their DAGSTER_HOME deleted; a new Dagster starts on a new empty home against the same
+   sandbox and S3: every partition ends materialized with `provenance: adopted`, the sandbox's credits and
+   creates are unchanged, no output object is rewritten, added or removed.
 
-The phases share one `--no-dagster` stack per catalog (module fixtures) to keep the wall time down; the
-in-process version of these checks is `pipeline/test_durability.py`.
+The two phases share one stack (the second needs the first's catalog), which keeps the wall time to three
+`dg dev` starts; the in-process version of these checks is `pipeline/test_durability.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -72,12 +72,6 @@ def outputs(stack: DevProcess) -> dict[str, tuple[str, Any]]:
         for o in page.get("Contents", [])
         if not is_reserved_key(o["Key"], settings.output_prefix)
     }
-
-
-def charges(stack: DevProcess) -> Counter[tuple[str, str, str]]:
-    """How often the sandbox charged each (input hash, workflow, version)."""
-    ledger = stack.sandbox_state()["ledger"]
-    return Counter((c["input_content_hash"], c["workflow_id"], c["workflow_version"]) for c in ledger)
 
 
 def provenances(instance: dg.DagsterInstance) -> dict[str, dict[str, str]]:
@@ -151,36 +145,44 @@ def all_materialized(instance: dg.DagsterInstance) -> Callable[[], None]:
     return check
 
 
-# --- the stacks --------------------------------------------------------------------------------------------
+# --- the stack --------------------------------------------------------------------------------------------
 
 
-def dev_stack(workdir: Path) -> DevProcess:
-    stack = start_dev_process(workdir, "--no-dagster")
-    stack.wait_until(stack.sandbox_healthy, 60, "the sandbox /health")
-    stack.wait_until(lambda: len(stack.source_keys()) == SAMPLE_COUNT, 60, "the sample catalog")
-    return stack
+@dataclass
+class Processed:
+    """The catalog as two Dagsters at once left it, both then stopped and their storage deleted."""
+
+    stack: DevProcess
+    state: dict[str, Any]
+    outputs: dict[str, tuple[str, Any]]
+    provenances: list[dict[str, dict[str, str]]]
 
 
 @pytest.fixture(scope="module")
 def processed(
     tmp_path_factory: pytest.TempPathFactory, dagsters: Callable[[DevProcess], HandStartedDagster]
-) -> Iterator[tuple[DevProcess, dict[str, tuple[str, Any]]]]:
-    """Phase 1: the sample catalog processed by one Dagster, which is then stopped and its storage deleted.
-    The stack (sandbox and S3 still running) and the outputs' (ETag, LastModified) as they were."""
-    stack = dev_stack(tmp_path_factory.mktemp("dev-processed"))
+) -> Iterator[Processed]:
+    """Phases 1 and 3 in one: the sample catalog processed from empty by two `dg dev` at once; what the
+    sandbox, S3 and both instances then hold; both stopped and their DAGSTER_HOME deleted, while the sandbox
+    and S3 keep running."""
+    stack = start_dev_process(tmp_path_factory.mktemp("dev-stack"), "--no-dagster")
     try:
-        first = dagsters(stack)
-        instance = wait_for_ui(first)
-        wait_until_settled([first], all_materialized(instance), "the sample catalog processed")
-        assert stack.sandbox_state()["creditsCharged"] == SAMPLE_COUNT * PRICE
-        assert set(charges(stack).values()) == {1} and len(charges(stack)) == SAMPLE_COUNT
-        before = outputs(stack)
-        assert len(before) == 2 * SAMPLE_COUNT  # an image and its sidecar each
-        assert set(provenances(instance)["autoretouch_execution"].values()) == {"bought"}
-        instance.dispose()
-        first.stop()
-        shutil.rmtree(first.home)  # Dagster's storage is gone; the sandbox and S3 keep running
-        yield stack, before
+        stack.wait_until(stack.sandbox_healthy, 60, "the sandbox /health")
+        stack.wait_until(lambda: len(stack.source_keys()) == SAMPLE_COUNT, 60, "the sample catalog")
+        twins = [dagsters(stack), dagsters(stack)]
+        instances = [wait_for_ui(d) for d in twins]
+
+        def both_materialized() -> None:
+            for instance in instances:
+                all_materialized(instance)()
+
+        wait_until_settled(twins, both_materialized, "the catalog materialized on both Dagsters")
+        done = Processed(stack, stack.sandbox_state(), outputs(stack), [provenances(i) for i in instances])
+        for instance, dagster in zip(instances, twins, strict=True):
+            instance.dispose()
+            dagster.stop()
+            shutil.rmtree(dagster.home)  # Dagster's storage is gone; the sandbox and S3 keep running
+        yield done
     finally:
         stack.kill()
 
@@ -188,18 +190,30 @@ def processed(
 # --- tests -------------------------------------------------------------------------------------------------
 
 
-def test_a_new_dagster_on_an_empty_home_adopts_the_catalog_for_free(
-    processed: tuple[DevProcess, dict[str, tuple[str, Any]]],
-    dagsters: Callable[[DevProcess], HandStartedDagster],
-) -> None:
-    stack, before = processed
-    state = stack.sandbox_state()
-    creates = state["calls"].get("E1", 0)
-    assert (state["creditsCharged"], creates) == (SAMPLE_COUNT * PRICE, SAMPLE_COUNT)
+def test_two_dagsters_at_once_buy_each_image_once(processed: Processed) -> None:
+    state = processed.state
+    assert (state["creditsCharged"], state["calls"].get("E1", 0)) == (SAMPLE_COUNT * PRICE, SAMPLE_COUNT)
+    charged = Counter(
+        (c["input_content_hash"], c["workflow_id"], c["workflow_version"]) for c in state["ledger"]
+    )
+    assert len(charged) == SAMPLE_COUNT and set(charged.values()) == {1}, charged
+    assert len(processed.outputs) == 2 * SAMPLE_COUNT  # an image and its sidecar each
+    executions = [set(p["autoretouch_execution"].values()) for p in processed.provenances]
+    assert "bought" in executions[0] | executions[1] and "adopted" in executions[0] | executions[1], (
+        executions
+    )
 
-    second = dagsters(stack)
-    instance = wait_for_ui(second)
-    wait_until_settled([second], all_materialized(instance), "every partition materialized again")
+
+def test_a_new_dagster_on_an_empty_home_adopts_the_catalog_for_free(
+    processed: Processed, dagsters: Callable[[DevProcess], HandStartedDagster]
+) -> None:
+    stack, before = processed.stack, processed.outputs
+    creates = processed.state["calls"].get("E1", 0)
+    assert stack.sandbox_state()["creditsCharged"] == SAMPLE_COUNT * PRICE
+
+    fresh = dagsters(stack)
+    instance = wait_for_ui(fresh)
+    wait_until_settled([fresh], all_materialized(instance), "every partition materialized again")
 
     sources = [key.removeprefix(stack.settings.source_prefix) for key in stack.source_keys()]
     assert sorted(instance.get_dynamic_partitions(CATALOG_PARTITIONS_NAME)) == sorted(
@@ -214,29 +228,3 @@ def test_a_new_dagster_on_an_empty_home_adopts_the_catalog_for_free(
     assert (state["creditsCharged"], state["calls"].get("E1", 0)) == (SAMPLE_COUNT * PRICE, creates)
     assert outputs(stack) == before  # no object rewritten, added or removed
     instance.dispose()
-
-
-def test_two_dagsters_at_once_buy_each_image_once(
-    tmp_path_factory: pytest.TempPathFactory, dagsters: Callable[[DevProcess], HandStartedDagster]
-) -> None:
-    stack = dev_stack(tmp_path_factory.mktemp("dev-twins"))
-    try:
-        twins = [dagsters(stack), dagsters(stack)]
-        instances = [wait_for_ui(d) for d in twins]
-
-        def both_materialized() -> None:
-            for instance in instances:
-                all_materialized(instance)()
-
-        wait_until_settled(twins, both_materialized, "the catalog materialized on both Dagsters")
-        state = stack.sandbox_state()
-        assert (state["creditsCharged"], state["calls"].get("E1", 0)) == (SAMPLE_COUNT * PRICE, SAMPLE_COUNT)
-        charged = charges(stack)
-        assert len(charged) == SAMPLE_COUNT and set(charged.values()) == {1}, charged
-        assert len(outputs(stack)) == 2 * SAMPLE_COUNT
-        seen = [set(provenances(i)["autoretouch_execution"].values()) for i in instances]
-        assert "adopted" in seen[0] | seen[1], seen  # what one bought, the other adopted
-        for instance in instances:
-            instance.dispose()
-    finally:
-        stack.kill()
