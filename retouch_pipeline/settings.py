@@ -71,7 +71,9 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("AUTORETOUCH_CONCURRENCY", "16", "upload threads per step, as many for creates and downloads"),
     Variable("AUTORETOUCH_APP_URL", DEFAULT_APP_URL, "web app base URL of the links in metadata"),
-    Variable("S3_ENDPOINT_URL", "unset = AWS", "S3 endpoint (MinIO, a local S3)"),
+    Variable(
+        "S3_ENDPOINT_URL", "unset = AWS", "S3 endpoint (MinIO, a local S3); must honour conditional PUTs"
+    ),
     Variable("AWS_REGION", "us-east-1", "S3 region (and the SQS queue's)"),
     Variable("CATALOG_SOURCE_BUCKET", "(required)", "bucket of the catalog"),
     Variable("CATALOG_SOURCE_PREFIX", "incoming/", "prefix of the catalog"),

@@ -75,12 +75,7 @@ def test_sandbox_and_seeded_s3_come_up_and_sigterm_stops_them(start_dev: Callabl
     assert collections == {"spring-2026", "summer-2026"}
     assert "Ctrl-C stops everything" in stack.output()
     assert descendants({stack.proc.pid}) == set(), "sandbox and S3 are threads: no child process"
-    banner_end = stack.output().index("Ctrl-C stops everything")
-    exports = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in stack.output()[banner_end:].splitlines()
-        if line.startswith("export ")
-    )
+    exports = stack.exports()
     assert set(exports) <= {v.name for v in VARIABLES} | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert exports[PIPELINE_ENV["s3_endpoint_url"]] == stack.settings.s3_endpoint_url
     assert exports[PIPELINE_ENV["api_url"]].startswith(f"http://127.0.0.1:{stack.settings.sandbox_port}")

@@ -248,8 +248,10 @@ def pipeline_environment(
     return env
 
 
-def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """`dg dev` in a new process group (see module doc), output straight to our terminal.
+def start_dagster(
+    settings: DevSettings, home: Path, env: Mapping[str, str], output: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """`dg dev` in a new process group (see module doc), output straight to our terminal (or `output`).
 
     Dagster's own CLI (`dg`, dagster-dg-cli) rather than `dagster dev`, which is superseded by it; with an
     explicit workspace file it starts the same webserver, daemon and code server.
@@ -259,7 +261,7 @@ def start_dagster(settings: DevSettings, home: Path, env: Mapping[str, str]) -> 
         "--host", settings.host, "--port", str(settings.dagster_port),
         "--workspace", str(home / "workspace.yaml"),
     ]  # fmt: skip
-    return start_in_own_group(command, env)
+    return start_in_own_group(command, env, output)
 
 
 def export_lines(env: Mapping[str, str]) -> list[str]:

@@ -19,16 +19,24 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 
-def start_in_own_group(command: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start `command` as the leader of a new process group (its pid is the group id); output inherited."""
+def start_in_own_group(
+    command: Sequence[str], env: Mapping[str, str], output: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` as the leader of a new process group (its pid is the group id); output inherited, or
+    into `output` (stdout and stderr)."""
     # S603: callers pass their own interpreter and fixed arguments; no shell is involved.
     return subprocess.Popen(  # noqa: S603
-        list(command), env=dict(env), process_group=0, stdin=subprocess.DEVNULL
+        list(command),
+        env=dict(env),
+        process_group=0,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
     )
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from retouch_pipeline.autoretouch import WorkflowExecution
 from retouch_pipeline.catalog.keys import output_key
 from retouch_pipeline.processing.failures import (
+    ConditionalWritesUnsupported,
     NoExecution,
     OutputBucketUnusable,
     OutputCollision,
@@ -27,6 +28,7 @@ from retouch_pipeline.processing.failures import (
     bucket_problem,
 )
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
+from retouch_pipeline.processing.ledger import conditional_write_problem
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.thumbnails import thumbnail_data_uri, thumbnail_of_source
 from retouch_pipeline.state_objects import RESERVED_DIR
@@ -103,15 +105,19 @@ WRITE_PROBE = f"{RESERVED_DIR}/write-check"  # inside the reserved folder: never
 
 
 def check_output_writable(step: Step) -> OutputBucketUnusable | None:
-    """Before anything is bought: can this step write (and delete) below the output prefix?
+    """Before anything is bought: can this step write (and delete) below the output prefix, and does the
+    store honour the conditional writes the purchase ledger's claims rely on?
 
-    One zero-byte probe object, deleted at once. A missing bucket or denied access is returned as the
-    step's permanent failure naming the bucket; any other error is left to the delivery (transient).
+    One zero-byte probe object, PUT, then PUT again with each condition a claim uses (both must be refused:
+    `ledger.conditional_write_problem`), deleted at once. A missing bucket or denied access is returned as the
+    step's permanent failure naming the bucket, a store without conditional writes as one naming the store
+    (`ConditionalWritesUnsupported`, docs/durability.md); any other error is left to the delivery (transient).
     """
     catalog = step.catalog
     probe = "/".join(p for p in (catalog.output_prefix_normalized(), WRITE_PROBE) if p)
     try:
         step.s3.put_object(Bucket=catalog.output_bucket, Key=probe, Body=b"")
+        ignored = conditional_write_problem(step.s3, catalog.output_bucket, probe)
         step.s3.delete_object(Bucket=catalog.output_bucket, Key=probe)
     except Exception as exc:
         problem = bucket_problem(exc, catalog.output_bucket, "writing the results")
@@ -119,6 +125,9 @@ def check_output_writable(step: Step) -> OutputBucketUnusable | None:
             step.log.warning(f"output write check inconclusive ({type(exc).__name__}); continuing")
             return None
         return OutputBucketUnusable(problem)
+    if ignored is not None:
+        store = getattr(getattr(step.s3, "meta", None), "endpoint_url", None) or "AWS S3"
+        return ConditionalWritesUnsupported(f"the S3 store at {store} {ignored}")
     return None
 
 

@@ -140,6 +140,19 @@ class OutputBucketUnusable(BucketUnusable):
     stage_name = "output"
 
 
+class ConditionalWritesUnsupported(OutputBucketUnusable):
+    """The output's S3 store ignores or refuses conditional PUTs: a purchase claim could not be atomic."""
+
+    kind = "conditional_writes_unsupported"
+    template = (
+        "Not started: {reason}. No execution was created and nothing was spent. The purchase ledger claims "
+        "each image with a conditional PUT (If-None-Match: *, If-Match) so that two runs or deployments "
+        "never buy it twice; this store cannot guarantee that. Upgrade it to a release that honours "
+        "conditional writes, or point S3_ENDPOINT_URL / CATALOG_OUTPUT_BUCKET at one that does "
+        "(docs/durability.md)."
+    )
+
+
 class OutputCollision(Failure):
     """The output key already holds the result of another source: nothing is bought over it."""
 

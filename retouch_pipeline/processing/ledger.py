@@ -33,6 +33,7 @@ STALE_INTENT_SECONDS = 300.0
 WORKERS = 8
 _LOST = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING = {"NoSuchKey", "404"}
+_UNSUPPORTED = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400", "InvalidHeader"}
 
 
 def ledger_prefix(output_prefix: str) -> str:
@@ -156,6 +157,32 @@ class S3Ledger:
                 return False
             raise
         return True
+
+
+_WRONG_ETAG = '"00000000000000000000000000000000"'
+CONDITIONS = (
+    ("If-None-Match: *", {"IfNoneMatch": "*"}),
+    ("If-Match: <another ETag>", {"IfMatch": _WRONG_ETAG}),
+)
+"""The two conditional PUTs the claims rely on, each of which must be refused over an existing object."""
+
+
+def conditional_write_problem(s3: Any, bucket: str, existing_key: str) -> str | None:
+    """None when the store refuses both `CONDITIONS` over `existing_key` with 412 (or 409), as AWS S3 does;
+    else what it did instead. A store that ignores them overwrites the (empty) probe and answers 200; that is
+    why the probe is a throw-away object of the reserved folder. Other errors (network, access) are raised."""
+    for header, condition in CONDITIONS:
+        try:
+            s3.put_object(Bucket=bucket, Key=existing_key, Body=b"", **condition)
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _LOST:
+                continue
+            if code in _UNSUPPORTED:
+                return f"refused a PUT with {header} ({code})"
+            raise
+        return f"accepted a PUT with {header} over an existing object (the condition was ignored)"
+    return None
 
 
 def _code(exc: ClientError) -> str:

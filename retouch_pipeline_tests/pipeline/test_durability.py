@@ -6,6 +6,7 @@ again on an empty instance: every partition ends materialized with `provenance: 
 no S3 object under the output prefix rewritten (ledger aside); a changed image is then bought once.
 (2) Two Dagster instances at once over one catalog and organization: each image charged exactly once.
 (3) A purchase claimed elsewhere and not yet recorded: nothing bought here until it is, then adopted.
+(4) An S3 store that ignores conditional writes: nothing bought, the failure names the store.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.chaos.catalog import COLLECTIONS, good_catalog
 from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack, build_resources
 from retouch_devtools.samples import product_photo
 from retouch_devtools.sandbox import SandboxConfig
-from retouch_devtools.stack.inprocess import InProcessStack, observations
-from retouch_devtools.stack.s3 import running_moto
-from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
+from retouch_devtools.stack.inprocess import (
+    RANGE_END,
+    RANGE_START,
+    InProcessStack,
+    materialize_range,
+    observations,
+)
+from retouch_devtools.stack.s3 import CREDENTIALS, ignoring_conditional_writes, running_moto
+from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADED
 from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
 from retouch_pipeline.assets.records import ledger_of
 from retouch_pipeline.autoretouch import ImageRef
@@ -199,3 +207,35 @@ def test_a_purchase_in_flight_elsewhere_waits_then_is_adopted(
     assert (recorded["execution_id"], recorded["provenance"]) == (execution_id, "adopted")
     assert stack.sandbox.state.accounting.calls["E1"] == 1 and len(stack.ledger()) == 1
     assert stack.instance.get_materialized_partitions(RETOUCHED) == set(keys)
+
+
+class StoreIgnoringConditions(S3Resource):
+    """The S3 resource of a store that ignores conditional PUTs (`ignoring_conditional_writes`)."""
+
+    def get_client(self) -> Any:
+        return ignoring_conditional_writes(super().get_client())
+
+
+def test_a_store_without_conditional_writes_buys_nothing_and_says_why(
+    make_stack: Callable[..., InProcessStack], make_image: Callable[..., bytes]
+) -> None:
+    """The claims could not be atomic there: the step's first check finds it, every image fails naming the
+    store, and nothing is uploaded or bought. The same stack with the headers honoured buys the image."""
+    stack = make_stack()
+    keys = [stack.put("plain/shirt.png", make_image(width=71))]
+    stack.register(keys)
+    resources = {
+        **stack.resources(),
+        "s3": StoreIgnoringConditions(endpoint_url=stack.moto_url, **CREDENTIALS),
+    }
+    tags = {RANGE_START: keys[0], RANGE_END: keys[0]}
+    refused = materialize_range(stack.instance, resources, PIPELINE_KEYS, tags)
+    assert not refused.success
+    observed = observations(refused)[keys[0]]
+    assert observed["failure_class"] == "conditional_writes_unsupported"
+    assert f"the S3 store at {stack.moto_url} accepted a PUT with If-None-Match: *" in observed["reason"]
+    assert stack.sandbox.state.accounting.calls.get("E1", 0) == 0 and stack.charged() == 0
+    assert stack.keys(OUTPUT_PREFIX) == []  # the probe is gone too
+
+    assert stack.run(keys).success
+    assert stack.sandbox.state.accounting.calls["E1"] == 1

@@ -1,7 +1,8 @@
 """The claim protocol of the S3 ledger over moto's server (real HTTP, real conditional PUTs).
 
 Of two claimants of one key exactly one wins, also when they race; the loser is told who holds the key; an
-intent is taken over only when its owner has ended or it is stale, and a takeover races safely too.
+intent is taken over only when its owner has ended or it is stale, and a takeover races safely too. The probe
+every step runs first tells a store that ignores conditional writes from one that honours them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from typing import Any
 
 import pytest
 
-from retouch_devtools.stack.s3 import new_bucket, s3_client
-from retouch_pipeline.processing.ledger import STALE_INTENT_SECONDS, S3Ledger, is_ledger_key
+from retouch_devtools.stack.s3 import ignoring_conditional_writes, new_bucket, s3_client
+from retouch_pipeline.processing.ledger import (
+    STALE_INTENT_SECONDS,
+    S3Ledger,
+    conditional_write_problem,
+    is_ledger_key,
+)
 from retouch_pipeline.processing.records import PurchaseEntry
 
 KEY = "rp1-" + "ab" * 24
@@ -73,3 +79,29 @@ def test_an_intent_is_taken_over_only_when_abandoned(ledger: S3Ledger) -> None:
         results = list(pool.map(lambda o: ledger.claim({other: intent(o)}, never_ended), ["c", "d", "e"]))
     assert sum(1 for r in results if not r) == 1
     assert ledger.read([other])[other].entry.owner in {"c", "d", "e"}
+
+
+def test_the_probe_passes_on_a_store_that_refuses_conditional_overwrites(moto_url: str) -> None:
+    """moto, like AWS S3 since 2024, answers 412 to both conditions a claim uses: nothing to report."""
+    client: Any = s3_client(moto_url)
+    bucket = new_bucket(client, "probe")
+    client.put_object(Bucket=bucket, Key="probe", Body=b"first")
+    assert conditional_write_problem(client, bucket, "probe") is None
+    assert client.get_object(Bucket=bucket, Key="probe")["Body"].read() == b"first"  # nothing overwritten
+
+
+def test_the_probe_names_a_store_that_ignores_conditional_writes(moto_url: str) -> None:
+    """The same store reached without the headers, as a store that ignores them behaves: the overwrite
+    happens, the probe reports it, and the ledger's claims would all be won (two winners of one key)."""
+    client: Any = ignoring_conditional_writes(s3_client(moto_url))
+    bucket = new_bucket(client, "probe")
+    client.put_object(Bucket=bucket, Key="probe", Body=b"first")
+    problem = conditional_write_problem(client, bucket, "probe")
+    assert (
+        problem == "accepted a PUT with If-None-Match: * over an existing object (the condition was ignored)"
+    )
+    assert client.get_object(Bucket=bucket, Key="probe")["Body"].read() == b""  # really overwritten
+
+    ledger = S3Ledger(client, bucket, "retouched/")
+    assert ledger.claim({KEY: intent("run-a")}, never_ended) == {}
+    assert ledger.claim({KEY: intent("run-b")}, never_ended) == {}  # what the probe exists to prevent

@@ -4,7 +4,9 @@ ports, probed, prepared, stopped.
 Why a real `retouch-pipeline dev` subprocess (and not Dagster's test helpers): the tests are about
 `make dev`'s stack, so they run the very command a developer runs, with only ports, DAGSTER_HOME and the
 sandbox's processing time overridden through its documented `RETOUCH_DEV_*` variables; on a pseudo-terminal
-when a test types Ctrl-C as a developer does.
+when a test types Ctrl-C as a developer does. A Dagster of one's own beside a `--no-dagster` stack
+(`start_dagster_on`) is `dg dev` started by the dev stack's own `devstack.start_dagster`, on the environment
+the banner's export lines give: what a developer does to point a second Dagster at the same sandbox and S3.
 
 GraphQL is used only to *prepare* state (stop a sensor, register partitions) and to *verify* what the clicks
 did (backfill status, run status); every action under test is a click in the browser.
@@ -15,22 +17,25 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import shlex
 import signal
 import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dagster as dg
 import requests
 
-from retouch_devtools.devstack import DevSettings, seed_catalog
+from retouch_devtools.devstack import DevSettings, prepare_dagster_home, seed_catalog, start_dagster
+from retouch_devtools.procgroup import stop_process_group
 from retouch_devtools.stack.net import free_port, wait_until
 from retouch_devtools.stack.process import descendants, process_stat
-from retouch_devtools.stack.s3 import s3_client
+from retouch_devtools.stack.s3 import clean_environment, s3_client
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
@@ -40,6 +45,7 @@ REPOSITORY = "__repository__"  # a `Definitions` object is served as Dagster's i
 SAMPLE_COLLECTIONS = ("spring-2026", "summer-2026")  # the dev stack's defaults, 6 images each
 SAMPLE_COUNT = 12
 
+BANNER_END = "Ctrl-C stops everything"
 T = TypeVar("T")
 
 
@@ -66,6 +72,15 @@ class DevProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def exports(self) -> dict[str, str]:
+        """The `export NAME=value` lines printed after the banner (`--no-dagster`), as a shell reads them."""
+
+        def after_banner() -> str | None:
+            out = self.output()
+            return out[out.index(BANNER_END) :] if BANNER_END in out else None
+
+        return parse_exports(self.wait_until(after_banner, 60, "the banner's export lines"))
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -319,3 +334,54 @@ def start_dev_process(
                 command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
     return DevProcess(proc, DevSettings.from_env(env), log, master)
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """NAME -> value of each `export NAME=value` line of `text` (values shell-quoted, as `eval` reads)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            (assignment,) = shlex.split(line.removeprefix("export "))
+            name, value = assignment.split("=", 1)
+            found[name] = value
+    return found
+
+
+@dataclass
+class HandStartedDagster:
+    """`dg dev` started by hand as `make dev` starts it, on an environment of exports (`start_dagster_on`)."""
+
+    process: subprocess.Popen[bytes]
+    settings: DevSettings
+    home: Path
+    log: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def instance(self) -> dg.DagsterInstance:
+        """Its instance as a third process sees it (the storage `dg dev` writes in DAGSTER_HOME)."""
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return f"--- dg dev ({self.log}) ---\n" + "\n".join(text[-lines:])
+
+    def stop(self, grace_seconds: float = 20.0) -> None:
+        """Ctrl-C to its whole process group (webserver, daemon, code server, run workers), as `make dev`."""
+        stop_process_group(self.process, grace_seconds)
+
+
+def start_dagster_on(exports: Mapping[str, str], home: Path, log: Path) -> HandStartedDagster:
+    """`dg dev` on a free port with a new, empty DAGSTER_HOME at `home` and the pipeline's environment from
+    `exports` (what `retouch-pipeline dev --no-dagster` prints), started exactly as `make dev` starts its own
+    (`devstack.start_dagster`): a second Dagster pointed at the same sandbox and S3."""
+    if home.exists():
+        raise FileExistsError(f"{home} exists; each Dagster here starts on an empty DAGSTER_HOME")
+    home = prepare_dagster_home(home, keep_state=False)
+    settings = replace(DevSettings(), dagster_port=free_port())
+    env = {**clean_environment(), **exports, "DAGSTER_HOME": str(home)}
+    with log.open("ab") as output:
+        process = start_dagster(settings, home, env, output)
+    return HandStartedDagster(process, settings, home, log)

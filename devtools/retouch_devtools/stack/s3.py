@@ -98,6 +98,24 @@ def new_bucket(client: Any, prefix: str) -> str:
     return name
 
 
+CONDITION_HEADERS = ("If-None-Match", "If-Match")
+
+
+def ignoring_conditional_writes(client: Any) -> Any:
+    """`client` as it behaves against an S3-compatible store that ignores conditional PUTs (older MinIO
+    releases, say): the If-None-Match / If-Match headers are dropped before a PutObject is signed, so moto
+    receives, and performs, the plain overwrite such a store would. The store itself stays real; only what it
+    would discard never reaches it."""
+
+    def drop(request: Any, **_: Any) -> None:
+        for header in CONDITION_HEADERS:
+            if header in request.headers:
+                del request.headers[header]
+
+    client.meta.events.register("before-sign.s3.PutObject", drop)
+    return client
+
+
 def put_many(s3: Any, bucket: str, keys: Iterable[str], body: bytes = b"img") -> None:
     """Put objects over HTTP, 16 at a time (moto takes a few hundred puts per second that way)."""
     with ThreadPoolExecutor(16) as pool:
