@@ -72,6 +72,8 @@ class Connection:
 
     def access(self) -> Access:
         """The resolved URLs, organization and refresh token (`NotLoggedInError` when there is none)."""
+        from retouch_pipeline.backfill import Access  # here: it imports Dagster
+
         saved = self.store.load_file()
         return Access(
             self.resolved_api_url(),
