@@ -151,7 +151,12 @@ class InProcessStack:
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """`retouch-pipeline ARGS` in a subprocess, with the pipeline's environment pointing at this stack."""
-        environment = {
+        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
+        return subprocess.run(command, env=self.cli_env(**env), capture_output=True, text=True, timeout=60)
+
+    def cli_env(self, **env: str) -> dict[str, str]:
+        """The environment of `cli`: the pipeline's variables pointing at this stack, then `env`."""
+        return {
             "PATH": "/usr/bin:/bin",
             "DAGSTER_HOME": self.instance.root_directory,
             "AUTORETOUCH_API_URL": self.sandbox.api_url,
@@ -164,10 +169,9 @@ class InProcessStack:
             "AWS_SECRET_ACCESS_KEY": DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
             "CATALOG_SOURCE_BUCKET": self.bucket,
             "RETOUCH_SENSORS_RUNNING": "0",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no AWS keys must never mean a call to 169.254.169.254
             **env,
         }
-        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
-        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
 
     def client(self) -> AutoRetouchClient:
         return AutoRetouchClient(
