@@ -7,9 +7,11 @@ alone) with DAGSTER_HOME in a temporary folder. Process checks read /proc, so th
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +28,12 @@ from retouch_devtools.devstack import (
     prepare_dagster_home,
     seed_catalog,
 )
-from retouch_devtools.stack.dev import DevProcess, start_dev_process
+from retouch_devtools.stack.dev import CLI, DevProcess, start_dev_process
 from retouch_devtools.stack.env import PIPELINE_ENV
 from retouch_devtools.stack.process import descendants, live_processes, process_stat
 from retouch_devtools.stack.s3 import running_moto, s3_client
-from retouch_pipeline.settings import VARIABLES
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.settings import DAGSTER_URL_VARIABLE, VARIABLES
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
 
@@ -51,6 +54,16 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., DevProcess]]:
     yield start
     for stack in stacks:  # a failed test must not leave a stack running either
         stack.kill()
+
+
+def banner_exports(stack: DevProcess) -> dict[str, str]:
+    """NAME -> value of the `export` lines after the banner."""
+    banner_end = stack.output().index("Ctrl-C stops everything")
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in stack.output()[banner_end:].splitlines()
+        if line.startswith("export ")
+    )
 
 
 def port_free(port: int) -> bool:
@@ -75,12 +88,7 @@ def test_sandbox_and_seeded_s3_come_up_and_sigterm_stops_them(start_dev: Callabl
     assert collections == {"spring-2026", "summer-2026"}
     assert "Ctrl-C stops everything" in stack.output()
     assert descendants({stack.proc.pid}) == set(), "sandbox and S3 are threads: no child process"
-    banner_end = stack.output().index("Ctrl-C stops everything")
-    exports = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in stack.output()[banner_end:].splitlines()
-        if line.startswith("export ")
-    )
+    exports = banner_exports(stack)
     assert set(exports) <= {v.name for v in VARIABLES} | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert exports[PIPELINE_ENV["s3_endpoint_url"]] == stack.settings.s3_endpoint_url
     assert exports[PIPELINE_ENV["api_url"]].startswith(f"http://127.0.0.1:{stack.settings.sandbox_port}")
@@ -230,3 +238,41 @@ def test_a_running_stacks_dagster_home_is_never_wiped(tmp_path: Path) -> None:
     assert (home / "runs.db").read_text() == "the running stack's runs"
     held.close()  # the first stack stopped: the next start may reset it
     hold_dagster_home(tmp_path / "home").close()
+
+
+def test_the_banners_exports_point_backfill_at_the_stack_through_its_webserver(
+    start_dev: Callable[..., DevProcess], tmp_path: Path
+) -> None:
+    """With Dagster too, the banner ends with the `export` lines; evaluated in a clean shell (no login, no
+    DAGSTER_HOME: the deployed case), `backfill --json` launches through the webserver the banner names."""
+    stack = start_dev()
+    stack.wait_until(
+        lambda: "export " in stack.output().partition("Ctrl-C stops everything")[2], 180, "exports"
+    )
+    exports = banner_exports(stack)
+    assert exports[DAGSTER_URL_VARIABLE] == stack.settings.dagster_url
+    assert exports["DAGSTER_HOME"] == str(stack.settings.dagster_home.resolve())
+    assert exports[PIPELINE_ENV["s3_endpoint_url"]] == stack.settings.s3_endpoint_url
+    stack.stop_sensor("catalog_sensor")  # the new collection is the CLI's to launch, not the sensor's
+    written, _ = seed_catalog(stack.s3(), "catalog", "incoming/", {"autumn-2026": 2})
+    partitions = sorted(partition_key_for(key.removeprefix("incoming/")) for key in written)
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "AWS_EC2_METADATA_DISABLED": "true"}
+    env.update({name: value for name, value in exports.items() if name != "DAGSTER_HOME"})
+    result = subprocess.run(
+        [CLI, "backfill", "autumn-2026", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "launched" and report["dagster"] == stack.settings.dagster_url
+    assert report["images"] == report["launched_images"] == 2
+    [backfill_id] = report["backfill_ids"]
+    assert backfill_id in stack.backfill_ids()  # visible in that webserver
+    backfill = stack.backfill(backfill_id)
+    assert backfill["numPartitions"] == 2
+    assert {"key": "retouch/collection", "value": "autumn-2026"} in backfill["tags"]
+    registered = stack.graphql(
+        "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode { partitionKeys } } }",
+        k={"path": ["retouched_image"]},
+    )["assetNodeOrError"]["partitionKeys"]
+    assert set(partitions) <= set(registered)  # registered through GraphQL, not by the stopped sensor
