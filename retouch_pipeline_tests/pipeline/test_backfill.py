@@ -4,11 +4,7 @@ projection against what the run then does: the same verdict, the same credits, t
 from __future__ import annotations
 
 import json
-import os
-import pty
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,48 +129,20 @@ def test_json_is_the_projection_and_the_launch(stack: Stack, make_image: Callabl
     assert report["backfill_ids"] == [b.backfill_id for b in stack.instance.get_backfills()]
 
 
-def _on_terminal(stack: Stack, args: list[str], typed: bytes) -> tuple[int, str, str]:
-    """`retouch-pipeline ARGS` with stdin and stderr on a pseudo-terminal, `typed` typed ahead; (status,
-    stdout, what the terminal showed)."""
-    master, slave = pty.openpty()
-    command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
-    proc = subprocess.Popen(command, env=stack.cli_env(), stdin=slave, stderr=slave, stdout=subprocess.PIPE)
-    os.close(slave)
-    shown = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # the child closed the terminal
-                return
-            if not chunk:
-                return
-            shown.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    os.write(master, typed)
-    stdout, _ = proc.communicate(timeout=120)
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, stdout.decode(), shown.decode(errors="replace")
-
-
 def test_a_terminal_is_asked_no_launches_nothing_and_yes_skips_the_question(
     stack: Stack, make_image: Callable[..., bytes]
 ) -> None:
     price = stack.workflow["executionPrice"]
     for i in range(2):
         stack.put(f"belts/{i}.png", make_image(width=20 + i))
-    status, stdout, terminal = _on_terminal(stack, ["backfill", "belts"], b"n\n")
+    status, stdout, terminal = stack.cli_on_terminal(["backfill", "belts"], b"n\n")
     assert status == 1, terminal
     question = f"Launch the backfill of 2 image(s): {2 * price} credits projected, balance"
     assert question in terminal and "nothing launched: not confirmed" in stdout
     assert "listing s3://" in terminal  # the progress line, on the terminal only
     assert stack.instance.get_backfills() == []
 
-    status, stdout, terminal = _on_terminal(stack, ["backfill", "belts", "--yes"], b"")
+    status, stdout, terminal = stack.cli_on_terminal(["backfill", "belts", "--yes"], b"")
     assert status == 0, terminal
     assert "Launch the backfill" not in terminal and "launched backfill(s)" in stdout
     assert len(stack.instance.get_backfills()) == 1

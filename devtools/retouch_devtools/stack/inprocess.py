@@ -8,9 +8,13 @@ The refresh token is an `EnvVar` resolved in the run, as in production: the call
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import pty
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +157,30 @@ class InProcessStack:
         """`retouch-pipeline ARGS` in a subprocess, with the pipeline's environment pointing at this stack."""
         command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
         return subprocess.run(command, env=self.cli_env(**env), capture_output=True, text=True, timeout=60)
+
+    def cli_on_terminal(self, args: Sequence[str], typed: bytes = b"") -> tuple[int, str, str]:
+        """`cli` with stdin and stderr on a pseudo-terminal (a person at a terminal), `typed` typed ahead;
+        (exit status, stdout, what the terminal showed)."""
+        master, slave = pty.openpty()
+        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
+        proc = subprocess.Popen(
+            command, env=self.cli_env(), stdin=slave, stderr=slave, stdout=subprocess.PIPE
+        )
+        os.close(slave)
+        shown = bytearray()
+
+        def drain() -> None:
+            with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+                while chunk := os.read(master, 4096):
+                    shown.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        os.write(master, typed)
+        stdout, _ = proc.communicate(timeout=120)
+        reader.join(timeout=10)
+        os.close(master)
+        return proc.returncode, stdout.decode(), shown.decode(errors="replace")
 
     def cli_env(self, **env: str) -> dict[str, str]:
         """The environment of `cli`: the pipeline's variables pointing at this stack, then `env`."""
