@@ -197,6 +197,8 @@ class ProgressLine:
             console=Console(stderr=True),
             transient=True,
             disable=not enabled,
+            redirect_stdout=False,  # stdout is the command's output, whatever stderr shows
+            redirect_stderr=False,
         )
         self._task: TaskID | None = None
 
