@@ -4,6 +4,10 @@ Every command that talks to AutoRetouch takes `--api-url` and `--auth-url` (also
 `AUTORETOUCH_API_URL` / `AUTORETOUCH_AUTH_URL`), so that the same commands work against the sandbox.
 Where neither is given, the URLs saved by `login` are used, then the production defaults. Errors exit
 with status 1 and one line on stderr; secrets are never printed.
+
+Output: rich (kept by Dagster already) draws the tables on stdout and the progress of every long command on
+stderr (`ProgressLine`); progress is shown only when stderr is a terminal and never with `--json`, so stdout
+stays what a script parses.
 """
 
 from __future__ import annotations
@@ -13,14 +17,24 @@ import importlib.metadata
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
 
 from retouch_pipeline.autoretouch import (
     DEFAULT_API_URL,
@@ -32,7 +46,11 @@ from retouch_pipeline.autoretouch import (
     revoke,
 )
 from retouch_pipeline.catalog.scanner import BucketError
-from retouch_pipeline.settings import SettingsError
+from retouch_pipeline.settings import DAGSTER_URL_VARIABLE, SettingsError
+from retouch_pipeline.webserver_launch import DagsterWebserverError
+
+if TYPE_CHECKING:
+    from retouch_pipeline.backfill import Access, BackfillEstimate
 
 
 @dataclass
@@ -51,6 +69,18 @@ class Connection:
     def resolved_auth_url(self) -> str:
         saved = self.store.load_file()
         return self.auth_url or (saved.auth_url if saved else None) or DEFAULT_AUTH_URL
+
+    def access(self) -> Access:
+        """The resolved URLs, organization and refresh token (`NotLoggedInError` when there is none)."""
+        from retouch_pipeline.backfill import Access  # here: it imports Dagster
+
+        saved = self.store.load_file()
+        return Access(
+            self.resolved_api_url(),
+            self.resolved_auth_url(),
+            self.organization_id or (saved.organization_id if saved else None),
+            self.store.require().refresh_token,
+        )
 
     def client(self) -> AutoRetouchClient:
         """A client from the stored login; options and environment win over what `login` saved."""
@@ -132,7 +162,7 @@ def clear_errors() -> Iterator[None]:
     """Turn library errors into one line on stderr and exit status 1, as a shell user expects."""
     try:
         yield
-    except (AutoRetouchError, SettingsError, BucketError) as error:
+    except (AutoRetouchError, SettingsError, BucketError, DagsterWebserverError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
 
@@ -144,10 +174,50 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
     if not rows:
         click.echo("(none)")
         return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    table = Table(*(c.upper() for c in columns), box=None, pad_edge=False, header_style="bold")
     for row in rows:
-        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    # Not a terminal: no width limit, so a piped table is never wrapped or cut.
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)
+
+
+class ProgressLine:
+    """One progress line on stderr: a spinner, what is being done, a bar once the total is known, the time.
+
+    Shown only when `enabled` (stderr is a terminal and the output is not JSON); a context manager.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not enabled,
+            redirect_stdout=False,  # stdout is the command's output, whatever stderr shows
+            redirect_stderr=False,
+        )
+        self._task: TaskID | None = None
+
+    @classmethod
+    def for_terminal(cls, as_json: bool = False) -> ProgressLine:
+        return cls(not as_json and sys.stderr.isatty())
+
+    def __enter__(self) -> ProgressLine:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def stage(self, description: str, total: int | None = None, done: int = 0) -> None:
+        if self._task is None:
+            self._task = self.progress.add_task(description, total=total, completed=done)
+        else:
+            self.progress.update(self._task, description=description, total=total, completed=done)
 
 
 @click.group()
@@ -175,14 +245,11 @@ def login(conn: Connection, no_browser: bool) -> None:
         click.echo(f"Open {code.verification_uri_complete} to confirm this device.", err=True)
         if not no_browser and sys.stdin.isatty():
             click.launch(code.verification_uri_complete)
-        started = time.monotonic()
-
-        def on_pending() -> None:
-            waited = int(time.monotonic() - started)
-            click.echo(f"\rWaiting for confirmation... {waited}s (Ctrl-C to abort)", nl=False, err=True)
-
-        tokens = flow.poll(code, on_pending=on_pending)
-        click.echo("", err=True)
+        with ProgressLine.for_terminal() as waiting:
+            waiting.stage("Waiting for confirmation (Ctrl-C to abort)")
+            tokens = flow.poll(
+                code, on_pending=lambda: waiting.stage("Waiting for confirmation (Ctrl-C to abort)")
+            )
         path = conn.store.save(
             tokens.refresh_token_value(),
             api_url=conn.resolved_api_url(),
@@ -243,19 +310,76 @@ def balance(conn: Connection, as_json: bool) -> None:
 
 
 @main.command()
+@with_connection
 @click.argument("collection")
 @click.option("--dry-run", is_flag=True, help="Only print the images, the projected credits and the verdict.")
-def backfill(collection: str, dry_run: bool) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (projection, verdict, backfill ids)."
+)
+@click.option(
+    "--yes", "-y", is_flag=True, help="Launch without asking (the question is asked on a terminal only)."
+)
+@click.option(
+    "--dagster-url",
+    envvar=DAGSTER_URL_VARIABLE,
+    show_envvar=True,
+    default=None,
+    help="Launch through this running Dagster webserver's GraphQL API (default: the DAGSTER_HOME instance).",
+)
+def backfill(
+    conn: Connection, collection: str, dry_run: bool, as_json: bool, yes: bool, dagster_url: str | None
+) -> None:
     """Backfill one product collection: images, the run's projection vs balance and budget, then a backfill.
 
-    Exits non-zero, launching nothing, when the projection does not fit (the run would be refused).
+    Shows the projection and asks before launching when stdin is a terminal; --yes, or no terminal (a
+    script, CI), launches without asking. Exits 1, launching nothing, when the projection does not fit (the
+    run would be refused), when the collection is empty or when the answer is no.
 
-    Uses the Dagster instance of DAGSTER_HOME and the pipeline's environment variables (definitions.py).
+    Reads the event log of DAGSTER_HOME and launches there, or through --dagster-url; AutoRetouch is reached
+    with the login's credentials and the connection options, S3 and the catalog with the pipeline's variables.
     """
-    from retouch_pipeline.backfill import run_backfill
+    from retouch_pipeline.backfill import BackfillRequest, run_backfill
 
-    with clear_errors():
-        sys.exit(run_backfill(collection, dry_run, echo=click.echo))
+    request = BackfillRequest(collection, dry_run, dagster_url)
+    with clear_errors(), ProgressLine.for_terminal(as_json) as progress:
+        feedback = BackfillFeedback(progress, as_json, ask=not yes and sys.stdin.isatty())
+        outcome = run_backfill(request, conn.access(), feedback)
+    if as_json:
+        click.echo(json.dumps(outcome.to_json()))
+    sys.exit(outcome.exit_status)
+
+
+@dataclass
+class BackfillFeedback:
+    """`backfill`'s text lines (none with --json: stdout is then one JSON object), progress and question."""
+
+    progress: ProgressLine
+    as_json: bool
+    ask: bool
+
+    def echo(self, line: str) -> None:
+        if not self.as_json:
+            click.echo(line)
+
+    def stage(self, description: str, total: int | None = None, done: int = 0) -> None:
+        self.progress.stage(description, total, done)
+
+    def confirm(self, estimate: BackfillEstimate) -> bool:
+        if not self.ask:
+            return True
+        p, budget = estimate.projection, estimate.budget
+        self.progress.progress.stop()  # the question, not a spinner, on the terminal
+        try:
+            return click.confirm(
+                f"Launch the backfill of {estimate.images} image(s): {p.credits} credits projected, balance "
+                f"{estimate.balance}, budget {budget if budget is not None else 'none'}?",
+                default=False,
+                err=True,
+            )
+        except click.Abort:
+            return False
+        finally:
+            self.progress.progress.start()
 
 
 @main.command("migrate-outputs")
@@ -268,8 +392,8 @@ def migrate_outputs(dry_run: bool) -> None:
     """
     from retouch_pipeline.migrate_outputs import run_migration
 
-    with clear_errors():
-        sys.exit(run_migration(dry_run, echo=click.echo))
+    with clear_errors(), ProgressLine.for_terminal() as progress:
+        sys.exit(run_migration(dry_run, echo=click.echo, progress=progress.stage))
 
 
 COMMANDS_GROUP = "retouch_pipeline.commands"

@@ -25,6 +25,16 @@ def register_partitions(instance: dg.DagsterInstance, partition_keys: Sequence[s
         instance.add_dynamic_partitions(str(catalog_images.name), missing)
 
 
+def backfill_batches(partition_keys: Iterable[str], batch_size: int) -> list[tuple[str, list[str]]]:
+    """(collection, partition keys) of each backfill: one collection each, at most `batch_size` images."""
+    keys = list(dict.fromkeys(partition_keys))
+    return [
+        (collection, chunk[i : i + batch_size])
+        for collection, chunk in group_by_collection(keys).items()
+        for i in range(0, len(chunk), batch_size)
+    ]
+
+
 def submit_backfills(
     instance: dg.DagsterInstance,
     partition_keys: Iterable[str],
@@ -44,11 +54,7 @@ def submit_backfills(
     if not keys:
         return []
     register_partitions(instance, keys)
-    batches = [
-        (collection, chunk[i : i + batch_size])
-        for collection, chunk in group_by_collection(keys).items()
-        for i in range(0, len(chunk), batch_size)
-    ]
+    batches = backfill_batches(keys, batch_size)
     ids: list[str] = []
     images = 0
     for collection, batch in batches:

@@ -42,14 +42,24 @@ class Migration:
 
 
 def migrate_outputs(
-    s3: Any, catalog: CatalogResource, dry_run: bool, echo: Callable[[str], Any]
+    s3: Any,
+    catalog: CatalogResource,
+    dry_run: bool,
+    echo: Callable[[str], Any],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Migration:
-    """Move every output of this catalog to its current key (see the module docstring)."""
+    """Move every output of this catalog to its current key (see the module docstring).
+
+    `progress(description, outputs in all, outputs done)` is called before each output (the CLI's bar).
+    """
     bucket = catalog.output_bucket
     listing = list_etags(s3, bucket, normalize_prefix(catalog.output_prefix), "CATALOG_OUTPUT_BUCKET")
     source_prefix = normalize_prefix(catalog.source_prefix)
     result = Migration()
-    for image_key in sorted(k for k in listing if sidecar_key(k) in listing):
+    outputs = sorted(k for k in listing if sidecar_key(k) in listing)
+    for done, image_key in enumerate(outputs):
+        if progress is not None:
+            progress("checking the outputs' keys", len(outputs), done)
         source = read_sidecar(s3, bucket, image_key).get("source") or {}
         source_key = str(source.get("key") or "")
         if source.get("bucket") != catalog.source_bucket or not source_key.startswith(source_prefix):
@@ -67,7 +77,11 @@ def migrate_outputs(
     return result
 
 
-def run_migration(dry_run: bool, echo: Callable[[str], Any] = print) -> int:
+def run_migration(
+    dry_run: bool,
+    echo: Callable[[str], Any] = print,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> int:
     """The command: the pipeline's catalog settings, its S3 client, one pass. Returns an exit status."""
     from dagster_aws.s3 import S3Resource
 
@@ -75,6 +89,6 @@ def run_migration(dry_run: bool, echo: Callable[[str], Any] = print) -> int:
 
     catalog, s3_resource = resources["catalog"], resources["s3"]
     assert isinstance(catalog, CatalogResource) and isinstance(s3_resource, S3Resource)
-    result = migrate_outputs(s3_resource.get_client(), catalog, dry_run, echo)
+    result = migrate_outputs(s3_resource.get_client(), catalog, dry_run, echo, progress)
     echo(result.describe(dry_run))
     return 0

@@ -17,6 +17,7 @@ the value it got and what to set instead. Secrets are never read here: the refre
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -26,18 +27,22 @@ from retouch_pipeline.autoretouch.constants import DEFAULT_API_URL, DEFAULT_AUTH
 from retouch_pipeline.autoretouch.credentials import ENV_REFRESH_TOKEN
 
 __all__ = [
+    "DAGSTER_URL_VARIABLE",
     "DEFAULT_APP_URL",
     "VARIABLES",
     "AutoRetouchSettings",
     "CatalogSettings",
+    "CommandSettings",
     "ScanSettings",
     "Settings",
     "SettingsError",
     "Variable",
+    "read_command_settings",
     "read_settings",
 ]
 
 DEFAULT_APP_URL = "https://app.autoretouch.com"
+DAGSTER_URL_VARIABLE = "RETOUCH_PIPELINE_DAGSTER_URL"
 T = TypeVar("T")
 
 
@@ -48,6 +53,8 @@ class Variable:
     name: str
     default: str
     meaning: str
+    command_line_only: bool = False
+    """Read by `retouch-pipeline` commands only, never by the definitions or the runs."""
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -89,6 +96,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CATALOG_SQS_QUEUE_URL", "(required when the mode is sqs)", "queue of the bucket's S3 events"),
     Variable("CATALOG_SQS_ENDPOINT_URL", "unset = AWS", "SQS endpoint; does not follow S3_ENDPOINT_URL"),
     Variable("RETOUCH_SENSORS_RUNNING", "1", "sensors and schedules start running (0: stopped)"),
+    Variable(
+        "DAGSTER_HOME",
+        "(required by `backfill` without a Dagster URL)",
+        "`backfill`: the Dagster instance whose event log it reads and, by default, launches on",
+        command_line_only=True,
+    ),
+    Variable(
+        DAGSTER_URL_VARIABLE,
+        "unset = launch on the DAGSTER_HOME instance",
+        "`backfill --dagster-url`: a running Dagster webserver to launch through (GraphQL API)",
+        command_line_only=True,
+    ),
 )
 
 
@@ -149,6 +168,14 @@ class Settings:
     s3_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     sensors_running: bool = True
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What `backfill` reads beyond the pipeline's settings: where the Dagster instance is."""
+
+    dagster_home: str | None = None
+    dagster_url: str | None = None
 
 
 class _Reader:
@@ -291,3 +318,16 @@ def _scan(read: _Reader, source_bucket: str) -> ScanSettings:
             "not its name or ARN"
         )
     return ScanSettings("sqs", queue_url or None, read.optional("CATALOG_SQS_ENDPOINT_URL"))
+
+
+def read_command_settings(
+    dagster_url: str | None = None, env: Mapping[str, str] | None = None
+) -> CommandSettings:
+    """`backfill`'s Dagster (from `os.environ` unless `env`): `dagster_url` (the option) wins over its
+    variable; one SettingsError for all."""
+    env = os.environ if env is None else env
+    read = _Reader({**env, DAGSTER_URL_VARIABLE: dagster_url or env.get(DAGSTER_URL_VARIABLE, "")})
+    url = read.url(DAGSTER_URL_VARIABLE, "") if read.text(DAGSTER_URL_VARIABLE) else None
+    if read.problems:
+        raise SettingsError(read.problems)
+    return CommandSettings(dagster_home=read.optional("DAGSTER_HOME"), dagster_url=url or None)

@@ -78,7 +78,11 @@ def test_login_stores_credentials_0600_and_commands_work(sandbox_factory: Any, t
     assert json.loads(balance.stdout)["balance"] == sandbox.state.balance
 
     table = run_cli(["workflows"], bare_env)
-    assert "Background Removal" in table.stdout and "EXECUTIONPRICE" in table.stdout
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert rows[0] == ["ID", "NAME", "VERSION", "EXECUTIONPRICE"]  # one unwrapped line per row when piped
+    assert {row[0]: row[-1] for row in rows[1:]} == {
+        w["id"]: str(w["executionPrice"]) for w in sandbox.workflows
+    }
 
     # Logout revokes the token at the auth server, then forgets it.
     out = run_cli(["logout"], bare_env)
@@ -192,8 +196,10 @@ def test_help_names_the_variable_of_every_connection_option() -> None:
         "AUTORETOUCH_ORGANIZATION_ID",
         "RETOUCH_PIPELINE_CREDENTIALS",
     )
-    for command in ("balance", "workflows", "login"):
+    for command in ("balance", "workflows", "login", "backfill"):
         shown = run_cli([command, "--help"], dict(os.environ), timeout=60)
         assert shown.returncode == 0, shown.stderr
         text = " ".join(shown.stdout.split())  # click wraps long lines
         assert all(f"env var: {name}" in text for name in names), (command, text)
+    backfill = " ".join(run_cli(["backfill", "--help"], dict(os.environ), timeout=60).stdout.split())
+    assert "--dagster-url TEXT" in backfill and "env var: RETOUCH_PIPELINE_DAGSTER_URL" in backfill

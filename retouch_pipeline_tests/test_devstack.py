@@ -7,9 +7,11 @@ alone) with DAGSTER_HOME in a temporary folder. Process checks read /proc, so th
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,11 +28,12 @@ from retouch_devtools.devstack import (
     prepare_dagster_home,
     seed_catalog,
 )
-from retouch_devtools.stack.dev import DevProcess, start_dev_process
+from retouch_devtools.stack.dev import CLI, DevProcess, start_dev_process
 from retouch_devtools.stack.env import PIPELINE_ENV
 from retouch_devtools.stack.process import descendants, live_processes, process_stat
 from retouch_devtools.stack.s3 import running_moto, s3_client
-from retouch_pipeline.settings import VARIABLES
+from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.settings import DAGSTER_URL_VARIABLE, VARIABLES
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process checks read /proc")
 
@@ -225,3 +228,41 @@ def test_a_running_stacks_dagster_home_is_never_wiped(tmp_path: Path) -> None:
     assert (home / "runs.db").read_text() == "the running stack's runs"
     held.close()  # the first stack stopped: the next start may reset it
     hold_dagster_home(tmp_path / "home").close()
+
+
+def test_the_banners_exports_point_backfill_at_the_stack_through_its_webserver(
+    start_dev: Callable[..., DevProcess], tmp_path: Path
+) -> None:
+    """With Dagster too, the banner ends with the `export` lines; evaluated in a clean shell (no login, no
+    DAGSTER_HOME: the deployed case), `backfill --json` launches through the webserver the banner names."""
+    stack = start_dev()
+    stack.wait_until(
+        lambda: "export " in stack.output().partition("Ctrl-C stops everything")[2], 180, "exports"
+    )
+    exports = stack.exports()
+    assert exports[DAGSTER_URL_VARIABLE] == stack.settings.dagster_url
+    assert exports["DAGSTER_HOME"] == str(stack.settings.dagster_home.resolve())
+    assert exports[PIPELINE_ENV["s3_endpoint_url"]] == stack.settings.s3_endpoint_url
+    stack.stop_sensor("catalog_sensor")  # the new collection is the CLI's to launch, not the sensor's
+    written, _ = seed_catalog(stack.s3(), "catalog", "incoming/", {"autumn-2026": 2})
+    partitions = sorted(partition_key_for(key.removeprefix("incoming/")) for key in written)
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "AWS_EC2_METADATA_DISABLED": "true"}
+    env.update({name: value for name, value in exports.items() if name != "DAGSTER_HOME"})
+    result = subprocess.run(
+        [CLI, "backfill", "autumn-2026", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "launched" and report["dagster"] == stack.settings.dagster_url
+    assert report["images"] == report["launched_images"] == 2
+    [backfill_id] = report["backfill_ids"]
+    assert backfill_id in stack.backfill_ids()  # visible in that webserver
+    backfill = stack.backfill(backfill_id)
+    assert backfill["numPartitions"] == 2
+    assert {"key": "retouch/collection", "value": "autumn-2026"} in backfill["tags"]
+    registered = stack.graphql(
+        "query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode { partitionKeys } } }",
+        k={"path": ["retouched_image"]},
+    )["assetNodeOrError"]["partitionKeys"]
+    assert set(partitions) <= set(registered)  # registered through GraphQL, not by the stopped sensor

@@ -13,8 +13,9 @@ One foreground process owns everything: the sandbox AutoRetouch and moto's S3 se
   seeded images silently instead of processing them. Only a folder this module created (marker file) is reset,
   and never one a running stack holds (an exclusive lock on `LOCK_FILE` for the stack's life): a second
   `make dev` in the same checkout refuses to start instead of wiping the first one's storage.
-- With `--no-dagster`, the banner ends with the pipeline's environment as `export NAME=value` lines (the names
-  of `retouch_pipeline.settings.VARIABLES`), so a Dagster started by hand points at the same sandbox and S3.
+- The banner ends with the pipeline's environment as `export NAME=value` lines (the names of
+  `retouch_pipeline.settings.VARIABLES`), so the CLI points at the same sandbox, S3 and Dagster (its
+  DAGSTER_HOME and webserver URL), and with `--no-dagster` a Dagster started by hand does too.
 
 Names and addresses: see `DevSettings` (own `RETOUCH_DEV_*` variables) and `stack.env.PIPELINE_ENV` (the
 variables the Dagster definitions read; bucket and prefixes are read from them too, so one override moves both
@@ -41,7 +42,7 @@ from typing import IO, TYPE_CHECKING, Any
 from retouch_devtools.procgroup import StopSignals, start_in_own_group, stop_process_group, wait_for_http
 from retouch_devtools.stack.env import PIPELINE_ENV, pipeline_variables
 from retouch_devtools.stack.s3 import DUMMY_AWS, REMOVED_AWS, ensure_bucket, running_moto, s3_client
-from retouch_pipeline.settings import VARIABLES
+from retouch_pipeline.settings import DAGSTER_URL_VARIABLE, VARIABLES
 
 if TYPE_CHECKING:
     from retouch_devtools.sandbox.realism import Realism
@@ -270,13 +271,22 @@ def export_lines(env: Mapping[str, str]) -> list[str]:
     return [f"export {name}={shlex.quote(env[name])}" for name in names if name in env]
 
 
-def environment_block(settings: DevSettings, sandbox: Any) -> str:
-    """The banner's tail without Dagster: how to point a Dagster of one's own at this sandbox and S3."""
-    env = pipeline_environment(settings, sandbox, None, {})
+def environment_block(settings: DevSettings, sandbox: Any, dagster_home: Path | None) -> str:
+    """The banner's tail: the `export` lines that point the CLI (and, without Dagster, a Dagster of one's
+    own) at this stack; with Dagster also its DAGSTER_HOME and webserver, so `backfill` launches there."""
+    env = pipeline_environment(settings, sandbox, dagster_home, {})
+    if dagster_home is not None:
+        env[DAGSTER_URL_VARIABLE] = settings.dagster_url
+    own = (
+        "; for a Dagster of your own, then `dg dev` with its own DAGSTER_HOME" if dagster_home is None else ""
+    )
+    example = (
+        f"retouch-pipeline backfill {settings.collections[0]}" if settings.collections else "retouch-pipeline"
+    )
     lines = [
-        "  The pipeline's environment, for a Dagster of your own (eval these lines, then `dagster dev` with",
-        "  its own DAGSTER_HOME). AUTORETOUCH_REFRESH_TOKEN is the sandbox's own dev token, the one the dev",
-        "  stack hands to Dagster; the AWS keys are moto's dummies. No other secret is printed.",
+        f"  Point the CLI at this stack: eval these lines, then e.g. `{example}`{own}.",
+        "  AUTORETOUCH_REFRESH_TOKEN is the sandbox's own dev token, the one the dev stack hands to Dagster;",
+        "  the AWS keys are moto's dummies. No other secret is printed.",
         "",
         *export_lines(env),
         "",
@@ -353,6 +363,7 @@ def run_dev(
             written, unchanged = seed_catalog(client, settings.source_bucket, settings.source_prefix, counts)
             seeded = (len(written), len(unchanged))
         process: subprocess.Popen[bytes] | None = None
+        home: Path | None = None
         if dagster and not stop_event.is_set():
             stack.callback(hold_dagster_home(settings.dagster_home).close)  # before any reset
             home = prepare_dagster_home(settings.dagster_home, keep_state=keep_state)
@@ -364,8 +375,7 @@ def run_dev(
             if not wait_for_http(f"{settings.dagster_url}/server_info", process, stop_event, 180.0):
                 return 0 if stop_event.is_set() else 1
         echo(banner(settings, sandbox, dagster, seeded))
-        if not dagster:
-            echo(environment_block(settings, sandbox))
+        echo(environment_block(settings, sandbox, home if process is not None else None))
         while not stop_event.wait(0.5):
             if process is not None and process.poll() is not None:
                 echo(f"dagster dev exited on its own (status {process.returncode}); stopping the rest.")

@@ -45,10 +45,11 @@ def locked_version(name: str) -> str:
 
 
 def definitions_env_vars() -> set[str]:
-    """Every variable the pipeline reads: the settings reader's registry (`retouch_pipeline.settings`)."""
+    """Every variable the pipeline reads: the settings reader's registry (`retouch_pipeline.settings`), less
+    the command line's own (`backfill`'s DAGSTER_HOME and webserver URL: never the runs')."""
     from retouch_pipeline.settings import VARIABLES
 
-    return {variable.name for variable in VARIABLES}
+    return {variable.name for variable in VARIABLES if not variable.command_line_only}
 
 
 # --- deploy/dagster.yaml ----------------------------------------------------------------------------------

@@ -342,6 +342,9 @@ def test_migration_moves_old_scheme_outputs_once(stack: Stack, make_image: Calla
     )
     again = stack.cli("migrate-outputs")
     assert "moved 0 output(s); 3 already at their key (untouched)" in again.stdout
+    assert again.stderr == ""  # no progress bar without a terminal
+    status, stdout, terminal = stack.cli_on_terminal(["migrate-outputs", "--dry-run"])
+    assert status == 0 and "would move 0 output(s)" in stdout and "checking the outputs' keys" in terminal
 
     # pair.jpg lost its output in the old collision: the refresh restores it from its execution, free
     result = _refresh(stack)

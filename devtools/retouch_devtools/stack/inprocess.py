@@ -8,9 +8,13 @@ The refresh token is an `EnvVar` resolved in the run, as in production: the call
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import pty
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +155,36 @@ class InProcessStack:
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """`retouch-pipeline ARGS` in a subprocess, with the pipeline's environment pointing at this stack."""
-        environment = {
+        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
+        return subprocess.run(command, env=self.cli_env(**env), capture_output=True, text=True, timeout=60)
+
+    def cli_on_terminal(self, args: Sequence[str], typed: bytes = b"") -> tuple[int, str, str]:
+        """`cli` with stdin and stderr on a pseudo-terminal (a person at a terminal), `typed` typed ahead;
+        (exit status, stdout, what the terminal showed)."""
+        master, slave = pty.openpty()
+        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
+        proc = subprocess.Popen(
+            command, env=self.cli_env(), stdin=slave, stderr=slave, stdout=subprocess.PIPE
+        )
+        os.close(slave)
+        shown = bytearray()
+
+        def drain() -> None:
+            with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+                while chunk := os.read(master, 4096):
+                    shown.extend(chunk)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        os.write(master, typed)
+        stdout, _ = proc.communicate(timeout=120)
+        reader.join(timeout=10)
+        os.close(master)
+        return proc.returncode, stdout.decode(), shown.decode(errors="replace")
+
+    def cli_env(self, **env: str) -> dict[str, str]:
+        """The environment of `cli`: the pipeline's variables pointing at this stack, then `env`."""
+        return {
             "PATH": "/usr/bin:/bin",
             "DAGSTER_HOME": self.instance.root_directory,
             "AUTORETOUCH_API_URL": self.sandbox.api_url,
@@ -164,10 +197,9 @@ class InProcessStack:
             "AWS_SECRET_ACCESS_KEY": DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
             "CATALOG_SOURCE_BUCKET": self.bucket,
             "RETOUCH_SENSORS_RUNNING": "0",
+            "AWS_EC2_METADATA_DISABLED": "true",  # no AWS keys must never mean a call to 169.254.169.254
             **env,
         }
-        command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
-        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
 
     def client(self) -> AutoRetouchClient:
         return AutoRetouchClient(
