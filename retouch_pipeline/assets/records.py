@@ -26,7 +26,7 @@ from retouch_pipeline.processing.ledger import S3Ledger
 from retouch_pipeline.processing.records import PurchaseEntry, RecordedExecution
 from retouch_pipeline.processing.step import CatalogLayout
 
-_DATA_URI = re.compile(r"!\[before\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)")
+_DATA_URI = re.compile(r"!\[before\]\((data:image/[a-z]+;base64,[A-Za-z0-9+/=]+)\)")
 
 
 def ledger_of(catalog: CatalogLayout, s3: Any) -> S3Ledger:

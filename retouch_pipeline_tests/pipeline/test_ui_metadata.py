@@ -23,7 +23,7 @@ APP = "https://app.example.test"
 
 def _thumbnails(markdown: str) -> list[Image.Image]:
     out = []
-    for data in re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown):
+    for data in re.findall(r"\(data:image/webp;base64,([A-Za-z0-9+/=]+)\)", markdown):
         image = Image.open(io.BytesIO(base64.b64decode(data)))
         image.load()
         out.append(image)
