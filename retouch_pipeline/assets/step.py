@@ -17,7 +17,12 @@ import dagster as dg
 
 from retouch_pipeline.assets.checks import DeliveredOutput, evaluate_checks
 from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline.assets.materializations import execution_event, retouched_event, uploaded_event
+from retouch_pipeline.assets.materializations import (
+    ObjectLinks,
+    execution_event,
+    retouched_event,
+    uploaded_event,
+)
 from retouch_pipeline.assets.presentation import failure_observation, pending_observation
 from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
@@ -90,6 +95,7 @@ class Translation:
 
     def __init__(self, step: Step, autoretouch: AutoRetouchResource, notes: bool) -> None:
         self.step, self.autoretouch, self.notes = step, autoretouch, notes
+        self.objects = ObjectLinks.of(step.s3)
         self.delivered: list[DeliveredOutput] = []
 
     def __call__(self, events: Iterable[Event]) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
@@ -102,7 +108,7 @@ class Translation:
         step, item = self.step, event.item
         link = links(self.autoretouch, step, item)
         if isinstance(event, Uploaded):
-            return uploaded_event(item, step.catalog.source_bucket)
+            return uploaded_event(item, step.catalog.source_bucket, self.objects)
         if isinstance(event, ExecutionSettled):
             return execution_event(item, step.workflow, step.version, event.execution, link)
         if isinstance(event, Delivered):
@@ -126,7 +132,7 @@ class Translation:
                 item.output.size,
             )
         )
-        return retouched_event(item, execution, self.step.workflow, bucket, link)
+        return retouched_event(item, execution, self.step.workflow, bucket, self.objects, link)
 
 
 def run_step(
