@@ -26,7 +26,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -44,6 +44,9 @@ from retouch_pipeline.assets.presentation import OWNERS
 from retouch_pipeline.autoretouch import AutoRetouchError
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 from retouch_pipeline.state_objects import S3SlotStore, SlotPointer, state_prefix
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 STATE_METADATA = "rollup_state"
 MAX_EVENTS = 50_000
@@ -88,7 +91,7 @@ def execution_digest(execution_id: str) -> int:
 class CountedExecutions:
     """The digests of the executions whose credits are in the totals, as one S3 object."""
 
-    def __init__(self, s3_client: Any, bucket: str, prefix: str) -> None:
+    def __init__(self, s3_client: "S3Client", bucket: str, prefix: str) -> None:
         self._slots = S3SlotStore(s3_client, bucket, prefix)
 
     def load(self, pointer: SlotPointer | None) -> set[int] | None:

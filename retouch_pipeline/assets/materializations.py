@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode, urlsplit
 
 import dagster as dg
@@ -24,6 +24,9 @@ from retouch_pipeline.assets.common import (
 from retouch_pipeline.autoretouch import Workflow, WorkflowExecution
 from retouch_pipeline.processing.deliver import sidecar_key
 from retouch_pipeline.processing.item import Purchase, WorkItem
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _PROVENANCE = {Purchase.CREATE: "bought", Purchase.RETRY: "bought", Purchase.REUSE: "reused"}
 
@@ -43,7 +46,7 @@ class ObjectLinks:
     region: str
 
     @classmethod
-    def of(cls, s3_client: Any) -> ObjectLinks:
+    def of(cls, s3_client: S3Client) -> ObjectLinks:
         """From the client the step writes with: its endpoint and region (boto3's `meta`)."""
         return cls(str(s3_client.meta.endpoint_url), str(s3_client.meta.region_name or "us-east-1"))
 

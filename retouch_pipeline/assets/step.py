@@ -11,7 +11,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -39,6 +39,9 @@ from retouch_pipeline.processing.orchestrator import Stages, process
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 BACKFILL_TAG = "dagster/backfill"
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -52,7 +55,7 @@ def build_step(
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
     client: AutoRetouchClient,
-    s3: Any,
+    s3: S3Client,
 ) -> Step:
     """The step's workflow (one read) and batch scope (the run's backfill if it has one, else the run)."""
     workflow = client.get_workflow(autoretouch.workflow_id)
@@ -139,7 +142,7 @@ def run_step(
     context: Context,
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
-    s3: Any,
+    s3: S3Client,
     items: Sequence[WorkItem],
     stages: Stages,
     *,

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 THUMBNAIL_SIDE = 96
 PREVIEW_METADATA_MAX_BYTES = 8192
@@ -138,7 +141,7 @@ def _reduce_by_bands(image: Image.Image, factor: int) -> Image.Image:
     return reduced
 
 
-def thumbnail_of_source(s3: Any, bucket: str, key: str, max_bytes: int) -> str | None:
+def thumbnail_of_source(s3: S3Client, bucket: str, key: str, max_bytes: int) -> str | None:
     """Last resort for a delivery without a recorded thumbnail: one GET of the source (None on any error)."""
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
