@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 from botocore.exceptions import EndpointConnectionError, NoCredentialsError
@@ -54,6 +54,9 @@ from retouch_pipeline.settings import (
     read_command_settings,
 )
 from retouch_pipeline.webserver_launch import DagsterWebserver
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 NO_DAGSTER = (
     "DAGSTER_HOME is not set: set it to the folder of the Dagster instance the daemon runs (its "
@@ -153,7 +156,7 @@ def estimate(
     instance: dg.DagsterInstance,
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
-    s3: Any,
+    s3: S3Client,
     collection: str,
     feedback: Feedback | None = None,
 ) -> tuple[BackfillEstimate, RefreshPlan]:
@@ -185,7 +188,7 @@ def _step(
     client: AutoRetouchClient,
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
-    s3: Any,
+    s3: S3Client,
     records: EventLogRecords,
 ) -> Step:
     workflow = client.get_workflow(autoretouch.workflow_id)

@@ -170,14 +170,14 @@ class S3Ledger:
 
 
 _WRONG_ETAG = '"00000000000000000000000000000000"'
-CONDITIONS = (
-    ("If-None-Match: *", {"IfNoneMatch": "*"}),
-    ("If-Match: <another ETag>", {"IfMatch": _WRONG_ETAG}),
+CONDITIONS: tuple[tuple[str, PutCondition], ...] = (
+    ("If-None-Match: *", PutCondition(IfNoneMatch="*")),
+    ("If-Match: <another ETag>", PutCondition(IfMatch=_WRONG_ETAG)),
 )
 """The two conditional PUTs the claims rely on, each of which must be refused over an existing object."""
 
 
-def conditional_write_problem(s3: Any, bucket: str, existing_key: str) -> str | None:
+def conditional_write_problem(s3: S3Client, bucket: str, existing_key: str) -> str | None:
     """None when the store refuses both `CONDITIONS` over `existing_key` with 412 (or 409), as AWS S3 does;
     else what it did instead. A store that ignores them overwrites the (empty) probe and answers 200; that is
     why the probe is a throw-away object of the reserved folder. Other errors (network, access) are raised."""
