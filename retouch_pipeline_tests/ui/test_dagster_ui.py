@@ -71,6 +71,11 @@ def test_processed_partition_shows_before_and_after(page: Page, stack: DevProces
     expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
     output = metadata_row(page, "output_uri")
     expect(output).to_contain_text(f"retouched/{SAMPLE_COLLECTIONS[0]}/mug-003.jpg.png")
+    # the link a browser opens: the dev stack's S3 endpoint, path-style (issue 14)
+    link = metadata_row(page, "output_link").get_by_role("link").first
+    expect(link).to_have_attribute(
+        "href", re.compile(rf"^http://127\.0\.0\.1:\d+/[^/]+/retouched/{partition}\.png$")
+    )
     preview = metadata_row(page, "preview")
     preview.scroll_into_view_if_needed()
     save(page, artifacts, "partition-metadata")
