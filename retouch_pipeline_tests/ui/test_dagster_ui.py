@@ -71,6 +71,11 @@ def test_processed_partition_shows_before_and_after(page: Page, stack: DevProces
     expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
     output = metadata_row(page, "output_uri")
     expect(output).to_contain_text(f"retouched/{SAMPLE_COLLECTIONS[0]}/mug-003.jpg.png")
+    # the link a browser opens: the dev stack's S3 endpoint, path-style (issue 14)
+    link = metadata_row(page, "output_link").get_by_role("link").first
+    expect(link).to_have_attribute(
+        "href", re.compile(rf"^http://127\.0\.0\.1:\d+/[^/]+/retouched/{partition}\.png$")
+    )
     preview = metadata_row(page, "preview")
     preview.scroll_into_view_if_needed()
     save(page, artifacts, "partition-metadata")
@@ -161,10 +166,13 @@ def test_cost_asset_shows_its_figures(page: Page, stack: DevProcess, artifacts: 
 
     page.reload()  # the overview does not re-query the latest materialization on its own
     total = metadata_row(page, "total_charged_credits")
-    expect(total).to_contain_text(str(charged))
+    expect(total).to_contain_text(str(charged), timeout=30_000)  # a reload on two busy cores
     by_collection = metadata_row(page, "by_collection")
+    # a table (MetadataValue.table): its header cells, then one row per collection with its credits
+    table = by_collection.get_by_role("table")
+    expect(table.get_by_text("credits", exact=True).first).to_be_visible()
     for collection in SAMPLE_COLLECTIONS:
-        expect(by_collection).to_contain_text(collection)
+        expect(table.get_by_role("row").filter(has=page.get_by_text(collection, exact=True))).to_have_count(1)
     expect(metadata_row(page, f"credits/{SAMPLE_COLLECTIONS[0]}")).to_contain_text(str(6 * PRICE))
     expect(metadata_row(page, "balance_credits")).to_be_visible()
     by_collection.evaluate("row => row.scrollIntoView({block: 'center'})")
