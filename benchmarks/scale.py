@@ -57,15 +57,21 @@ from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
 STEPS = (1_000, 10_000, 100_000)
 QUICK_STEPS = (200, 1_000, 5_000)
-COLLECTION = "scale00"
+SHAPE = {"collection_size": 1_000}
+"""Images per collection (`scale000/`, `scale001/`, ...): a copy is made collection by collection."""
 WORKERS = 64
 CHANGED_FRACTION = 0.001
 CHROMIUM = "/usr/bin/chromium"
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
 
 
-def relative(collection: str, index: int) -> str:
-    return f"{collection}/{index:06d}.png"
+def collection(number: int) -> str:
+    return f"scale{number:03d}"
+
+
+def relative(index: int) -> str:
+    """The relative key of the catalog's image number `index`."""
+    return f"{collection(index // SHAPE['collection_size'])}/{index:06d}.png"
 
 
 def image(name: str, version: int) -> bytes:
@@ -105,11 +111,10 @@ def db_figures(name: str) -> dict[str, int]:
     return out
 
 
-def clone_event_log(name: str, source: str, target: str) -> int:
-    """Copy the event rows (and their tags) of every partition of collection `source` to `target`, renamed,
-    in the original order after the newest row: the event log a processed `target` collection would have.
-    Returns the number of event rows written."""
-    old, new = f"{source}/", f"{target}/"
+def clone_event_log(name: str, old: str, new: str) -> int:
+    """Copy the event rows (and their tags) of every partition starting with `old` to `new`, renamed, in the
+    original order after the newest row: the event log a processed `new` collection would have. Returns the
+    number of event rows written."""
     with database(name, transaction=True) as cursor:
         cursor.execute("LOCK TABLE event_logs IN EXCLUSIVE MODE")
         cursor.execute("SELECT min(id) FROM event_logs WHERE partition LIKE %s", (old + "%",))
@@ -201,40 +206,46 @@ def process(stack: Stack, sampler: TreeSampler, names: list[str], timeout: float
     }
 
 
-def copy_collection(stack: Stack, copies: int) -> dict[str, Any]:
-    """Collections scale01.. as copies of the processed scale00: S3 sources, outputs and sidecars, and the
-    event log (module docstring, step 3); partitions registered through the instance."""
+def copy_collections(stack: Stack, have: int, want: int) -> dict[str, Any]:
+    """Collections `have` .. `want - 1` as copies of the processed collections 0 .. `have - 1` (cyclically):
+    S3 sources, outputs and sidecars, and the event log (module docstring, step 3); partitions registered
+    through the instance."""
     started = time.monotonic()
     before = db_figures(stack.deploy.db_name)
-    sources = backend_objects(BUCKET, f"{SOURCE_PREFIX}{COLLECTION}/")
-    outputs = backend_objects(BUCKET, f"{OUTPUT_PREFIX}{COLLECTION}/")
+    sources = backend_objects(BUCKET, SOURCE_PREFIX)
+    outputs = backend_objects(BUCKET, OUTPUT_PREFIX)
     inst = instance(stack)
     rows = 0
-    for number in range(1, copies + 1):
-        target = f"scale{number:02d}"
-        renamed = {k.replace(f"/{COLLECTION}/", f"/{target}/"): v for k, v in sources.items()}
-        seed_backend(BUCKET, renamed)
+    for number in range(have, want):
+        old, new = f"{collection(number % have)}/", f"{collection(number)}/"
+        copied = {
+            SOURCE_PREFIX + new + k[len(SOURCE_PREFIX + old) :]: v
+            for k, v in sources.items()
+            if k.startswith(SOURCE_PREFIX + old)
+        }
+        seed_backend(BUCKET, copied)
         seed_backend(
             BUCKET,
             {
-                k.replace(f"/{COLLECTION}/", f"/{target}/"): (
-                    v.replace(f"{COLLECTION}/".encode(), f"{target}/".encode()) if k.endswith(".json") else v
+                OUTPUT_PREFIX + new + k[len(OUTPUT_PREFIX + old) :]: (
+                    v.replace(old.encode(), new.encode()) if k.endswith(".json") else v
                 )
                 for k, v in outputs.items()
+                if k.startswith(OUTPUT_PREFIX + old)
             },
         )
         inst.add_dynamic_partitions(
-            CATALOG_PARTITIONS_NAME,
-            [partition_key_for(k[len(SOURCE_PREFIX) :]) for k in renamed],
+            CATALOG_PARTITIONS_NAME, [partition_key_for(k[len(SOURCE_PREFIX) :]) for k in copied]
         )
-        rows += clone_event_log(stack.deploy.db_name, COLLECTION, target)
+        rows += clone_event_log(stack.deploy.db_name, old, new)
     after = db_figures(stack.deploy.db_name)
-    images = copies * len(sources)
+    images = (want - have) * SHAPE["collection_size"]
     return {
         "copied_images": images,
         "copy_seconds": time.monotonic() - started,
         "copy_event_rows": rows,
         "copy_db_bytes_per_image": (after["db_bytes"] - before["db_bytes"]) / images,
+        "copy_event_rows_per_image": rows / images,
         "db_after": after,
     }
 
@@ -258,7 +269,7 @@ def ui_figures(stack: Stack, partitions: int) -> dict[str, Any]:
             started = time.monotonic()
             page.goto(base + "/assets/retouched_image?view=partitions")
             page.get_by_text(count).first.wait_for()
-            page.get_by_text(partition_key_for(relative(COLLECTION, 0)), exact=True).first.wait_for()
+            page.get_by_text(partition_key_for(relative(0)), exact=True).first.wait_for()
             out["ui_partitions_seconds"] = time.monotonic() - started
             started = time.monotonic()
             page.goto(base + "/locations/retouch_pipeline/asset-groups/catalog")
@@ -319,12 +330,12 @@ def run_step(
     """One step of the module docstring; returns its figures and how many images are now processed."""
     out: dict[str, Any] = {"images": n}
     if n <= args.max_processed:
-        names = [relative(COLLECTION, i) for i in range(done, n)]
+        names = [relative(i) for i in range(done, n)]
         seed_backend(BUCKET, {SOURCE_PREFIX + name: image(name, 1) for name in names})
     else:
-        copies = n // done - 1
-        say(f"{n}: copying the processed {COLLECTION} ({done}) {copies} times ...")
-        out.update(copy_collection(stack, copies))
+        say(f"{n}: copying the {done} processed images to {n} ...")
+        out.update(copy_collections(stack, done // SHAPE["collection_size"], n // SHAPE["collection_size"]))
+        done = n
     say(f"{n}: sensor ...")
     out.update(sensor_figures(stack, work, args.repeats))
     if n <= args.max_processed:
@@ -334,11 +345,7 @@ def run_step(
     say(f"{n}: UI ...")
     out.update(ui_figures(stack, n))
     changed = max(1, round(n * CHANGED_FRACTION))
-    collections = max(1, n // done)
-    stride = max(1, done // max(1, changed // collections))
-    picked = [relative(f"scale{c:02d}", i) for c in range(collections) for i in range(7, done, stride)][
-        :changed
-    ]
+    picked = [relative(7 + k * (n // changed)) for k in range(changed)]
     say(f"{n}: refresh with {len(picked)} sources replaced ...")
     out.update(refresh(stack, sampler, picked, version=version))
     out["db"] = db_figures(stack.deploy.db_name)
@@ -411,13 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=STEPS)
     parser.add_argument("--quick", action="store_true", help=f"steps {QUICK_STEPS}")
     parser.add_argument("--max-processed", type=int, default=10_000, help="largest step processed end to end")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="steady sensor passes and listings per step")
+    parser.add_argument("--collection-size", type=int, default=SHAPE["collection_size"])
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json-out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("dagster").setLevel(logging.WARNING)
     sizes = QUICK_STEPS if args.quick else args.steps
+    SHAPE["collection_size"] = args.collection_size
     work = Path(tempfile.mkdtemp(prefix="retouch-scale-"))
     started = time.monotonic()
     steps: dict[int, dict[str, Any]] = {}
