@@ -346,6 +346,10 @@ def run_step(
     out.update(ui_figures(stack, n))
     changed = max(1, round(n * CHANGED_FRACTION))
     picked = [relative(7 + k * (n // changed)) for k in range(changed)]
+    say(f"{n}: refresh with nothing changed (the refresh index catches up with this step's new records) ...")
+    catchup = refresh(stack, sampler, [], version=version)
+    out["refresh_catchup_seconds"] = catchup["refresh_seconds"]
+    out["refresh_catchup_event_records_read"] = catchup["refresh_event_records_read"]
     say(f"{n}: refresh with {len(picked)} sources replaced ...")
     out.update(refresh(stack, sampler, picked, version=version))
     out["db"] = db_figures(stack.deploy.db_name)
@@ -364,6 +368,9 @@ FIGURES = (
     "refresh_seconds",
     "refresh_peak_rss_mib",
     "refresh_api_calls",
+    "refresh_event_records_read",
+    "refresh_catchup_seconds",
+    "refresh_catchup_event_records_read",
     "ui_partitions_seconds",
     "ui_asset_graph_seconds",
 )

@@ -55,13 +55,6 @@ def latest_materializations(
     return _latest(instance.fetch_materializations, asset_key, partition_keys, page)
 
 
-def latest_observations(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
-) -> dict[str, dg.EventLogRecord]:
-    """The newest observation record (failure or pending note) of each partition in `partition_keys`."""
-    return _latest(instance.fetch_observations, asset_key, partition_keys, page)
-
-
 def _latest(
     fetch: Any, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int
 ) -> dict[str, dg.EventLogRecord]:
