@@ -11,7 +11,7 @@ the bytes are the same).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -20,9 +20,12 @@ from retouch_pipeline.processing.deliver import move_output
 from retouch_pipeline.refresh_plan import RefreshPlan
 from retouch_pipeline.resources import CatalogResource
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 
 def settle_deleted_sources(
-    s3: Any, catalog: CatalogResource, plan: RefreshPlan
+    s3: S3Client, catalog: CatalogResource, plan: RefreshPlan
 ) -> Iterator[dg.AssetObservation]:
     """Apply the policy to every output of a deleted source in `plan`; one note per partition."""
     bucket, prefix = catalog.output_bucket, catalog.output_prefix_normalized()

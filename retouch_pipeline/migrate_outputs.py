@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retouch_pipeline.catalog.keys import output_key
 from retouch_pipeline.catalog.scanner import normalize_prefix
 from retouch_pipeline.processing.deliver import move_output, read_sidecar, sidecar_key
 from retouch_pipeline.refresh_plan import list_etags
 from retouch_pipeline.resources import CatalogResource
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Migration:
 
 
 def migrate_outputs(
-    s3: Any, catalog: CatalogResource, dry_run: bool, echo: Callable[[str], Any]
+    s3: S3Client, catalog: CatalogResource, dry_run: bool, echo: Callable[[str], Any]
 ) -> Migration:
     """Move every output of this catalog to its current key (see the module docstring)."""
     bucket = catalog.output_bucket

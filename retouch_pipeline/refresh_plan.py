@@ -13,7 +13,7 @@ reports it under `refused` instead of failing on it every day.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -28,6 +28,9 @@ from retouch_pipeline.catalog.scanner import BucketError, is_junk, normalize_pre
 from retouch_pipeline.processing.deliver import read_sidecar
 from retouch_pipeline.refresh_index import index_key, load_index, save_index, update_index
 from retouch_pipeline.resources import CatalogResource
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass
@@ -66,7 +69,9 @@ class RefreshPlan:
         return counts
 
 
-def list_etags(s3: Any, bucket: str, prefix: str, variable: str = "CATALOG_SOURCE_BUCKET") -> dict[str, str]:
+def list_etags(
+    s3: S3Client, bucket: str, prefix: str, variable: str = "CATALOG_SOURCE_BUCKET"
+) -> dict[str, str]:
     """key -> ETag of every object under `prefix`; a missing bucket raises `BucketError` naming `variable`."""
     out: dict[str, str] = {}
     try:
@@ -82,7 +87,7 @@ def list_etags(s3: Any, bucket: str, prefix: str, variable: str = "CATALOG_SOURC
 
 
 def plan_refresh(
-    instance: dg.DagsterInstance, s3: Any, catalog: CatalogResource, collection: str | None = None
+    instance: dg.DagsterInstance, s3: S3Client, catalog: CatalogResource, collection: str | None = None
 ) -> RefreshPlan:
     """Compare S3 (one listing of each prefix) with what the event log recorded (the refresh index, brought
     up to date from the records written since the last plan: `refresh_index`); optionally one collection."""
@@ -114,7 +119,7 @@ def plan_refresh(
 
 
 def find_orphans(
-    s3: Any, catalog: CatalogResource, sources: set[str], outputs: set[str], plan: RefreshPlan
+    s3: S3Client, catalog: CatalogResource, sources: set[str], outputs: set[str], plan: RefreshPlan
 ) -> None:
     """Outputs whose source is gone, confirmed by their sidecar (one read per candidate only)."""
     prefix = catalog.output_prefix_normalized()
@@ -131,7 +136,7 @@ def find_orphans(
             plan.orphans[key] = str(sidecar["partition_key"])
 
 
-def list_sources(s3: Any, catalog: CatalogResource, collection: str | None) -> dict[str, str]:
+def list_sources(s3: S3Client, catalog: CatalogResource, collection: str | None) -> dict[str, str]:
     """relative key -> ETag of the catalog's sources, of one collection when given (`_root` included)."""
     source_prefix = normalize_prefix(catalog.source_prefix)
     narrowed = collection is not None and collection != DEFAULT_COLLECTION

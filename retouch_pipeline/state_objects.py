@@ -19,9 +19,12 @@ from __future__ import annotations
 import struct
 import uuid
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _GENERATION = struct.Struct("<Q")
 
@@ -40,7 +43,7 @@ class SlotPointer(BaseModel):
 class S3SlotStore:
     """Double-buffered blobs at ``s3://bucket/prefix<lineage>/<slot>``."""
 
-    def __init__(self, s3_client: Any, bucket: str, prefix: str) -> None:
+    def __init__(self, s3_client: S3Client, bucket: str, prefix: str) -> None:
         self._s3 = s3_client
         self._bucket = bucket
         self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"

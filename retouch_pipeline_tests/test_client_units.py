@@ -91,7 +91,13 @@ def test_hashing_is_lowercase_hex_sha256_for_every_source(tmp_path: Any) -> None
     stream.seek(2)
     assert sha256_bytes(data) == expected
     assert sha256_file(path) == expected
-    assert sha256_stream(io.BytesIO(data), chunk_size=4096) == expected
+    assert sha256_stream(io.BytesIO(data)) == expected
+    with open(path, "rb") as fh:  # a buffered file: hashed by hashlib.file_digest from where it stands
+        fh.seek(1000)
+        assert sha256_stream(fh) == hashlib.sha256(data[1000:]).hexdigest() and fh.tell() == len(data)
+    tail = io.BytesIO(b"xx" + data)
+    tail.seek(2)
+    assert sha256_stream(tail) == expected and tail.tell() == len(data) + 2  # from its position, to the end
     assert sha256_of(path) == sha256_of(str(path)) == expected
     assert sha256_of(stream) == expected and stream.tell() == 2  # rewound to where it was
     assert len(expected) == 64 and expected == expected.lower()

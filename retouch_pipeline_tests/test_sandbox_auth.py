@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import jwt
 import pytest
 import requests
 
@@ -184,3 +185,25 @@ def test_auth_calls_are_counted(sandbox_factory: Any) -> None:
     requests.post(f"{server.auth_url}/oauth/revoke", json={"client_id": CLIENT_ID, "token": "x"}, timeout=5)
     calls = requests.get(f"{server.api_url}/_sandbox/state", timeout=5).json()["calls"]
     assert calls == {"A1": 1, "A2": 1, "A3": 1, "A4": 1}
+
+
+def test_forged_and_malformed_access_tokens_are_refused(sandbox: SandboxServer) -> None:
+    """The sandbox verifies its tokens with PyJWT: signed with another key (whatever the claims), `alg: none`
+    or garbage get 401 with the reason; its own token passes."""
+    good = refresh(sandbox, sandbox.refresh_token).json()["access_token"]
+    body = claims(good)
+    cases = {
+        jwt.encode(body, b"k" * 32, algorithm="HS256"): "Invalid access token signature",
+        jwt.encode(body, None, algorithm="none"): "Invalid access token signature",
+        jwt.encode({**body, "aud": "https://elsewhere"}, b"k" * 32, algorithm="HS256"): "signature",
+        "not.a.token": "Malformed access token",
+        good: None,
+    }
+    for token, refused in cases.items():
+        resp = requests.get(
+            f"{sandbox.api_url}/v1/workflow", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
+        if refused is None:
+            assert resp.status_code == 200, resp.text
+        else:
+            assert resp.status_code == 401 and refused in resp.json()["message"], (token, resp.text)

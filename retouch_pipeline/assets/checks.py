@@ -25,6 +25,7 @@ import io
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from PIL import Image
@@ -35,6 +36,9 @@ from retouch_pipeline.assets.common import (
     materialization_metadata,
     metadata_value,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 CHARGE_CHECK = "charged_credits_match_price"
 OUTPUT_CHECK = "output_exists_and_decodes"
@@ -99,16 +103,15 @@ def _from_record(partition_key: str, record: dg.EventLogRecord) -> DeliveredOutp
     )
 
 
-def output_problem(s3: object, delivered: DeliveredOutput) -> str | None:
+def output_problem(s3: S3Client, delivered: DeliveredOutput) -> str | None:
     """Why the output is not there or not an image; None when it is fine."""
     bucket, _, key = delivered.output_uri.removeprefix("s3://").partition("/")
-    client = s3  # boto3 client; typed loosely (boto3 has no stubs here)
     try:
         if delivered.size is not None:
-            head = client.head_object(Bucket=bucket, Key=key)  # type: ignore[attr-defined]
+            head = s3.head_object(Bucket=bucket, Key=key)
             length = int(head.get("ContentLength") or 0)
             return None if length == delivered.size else f"SizeMismatch: {length} bytes != {delivered.size}"
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         with Image.open(io.BytesIO(body)) as image:
             image.load()
         return None
@@ -122,7 +125,7 @@ def output_problem(s3: object, delivered: DeliveredOutput) -> str | None:
 def evaluate_checks(
     selected: Iterable[dg.AssetCheckKey],
     delivered: Sequence[DeliveredOutput],
-    s3: object,
+    s3: S3Client,
     pool: ThreadPoolExecutor,
     scope: str,
 ) -> list[dg.AssetCheckResult]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import dagster as dg
 
+from retouch_pipeline.processing.thumbnails import bounded_thumbnail
+
 UPLOADED = dg.AssetKey("uploaded_image")
 EXECUTION = dg.AssetKey("autoretouch_execution")
 RETOUCHED = dg.AssetKey("retouched_image")
@@ -32,7 +34,13 @@ def collection_tags(collection: str) -> dict[str, str]:
 
 
 def preview_markdown(before: str | None, after: str | None = None) -> dg.MetadataValue:
-    """A before/after table of thumbnails (markdown with embedded images)."""
+    """A before/after table of thumbnails (markdown with embedded images), at most PREVIEW_METADATA_MAX_BYTES.
+
+    Every preview of a materialization or observation is made here: a thumbnail recorded before the bound
+    (reused from the event log or the sidecar) is re-encoded within it.
+    """
+    before = bounded_thumbnail(before)
+    after = None if after is None else bounded_thumbnail(after) or ""
     cells = [f"![before]({before})" if before else "-"]
     header = "| before |"
     if after is not None:

@@ -7,7 +7,10 @@ renaming one is a change of the recorded format.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode, urlsplit
 
 import dagster as dg
 
@@ -22,11 +25,39 @@ from retouch_pipeline.autoretouch import Workflow, WorkflowExecution
 from retouch_pipeline.processing.deliver import sidecar_key
 from retouch_pipeline.processing.item import Purchase, WorkItem
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 _PROVENANCE = {Purchase.CREATE: "bought", Purchase.RETRY: "bought", Purchase.REUSE: "reused"}
 
 
 def _urls(links: Mapping[str, str] | None) -> dict[str, dg.MetadataValue]:
     return {name: dg.MetadataValue.url(url) for name, url in (links or {}).items()}
+
+
+@dataclass(frozen=True)
+class ObjectLinks:
+    """Links a browser opens to an S3 object (`s3://` opens nothing): on AWS the S3 console's page of the
+    object (its sign-in applies); elsewhere (moto, MinIO: a custom `S3_ENDPOINT_URL`) the endpoint's own
+    path-style URL of the object. The `s3://` path stays beside it as a path entry, for copying and for
+    the code that reads it back."""
+
+    endpoint_url: str
+    region: str
+
+    @classmethod
+    def of(cls, s3_client: S3Client) -> ObjectLinks:
+        """From the client the step writes with: its endpoint and region (boto3's `meta`)."""
+        return cls(str(s3_client.meta.endpoint_url), str(s3_client.meta.region_name or "us-east-1"))
+
+    def url(self, bucket: str, key: str) -> dg.UrlMetadataValue:
+        host = urlsplit(self.endpoint_url).hostname or ""
+        if host == "amazonaws.com" or host.endswith(".amazonaws.com"):
+            query = urlencode({"region": self.region, "prefix": key}, quote_via=quote, safe="/")
+            return dg.MetadataValue.url(
+                f"https://s3.console.aws.amazon.com/s3/object/{quote(bucket)}?{query}"
+            )
+        return dg.MetadataValue.url(f"{self.endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(key, safe='/')}")
 
 
 def provenance(item: WorkItem) -> str:
@@ -36,14 +67,15 @@ def provenance(item: WorkItem) -> str:
     return _PROVENANCE.get(item.purchase, "uploaded") if item.purchase else "uploaded"
 
 
-def uploaded_event(item: WorkItem, source_bucket: str) -> dg.AssetMaterialization:
+def uploaded_event(item: WorkItem, source_bucket: str, objects: ObjectLinks) -> dg.AssetMaterialization:
     """The per-partition materialization of `uploaded_image`."""
     assert item.content_hash is not None and item.image is not None
     return dg.AssetMaterialization(
         asset_key=UPLOADED,
         partition=item.partition_key,
         metadata={
-            "source_uri": dg.MetadataValue.url(f"s3://{source_bucket}/{item.source_key}"),
+            "source_uri": dg.MetadataValue.path(f"s3://{source_bucket}/{item.source_key}"),
+            "source_link": objects.url(source_bucket, item.source_key),
             "source_etag": item.source_etag or "",
             "collection": item.collection,
             "content_hash": item.content_hash,
@@ -100,6 +132,7 @@ def retouched_event(
     execution: WorkflowExecution,
     workflow: Workflow,
     bucket: str,
+    objects: ObjectLinks,
     links: Mapping[str, str] | None = None,
 ) -> dg.AssetMaterialization:
     """The per-partition materialization of `retouched_image` (what the cost roll-up sums)."""
@@ -110,8 +143,9 @@ def retouched_event(
         asset_key=RETOUCHED,
         partition=item.partition_key,
         metadata={
-            "output_uri": dg.MetadataValue.url(f"s3://{bucket}/{output.key}"),
-            "sidecar_uri": dg.MetadataValue.url(f"s3://{bucket}/{sidecar_key(output.key)}"),
+            "output_uri": dg.MetadataValue.path(f"s3://{bucket}/{output.key}"),
+            "output_link": objects.url(bucket, output.key),
+            "sidecar_uri": dg.MetadataValue.path(f"s3://{bucket}/{sidecar_key(output.key)}"),
             "result_hash": output.result_hash,
             "input_hash": item.content_hash or "",
             "execution_id": execution.id,

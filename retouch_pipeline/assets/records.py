@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -26,10 +26,13 @@ from retouch_pipeline.processing.ledger import S3Ledger
 from retouch_pipeline.processing.records import PurchaseEntry, RecordedExecution
 from retouch_pipeline.processing.step import CatalogLayout
 
-_DATA_URI = re.compile(r"!\[before\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)")
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_DATA_URI = re.compile(r"!\[before\]\((data:image/[a-z]+;base64,[A-Za-z0-9+/=]+)\)")
 
 
-def ledger_of(catalog: CatalogLayout, s3: Any) -> S3Ledger:
+def ledger_of(catalog: CatalogLayout, s3: S3Client) -> S3Ledger:
     """The ledger beside the catalog's outputs."""
     return S3Ledger(s3, catalog.output_bucket, catalog.output_prefix_normalized())
 

@@ -11,13 +11,18 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from retouch_pipeline.assets.checks import DeliveredOutput, evaluate_checks
 from retouch_pipeline.assets.common import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline.assets.materializations import execution_event, retouched_event, uploaded_event
+from retouch_pipeline.assets.materializations import (
+    ObjectLinks,
+    execution_event,
+    retouched_event,
+    uploaded_event,
+)
 from retouch_pipeline.assets.presentation import failure_observation, pending_observation
 from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
@@ -34,6 +39,9 @@ from retouch_pipeline.processing.orchestrator import Stages, process
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 BACKFILL_TAG = "dagster/backfill"
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -47,7 +55,7 @@ def build_step(
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
     client: AutoRetouchClient,
-    s3: Any,
+    s3: S3Client,
 ) -> Step:
     """The step's workflow (one read) and batch scope (the run's backfill if it has one, else the run)."""
     workflow = client.get_workflow(autoretouch.workflow_id)
@@ -90,6 +98,7 @@ class Translation:
 
     def __init__(self, step: Step, autoretouch: AutoRetouchResource, notes: bool) -> None:
         self.step, self.autoretouch, self.notes = step, autoretouch, notes
+        self.objects = ObjectLinks.of(step.s3)
         self.delivered: list[DeliveredOutput] = []
 
     def __call__(self, events: Iterable[Event]) -> Iterator[dg.AssetMaterialization | dg.AssetObservation]:
@@ -102,7 +111,7 @@ class Translation:
         step, item = self.step, event.item
         link = links(self.autoretouch, step, item)
         if isinstance(event, Uploaded):
-            return uploaded_event(item, step.catalog.source_bucket)
+            return uploaded_event(item, step.catalog.source_bucket, self.objects)
         if isinstance(event, ExecutionSettled):
             return execution_event(item, step.workflow, step.version, event.execution, link)
         if isinstance(event, Delivered):
@@ -126,14 +135,14 @@ class Translation:
                 item.output.size,
             )
         )
-        return retouched_event(item, execution, self.step.workflow, bucket, link)
+        return retouched_event(item, execution, self.step.workflow, bucket, self.objects, link)
 
 
 def run_step(
     context: Context,
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
-    s3: Any,
+    s3: S3Client,
     items: Sequence[WorkItem],
     stages: Stages,
     *,

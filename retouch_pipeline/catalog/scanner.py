@@ -28,12 +28,16 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_plus
 
 from retouch_pipeline.catalog.state import ETAG_MASK, PARITY_BIT, ScanState, etag_digest, key_digest
 from retouch_pipeline.processing.failures import bucket_problem
 from retouch_pipeline.state_objects import RESERVED_DIR
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 S3_MAX_PAGE = 1000
 SQS_MAX_BATCH = 10
@@ -119,7 +123,7 @@ class ListingScanner:
 
     def __init__(
         self,
-        s3_client: Any,
+        s3_client: S3Client,
         bucket: str,
         prefix: str,
         *,
@@ -221,7 +225,7 @@ class SqsScanner:
     def __init__(
         self,
         listing: ListingScanner,
-        sqs_client: Any,
+        sqs_client: SQSClient,
         queue_url: str,
         *,
         max_messages: int = 1_000,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import boto3
 import dagster as dg
@@ -37,6 +37,10 @@ from retouch_pipeline.catalog.requests import batch_run_requests, group_by_colle
 from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner, normalize_prefix
 from retouch_pipeline.catalog.state import ScanState, StateStore, key_digest
 from retouch_pipeline.state_objects import STATE_DIR
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 TRIGGER_TAG = "retouch/trigger"
 
@@ -84,7 +88,9 @@ class ScanConfig(BaseModel):
         return self
 
 
-def make_scanner(config: ScanConfig, s3_client: Any, sqs_client_factory: Callable[[], Any] | None) -> Scanner:
+def make_scanner(
+    config: ScanConfig, s3_client: S3Client, sqs_client_factory: Callable[[], SQSClient] | None
+) -> Scanner:
     """The scanner for ``config.mode``; SQS clients come from the factory or from the config's endpoint."""
     listing = ListingScanner(
         s3_client,
@@ -188,9 +194,9 @@ class _CatalogTick:
     config: ScanConfig
     s3_resource_key: str
     tags: Mapping[str, str]
-    sqs_client_factory: Callable[[], Any] | None
+    sqs_client_factory: Callable[[], SQSClient] | None
 
-    def _state_store(self, s3_client: Any) -> StateStore:
+    def _state_store(self, s3_client: S3Client) -> StateStore:
         bucket = self.config.state_bucket or self.config.source_bucket
         return StateStore(s3_client, bucket, f"{self.config.state_prefix.rstrip('/')}/{self.name}/")
 
@@ -268,7 +274,7 @@ def build_catalog_sensor(
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     run_tags: Mapping[str, str] | None = None,
-    sqs_client_factory: Callable[[], Any] | None = None,
+    sqs_client_factory: Callable[[], SQSClient] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that keeps ``partitions_def`` equal to the images under the configured prefix and
     requests the ``target`` assets for new and changed images, at most ``config.batch_size`` per run.

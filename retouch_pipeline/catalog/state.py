@@ -25,10 +25,13 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from retouch_pipeline.catalog.cursor import CURSOR_VERSION, CatalogCursor
 from retouch_pipeline.state_objects import S3SlotStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 PARITY_BIT = 1 << 31
 ETAG_MASK = PARITY_BIT - 1
@@ -108,7 +111,7 @@ def encoded_state_size(state: ScanState) -> int:
 class StateStore:
     """:class:`ScanState` as an S3 object (see :mod:`retouch_pipeline.state_objects`)."""
 
-    def __init__(self, s3_client: Any, bucket: str, prefix: str) -> None:
+    def __init__(self, s3_client: S3Client, bucket: str, prefix: str) -> None:
         self._slots = S3SlotStore(s3_client, bucket, prefix)
 
     def load(self, cursor: CatalogCursor | None) -> ScanState | None:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
@@ -26,6 +26,9 @@ from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.statuses import oldest_of, read_statuses
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.thumbnails import thumbnail_of_source
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 WORKERS = 8
 
@@ -53,7 +56,7 @@ def expected_output_key(step: Step, relative_key: str, extension: str) -> str:
     return output_key(step.catalog.output_prefix_normalized(), relative_key, extension)
 
 
-def read_sidecar(s3: Any, bucket: str, image_key: str) -> Sidecar | None:
+def read_sidecar(s3: S3Client, bucket: str, image_key: str) -> Sidecar | None:
     """The sidecar beside `image_key`, if there is one that parses."""
     try:
         body = s3.get_object(Bucket=bucket, Key=sidecar_key(image_key))["Body"].read()

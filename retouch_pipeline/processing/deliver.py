@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -30,6 +30,9 @@ from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.thumbnails import thumbnail_data_uri, thumbnail_of_source
 from retouch_pipeline.state_objects import RESERVED_DIR
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".tiff": "image/tiff"}
 
@@ -73,7 +76,7 @@ def sidecar_key(image_key: str) -> str:
     return image_key + ".json"
 
 
-def read_sidecar(s3: Any, bucket: str, image_key: str) -> dict[str, Any]:
+def read_sidecar(s3: S3Client, bucket: str, image_key: str) -> dict[str, Any]:
     """The JSON sidecar of an output ({} when it is not a JSON object)."""
     body = s3.get_object(Bucket=bucket, Key=sidecar_key(image_key))["Body"].read()
     try:
@@ -83,7 +86,7 @@ def read_sidecar(s3: Any, bucket: str, image_key: str) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def move_output(s3: Any, bucket: str, old: str, new: str) -> None:
+def move_output(s3: S3Client, bucket: str, old: str, new: str) -> None:
     """Image then sidecar to `new`, then the old sidecar and image away (no sidecar without its image)."""
     sidecar = read_sidecar(s3, bucket, old)
     s3.copy_object(Bucket=bucket, Key=new, CopySource={"Bucket": bucket, "Key": old})

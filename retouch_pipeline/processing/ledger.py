@@ -19,13 +19,16 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from botocore.exceptions import ClientError
 
 from retouch_pipeline.processing.records import PurchaseEntry
 from retouch_pipeline.processing.statuses import parse_time
 from retouch_pipeline.state_objects import RESERVED_DIR
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 LEDGER_DIR = f"{RESERVED_DIR}/ledger"
 STALE_INTENT_SECONDS = 300.0
@@ -43,6 +46,13 @@ def ledger_prefix(output_prefix: str) -> str:
 
 def is_ledger_key(key: str, output_prefix: str) -> bool:
     return key.startswith(ledger_prefix(output_prefix))
+
+
+class PutCondition(TypedDict, total=False):
+    """The conditional-write headers of one PUT (none: unconditional)."""
+
+    IfMatch: str
+    IfNoneMatch: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ def abandoned(entry: PurchaseEntry, owner_ended: Callable[[str], bool], now: dat
 class S3Ledger:
     """The ledger under one output bucket and prefix; reads and writes run on a small pool of their own."""
 
-    def __init__(self, s3: Any, bucket: str, output_prefix: str) -> None:
+    def __init__(self, s3: S3Client, bucket: str, output_prefix: str) -> None:
         self.s3, self.bucket, self.prefix = s3, bucket, ledger_prefix(output_prefix)
 
     def key(self, idempotency_key: str) -> str:
@@ -141,7 +151,7 @@ class S3Ledger:
         held = self._get(idempotency_key)
         return held.entry if held is not None else intent
 
-    def _put(self, idempotency_key: str, entry: PurchaseEntry, condition: dict[str, str]) -> bool:
+    def _put(self, idempotency_key: str, entry: PurchaseEntry, condition: PutCondition) -> bool:
         """One PUT; False when its condition failed (someone else's entry is there)."""
         try:
             self.s3.put_object(

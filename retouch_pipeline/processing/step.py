@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, Workflow
 from retouch_pipeline.processing.records import PurchaseRecords
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class Log(Protocol):
@@ -66,7 +69,7 @@ class Step:
     """One step's shared state; `created`/`reused`/`retried` count what it did."""
 
     client: AutoRetouchClient
-    s3: Any
+    s3: S3Client
     workflow: Workflow
     version: str
     batch_scope: str

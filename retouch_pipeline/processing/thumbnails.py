@@ -1,20 +1,43 @@
-"""The small "before" and "after" pictures a person sees for each image, made without a full-size copy."""
+"""The small "before" and "after" pictures a person sees for each image, made without a full-size copy.
+
+Why bounded: every materialization of the three catalog assets carries its preview inline (a `data:` URI in
+markdown metadata, which the Dagster UI renders without any other service), so the previews are a fixed cost
+per image in the event log, i.e. in the instance database. They are lossy WebP (Chromium, Firefox and Safari
+render it; alpha kept) of at most `THUMBNAIL_SIDE` pixels: the quality is lowered step by step, then the side
+shrunk by a quarter, until one data URI fits `THUMBNAIL_URI_MAX_CHARS`, so a before/after pair and its
+markdown table stay under `PREVIEW_METADATA_MAX_BYTES` per materialization. Full previews in S3 were
+considered and not taken: the UI shows 96-pixel pictures, which fit inline; an S3 link would not render.
+docs/performance.md has the event-log bytes per image before and after.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 THUMBNAIL_SIDE = 96
+PREVIEW_METADATA_MAX_BYTES = 8192
+"""The bound on one materialization's preview metadata (the markdown with every thumbnail in it)."""
+THUMBNAIL_URI_MAX_CHARS = 4000
+"""One thumbnail's data URI: two of them plus the table's markup stay under PREVIEW_METADATA_MAX_BYTES."""
+_QUALITIES = (80, 60, 40, 20, 5)
 THUMBNAIL_REDUCING_GAP = 2.0  # Pillow's default: box-reduce to >= 2x the side, then resample
 _BAND_ROWS = 256
 
 
 def thumbnail_data_uri(image: Image.Image) -> str:
-    """A small PNG of `image` as a `data:` URI (the Dagster UI renders it inside markdown metadata).
+    """A small WebP of `image` as a `data:` URI of at most THUMBNAIL_URI_MAX_CHARS (markdown metadata)."""
+    return encoded_thumbnail(thumbnail_picture(image))
+
+
+def thumbnail_picture(image: Image.Image) -> Image.Image:
+    """`image` at most THUMBNAIL_SIDE pixels wide and high, 8-bit RGB(A)/L(A), upright, not encoded yet.
 
     Consumes `image` (every caller decodes an image for this and drops it right after): it may be shrunk in
     place, and no full-size copy is made. An image not loaded yet is decoded here, a JPEG at a reduced DCT
@@ -39,9 +62,33 @@ def thumbnail_data_uri(image: Image.Image) -> str:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     if orientation in _TRANSPOSES:
         image = image.transpose(_TRANSPOSES[orientation])
-    buf = io.BytesIO()
-    image.save(buf, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return image
+
+
+def encoded_thumbnail(picture: Image.Image) -> str:
+    """`picture` as the best-quality WebP data URI that fits THUMBNAIL_URI_MAX_CHARS (smaller if need be)."""
+    while True:
+        for quality in _QUALITIES:
+            buf = io.BytesIO()
+            picture.save(buf, "WEBP", quality=quality, method=6)
+            uri = "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            if len(uri) <= THUMBNAIL_URI_MAX_CHARS:
+                return uri
+        # noise does not compress: fewer pixels (a 1-pixel WebP is a few dozen bytes, so this ends)
+        size = (max(1, picture.width * 3 // 4), max(1, picture.height * 3 // 4))
+        picture = picture.resize(size, Image.Resampling.BOX)
+
+
+def bounded_thumbnail(uri: str | None) -> str | None:
+    """A recorded thumbnail data URI within THUMBNAIL_URI_MAX_CHARS: as it is, or re-encoded when larger (a
+    PNG preview recorded before the bound, reused by a later materialization); None when it cannot be read."""
+    if uri is None or len(uri) <= THUMBNAIL_URI_MAX_CHARS:
+        return uri
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            return thumbnail_data_uri(image)
+    except Exception:  # a preview is a convenience: an unreadable one is left out
+        return None
 
 
 _TRANSPOSES = {
@@ -94,7 +141,7 @@ def _reduce_by_bands(image: Image.Image, factor: int) -> Image.Image:
     return reduced
 
 
-def thumbnail_of_source(s3: Any, bucket: str, key: str, max_bytes: int) -> str | None:
+def thumbnail_of_source(s3: S3Client, bucket: str, key: str, max_bytes: int) -> str | None:
     """Last resort for a delivery without a recorded thumbnail: one GET of the source (None on any error)."""
     try:
         head = s3.head_object(Bucket=bucket, Key=key)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import dagster as dg
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
+from retouch_devtools.stack.inprocess import table_dict
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 
@@ -38,8 +40,21 @@ def test_costs_are_incremental_and_match_the_ledger(stack: Stack, make_image: Ca
     assert stack.run(keys[:2]).success and stack.run(keys[2:]).success
     costs = _costs(stack)
     assert costs["total_charged_credits"] == _ledger_total(stack) == 3 * price
-    assert costs["by_collection"] == {"shoes": 2 * price, "bags": price}
+    assert table_dict(costs["by_collection"]) == {"shoes": 2 * price, "bags": price}
     assert costs["credits/shoes"] == 2 * price and costs["executions"] == 3
+    # by collection, batch and day: tables with a schema, as stored in the event log (issue 14)
+    stored = stack.instance.get_latest_materialization_event(dg.AssetKey("autoretouch_costs"))
+    assert stored is not None and stored.asset_materialization is not None
+    table = stored.asset_materialization.metadata["by_collection"]
+    assert isinstance(table, dg.TableMetadataValue) and table.schema is not None
+    assert [(c.name, c.type) for c in table.schema.columns] == [("collection", "string"), ("credits", "int")]
+    assert [r.data for r in table.records] == [
+        {"collection": "bags", "credits": price},
+        {"collection": "shoes", "credits": 2 * price},
+    ]
+    by_day, by_batch = table_dict(costs["by_day"]), table_dict(costs["by_batch"])
+    assert sum(by_day.values()) == sum(by_batch.values()) == 3 * price and len(by_batch) == 2
+    assert all(date.fromisoformat(day) for day in by_day) and "summary" not in costs
     assert costs["events_read"] == 6 and costs["caught_up"] is True  # 3 executions + 3 results
 
     again = _costs(stack)  # nothing new: nothing read, same figures
@@ -65,7 +80,7 @@ def test_costs_are_incremental_and_match_the_ledger(stack: Stack, make_image: Ca
     costs = _costs(stack)
     assert costs["pending_executions"] == 0
     assert costs["total_charged_credits"] == _ledger_total(stack) == 4 * price
-    assert costs["by_collection"] == {"shoes": 2 * price, "bags": 2 * price}
+    assert table_dict(costs["by_collection"]) == {"shoes": 2 * price, "bags": 2 * price}
     assert costs["balance_credits"] == stack.sandbox.state.accounting.balance
 
     # a recount from the start (lost state) gives the same figures: totals depend on the event log only

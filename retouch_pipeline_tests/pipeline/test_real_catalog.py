@@ -27,6 +27,7 @@ from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_devtools.stack.inprocess import materialize_range, observations
 from retouch_pipeline.assets import PIPELINE_KEYS, UPLOADED
 from retouch_pipeline.catalog.keys import legacy_output_key, output_key
+from retouch_pipeline.processing.thumbnails import PREVIEW_METADATA_MAX_BYTES, THUMBNAIL_SIDE
 from retouch_pipeline.resources import CatalogResource
 from retouch_pipeline.schedules import catalog_refresh_job
 
@@ -126,7 +127,7 @@ def cases() -> list[Case]:
 
 
 def _before_thumbnail(preview_markdown: str) -> Image.Image:
-    uri = re.search(r"!\[before\]\(data:image/png;base64,([^)]+)\)", preview_markdown)
+    uri = re.search(r"!\[before\]\(data:image/webp;base64,([^)]+)\)", preview_markdown)
     assert uri is not None
     return Image.open(io.BytesIO(base64.b64decode(uri.group(1))))
 
@@ -348,3 +349,39 @@ def test_migration_moves_old_scheme_outputs_once(stack: Stack, make_image: Calla
     assert result.success and _refresh_metadata(result)["outputs_missing"] == 1
     assert stack.image(OUTPUT_PREFIX + "real/pair.jpg.png").size == (512, 512)
     assert stack.charged() == charged + stack.workflow["executionPrice"]  # real/new.png only
+
+
+def test_previews_stay_within_their_bound_on_every_event(make_stack: Callable[..., Stack]) -> None:
+    """Issue 14: each materialization's and observation's preview metadata is at most 8 KB, for a large
+    noisy photo, an RGBA PNG (skimage's logo), a 16-bit grey PNG, RGBA noise (nothing compresses it)."""
+    stack = make_stack(image_work_max_side=512)  # the sandbox's own Pillow work, not the pipeline's
+    large = Image.blend(photo("astronaut").resize((3000, 3000)), _noise("RGB", (3000, 3000)), 0.3)
+    catalog = [
+        Case("bound/large-photo.jpg", _encode(large, "JPEG", quality=95)),
+        Case("bound/logo-rgba.png", _encode(photo("logo"), "PNG")),
+        Case("bound/camera-16bit.png", sixteen_bit_grey()),
+        Case("bound/noise-rgba.png", _encode(_noise("RGBA", (800, 600)), "PNG")),
+        Case("bound/empty.jpg", b"", "EmptySourceImage"),
+    ]
+    assert len(catalog[0].body) > 3_000_000 and photo("logo").mode == "RGBA"
+    _process(stack, catalog)
+    assert stack.charged() == 4 * stack.workflow["executionPrice"]
+    events = [
+        record.asset_materialization or record.asset_observation
+        for key in PIPELINE_KEYS
+        for fetch in (stack.instance.fetch_materializations, stack.instance.fetch_observations)
+        for record in fetch(key, limit=100).records
+    ]
+    previews = [str(e.metadata["preview"].value) for e in events if e is not None and "preview" in e.metadata]
+    assert len(previews) == 3 * 4  # three assets per processed image (the empty file has no picture)
+    for preview in previews:
+        pictures = re.findall(r"\(data:image/webp;base64,([A-Za-z0-9+/=]+)\)", preview)
+        assert pictures and len(preview.encode()) <= PREVIEW_METADATA_MAX_BYTES, len(preview)
+        for picture in pictures:
+            thumb = Image.open(io.BytesIO(base64.b64decode(picture)))
+            assert 0 < max(thumb.size) <= THUMBNAIL_SIDE
+    assert max(len(p) for p in previews) > PREVIEW_METADATA_MAX_BYTES // 2  # the noise: the search was needed
+
+
+def _noise(mode: str, size: tuple[int, int]) -> Image.Image:
+    return Image.merge(mode, [Image.effect_noise(size, 120) for _ in mode])

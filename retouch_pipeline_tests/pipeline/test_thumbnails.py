@@ -10,7 +10,14 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from retouch_pipeline.processing.failures import TruncatedImage
-from retouch_pipeline.processing.thumbnails import THUMBNAIL_SIDE, _reduce_by_bands, thumbnail_data_uri
+from retouch_pipeline.processing.thumbnails import (
+    THUMBNAIL_SIDE,
+    THUMBNAIL_URI_MAX_CHARS,
+    _reduce_by_bands,
+    bounded_thumbnail,
+    thumbnail_data_uri,
+    thumbnail_picture,
+)
 from retouch_pipeline.processing.validate import validate_image
 
 
@@ -44,7 +51,7 @@ def test_thumbnail_matches_pillows_own(mode: str) -> None:
         image = image.quantize(64)
     expected = image.copy()
     expected.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    thumb = decode(thumbnail_data_uri(image))
+    thumb = thumbnail_picture(image)
     assert thumb.size == (96, 64)
     assert thumb.mode == {"CMYK": "RGB", "P": "RGB"}.get(mode, mode)
     if mode == "P" or mode == "CMYK":
@@ -74,3 +81,26 @@ def test_jpeg_is_validated_at_reduced_scale_with_the_same_verdicts(tmp_path: Pat
         with pytest.raises(TruncatedImage, match="TruncatedImage") as failure:
             validate_image(str(path), 10_000)
         assert failure.value.stage == "validate" and failure.value.permanent
+
+
+def test_thumbnails_are_webp_within_the_bound_even_for_noise() -> None:
+    smooth = thumbnail_data_uri(photo(1200, 800, mode="RGBA"))
+    assert smooth.startswith("data:image/webp;base64,") and len(smooth) < THUMBNAIL_URI_MAX_CHARS // 4
+    assert decode(smooth).size == (96, 64) and decode(smooth).mode == "RGBA"
+    noise = Image.merge("RGBA", [Image.effect_noise((900, 600), 128) for _ in range(4)])
+    worst = thumbnail_data_uri(noise)
+    assert THUMBNAIL_URI_MAX_CHARS // 2 < len(worst) <= THUMBNAIL_URI_MAX_CHARS
+    assert THUMBNAIL_SIDE // 2 < max(decode(worst).size) < THUMBNAIL_SIDE  # lowest quality was not enough
+
+
+def test_a_recorded_png_thumbnail_is_reencoded_within_the_bound() -> None:
+    """Previews recorded before the bound (96-pixel PNGs) are reused by later materializations."""
+    picture = Image.merge("RGB", [Image.effect_noise((96, 64), 100) for _ in range(3)])
+    buf = io.BytesIO()
+    picture.save(buf, "PNG")
+    old = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    assert len(old) > THUMBNAIL_URI_MAX_CHARS
+    new = bounded_thumbnail(old)
+    assert new is not None and len(new) <= THUMBNAIL_URI_MAX_CHARS and decode(new).size == (96, 64)
+    assert bounded_thumbnail(new) == new and bounded_thumbnail(None) is None
+    assert bounded_thumbnail("data:image/png;base64," + "A" * THUMBNAIL_URI_MAX_CHARS) is None

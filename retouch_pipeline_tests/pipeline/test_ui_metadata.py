@@ -8,22 +8,31 @@ import io
 import re
 import time
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import dagster as dg
 import requests
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from PIL import Image
 
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_devtools.stack.inprocess import observations
+from retouch_devtools.stack.s3 import DUMMY_AWS
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.assets.materializations import ObjectLinks
+from retouch_pipeline.catalog.keys import output_key
 
 APP = "https://app.example.test"
 
 
 def _thumbnails(markdown: str) -> list[Image.Image]:
     out = []
-    for data in re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown):
+    for data in re.findall(r"\(data:image/webp;base64,([A-Za-z0-9+/=]+)\)", markdown):
         image = Image.open(io.BytesIO(base64.b64decode(data)))
         image.load()
         out.append(image)
@@ -114,3 +123,54 @@ def test_payment_required_note(make_stack: Callable[..., Stack], make_image: Cal
     note = observations(result)[key]
     assert note["failure_class"] == "payment_required" and "Top up" in note["message"]
     _assert_preview(note, 1)  # the partition's note still shows what the image is
+
+
+def test_object_links_open_in_a_browser(stack: Stack, make_image: Callable[..., bytes]) -> None:
+    """Issue 14: `output_link`/`source_link` are URLs a browser opens (here moto's endpoint), quoted for
+    spaces, `%`, `#` and non-ASCII; the `s3://` paths stay beside them. Fetched as a browser with access does
+    (a signed GET of exactly that URL: the dev bucket is private) and compared byte for byte."""
+    relative = "ui/été 100% off#1.png"
+    source = make_image(width=90, height=60)
+    key = stack.put(relative, source)
+    stack.register([key])
+    result = stack.run([key])
+    assert result.success
+    uploaded = stack.materializations(UPLOADED, result)[key]
+    retouched = stack.materializations(RETOUCHED, result)[key]
+    output = output_key(OUTPUT_PREFIX, relative, "png")
+    assert output == f"{OUTPUT_PREFIX}{relative}.png"
+    assert retouched["output_uri"] == f"s3://{stack.bucket}/{output}"
+    quoted = "ui/%C3%A9t%C3%A9%20100%25%20off%231.png"
+    assert retouched["output_link"] == f"{stack.moto_url}/{stack.bucket}/{OUTPUT_PREFIX}{quoted}.png"
+    assert uploaded["source_link"] == f"{stack.moto_url}/{stack.bucket}/{SOURCE_PREFIX}{quoted}"
+    assert uploaded["source_uri"] == f"s3://{stack.bucket}/{SOURCE_PREFIX}{relative}"
+    for link, body in ((retouched["output_link"], stack.get(output)), (uploaded["source_link"], source)):
+        response = requests.get(link, headers=_signed_headers(link), timeout=10)
+        assert response.status_code == 200 and response.content == body, link
+    stored = stack.instance.get_latest_materialization_event(RETOUCHED)
+    assert stored is not None and stored.asset_materialization is not None
+    meta = stored.asset_materialization.metadata
+    assert isinstance(meta["output_link"], dg.UrlMetadataValue)
+    assert isinstance(meta["output_uri"], dg.PathMetadataValue)
+
+
+def _signed_headers(url: str) -> dict[str, str]:
+    request = AWSRequest("GET", url)
+    S3SigV4Auth(
+        Credentials(DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]), "s3", "us-east-1"
+    ).add_auth(request)
+    return dict(request.headers)
+
+
+def test_object_links_on_aws_open_the_s3_console() -> None:
+    client = boto3.client("s3", region_name="eu-central-1", aws_access_key_id="x", aws_secret_access_key="x")
+    key = "retouched/été 100% off#1/a+b.png"
+    link = ObjectLinks.of(client).url("shop-images", key).value
+    assert link == (
+        "https://s3.console.aws.amazon.com/s3/object/shop-images?region=eu-central-1"
+        "&prefix=retouched/%C3%A9t%C3%A9%20100%25%20off%231/a%2Bb.png"
+    )
+    query = parse_qs(urlsplit(link).query)
+    assert query == {"region": ["eu-central-1"], "prefix": [key]}
+    us_east = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    assert ObjectLinks.of(us_east).url("b", "k").value.endswith("/s3/object/b?region=us-east-1&prefix=k")

@@ -8,10 +8,6 @@ without `refresh_token` (no rotation: a refresh token stays valid until revoked)
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import secrets
 import threading
 import time
@@ -19,20 +15,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
+
 from retouch_devtools.sandbox.catalog import AUDIENCE, CLIENT_ID, SELECTED_ORG_CLAIM, USER_ID
 from retouch_devtools.sandbox.config import SandboxConfig
 
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 SLOW_DOWN_TOLERANCE = 0.2
 """Seconds a poll may come early before it is answered `slow_down` (network jitter)."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class TokenError(Exception):
@@ -102,10 +92,7 @@ class AuthService:
             "jti": jti,
             SELECTED_ORG_CLAIM: organization_id,
         }
-        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        signature = _b64(hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
-        token = f"{header}.{payload}.{signature}"
+        token = jwt.encode(claims, self._secret, algorithm="HS256")  # header {"alg": "HS256", "typ": "JWT"}
         with self._lock:
             self._expiry[jti] = issued + self.config.access_token_ttl
             self._issued.append(token)
@@ -122,21 +109,20 @@ class AuthService:
         Expiry is checked against the exact issue time + ttl kept server-side, so a token lives
         exactly `access_token_ttl` seconds (an integer `exp` alone would be off by up to 1 s).
         """
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise TokenError("Malformed access token")
-        header_b64, payload_b64, signature_b64 = parts
-        expected = hmac.new(self._secret, f"{header_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
         try:
-            valid_signature = hmac.compare_digest(expected, _unb64(signature_b64))
-            header = json.loads(_unb64(header_b64))
-            claims = json.loads(_unb64(payload_b64))
-        except ValueError as exc:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                options={"verify_exp": False, "require": ["aud"]},  # expiry: exact, below
+            )
+        except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError) as exc:
+            raise TokenError("Invalid access token signature") from exc
+        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
+            raise TokenError("Access token has the wrong audience") from exc
+        except jwt.InvalidTokenError as exc:
             raise TokenError("Malformed access token") from exc
-        if not valid_signature or not isinstance(header, dict) or header.get("alg") != "HS256":
-            raise TokenError("Invalid access token signature")
-        if not isinstance(claims, dict) or claims.get("aud") != AUDIENCE:
-            raise TokenError("Access token has the wrong audience")
         with self._lock:
             expiry = self._expiry.get(str(claims.get("jti")), 0.0)
         if time.time() >= expiry:

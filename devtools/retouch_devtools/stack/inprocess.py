@@ -221,3 +221,10 @@ def observations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]
             if obs.partition:
                 out[obs.partition] = {k: v.value for k, v in obs.metadata.items()}
     return out
+
+
+def table_dict(table: dg.TableMetadataValue) -> dict[str, Any]:
+    """A two-column table metadata value (credits by collection, batch or day) as {first: second column}."""
+    assert table.schema is not None
+    key, value = (column.name for column in table.schema.columns)
+    return {str(record.data[key]): record.data[value] for record in table.records}
