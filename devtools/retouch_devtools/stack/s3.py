@@ -117,7 +117,7 @@ def _paged_list_objects_v2(original: Any) -> Any:
     ) -> tuple[list[Any], bool, str | None]:
         names = snapshots.pop(continuation_token, None) if continuation_token else None
         if delimiter or max_keys <= 0 or (continuation_token and names is None):
-            return original(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)  # type: ignore[no-any-return]
+            return original(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
         if names is None:
             names = sorted(n for n in list(bucket.keys.keys()) if n.startswith(prefix or ""))
         after = self._pagination_tokens.get(continuation_token) if continuation_token else start_after
