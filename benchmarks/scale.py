@@ -319,8 +319,10 @@ def refresh(stack: Stack, sampler: TreeSampler, names: list[str], version: int) 
         "refresh_api_calls_by_route": calls,
         "refresh_changed": len(names),
         "refresh_reported": {
-            k: reported.get(k) for k in ("changed", "missed", "unchanged", "processed_in_run")
+            k: reported.get(k)
+            for k in ("changed", "missed", "unchanged", "processed_in_run", "event_records_read")
         },
+        "refresh_event_records_read": reported.get("event_records_read"),
     }
 
 
@@ -451,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 for number, n in enumerate(sizes, 2):
                     steps[n], done = run_step(stack, sampler, n, done, work, args, number)
                     say(f"{n}: {json.dumps({k: steps[n].get(k) for k in FIGURES}, default=str)}")
+                    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+                    args.json_out.write_text(json.dumps({"partial": True, "steps": steps}, default=str))
             finally:
                 sampler.stop()
     finally:
