@@ -252,7 +252,7 @@ def copy_collections(stack: Stack, have: int, want: int) -> dict[str, Any]:
 
 def ui_figures(stack: Stack, partitions: int) -> dict[str, Any]:
     """Seconds until the Partitions tab of `retouched_image` shows its status (the partition count and the
-    first partition), and until the catalog group's graph shows `retouched_image`; cold page each time."""
+    first partition), and until the catalog group's graph shows its nodes with their partition counts."""
     from playwright.sync_api import sync_playwright
 
     from retouch_devtools.stack.dagster_ui import asset_node, open_ui
@@ -271,11 +271,13 @@ def ui_figures(stack: Stack, partitions: int) -> dict[str, Any]:
             page.get_by_text(count).first.wait_for()
             page.get_by_text(partition_key_for(relative(0)), exact=True).first.wait_for()
             out["ui_partitions_seconds"] = time.monotonic() - started
+            page.screenshot(path=str(stack.home / f"ui-partitions-{partitions}.png"))
             started = time.monotonic()
             page.goto(base + "/locations/retouch_pipeline/asset-groups/catalog")
             asset_node(page, "retouched_image").wait_for()
+            page.get_by_text(f"{partitions:,} partitions").first.wait_for()  # the nodes' status is in
             out["ui_asset_graph_seconds"] = time.monotonic() - started
-            page.screenshot(path=str(stack.home / f"ui-{partitions}.png"))
+            page.screenshot(path=str(stack.home / f"ui-graph-{partitions}.png"))
         finally:
             browser.close()
     return out
