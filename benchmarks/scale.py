@@ -71,7 +71,8 @@ def collection(number: int) -> str:
 
 def relative(index: int) -> str:
     """The relative key of the catalog's image number `index`."""
-    return f"{collection(index // SHAPE['collection_size'])}/{index:06d}.png"
+    size = SHAPE["collection_size"]
+    return f"{collection(index // size)}/{index % size:06d}.png"
 
 
 def image(name: str, version: int) -> bytes:
@@ -250,6 +251,28 @@ def copy_collections(stack: Stack, have: int, want: int) -> dict[str, Any]:
     }
 
 
+UI_TIMEOUT_SECONDS = 120.0
+"""A UI view that has not shown its status by then is reported as not shown (None, `ui_*_timeout`)."""
+
+
+def _timed_view(page: Any, url: str, shown: list[Any], screenshot: Path) -> float | None:
+    """Seconds from navigating to `url` until every locator of `shown` is visible; None past the timeout
+    (the screenshot then shows what the page had)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    started = time.monotonic()
+    try:
+        page.goto(url, wait_until="commit")
+        for locator in shown:
+            remaining = UI_TIMEOUT_SECONDS - (time.monotonic() - started)
+            locator(page).first.wait_for(timeout=max(1.0, remaining) * 1000)
+        return time.monotonic() - started
+    except PlaywrightError:
+        return None
+    finally:
+        page.screenshot(path=str(screenshot))
+
+
 def ui_figures(stack: Stack, partitions: int) -> dict[str, Any]:
     """Seconds until the Partitions tab of `retouched_image` shows its status (the partition count and the
     first partition), and until the catalog group's graph shows its nodes with their partition counts."""
@@ -258,29 +281,36 @@ def ui_figures(stack: Stack, partitions: int) -> dict[str, Any]:
     from retouch_devtools.stack.dagster_ui import asset_node, open_ui
 
     base = stack.deploy.webserver_url
-    out: dict[str, Any] = {}
     count = re.compile(rf"\b{partitions:,}\b")
+    first = partition_key_for(relative(0))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(120_000)
             open_ui(page, base, "/overview")  # first-visit dialogs and the app's own load, not timed
-            started = time.monotonic()
-            page.goto(base + "/assets/retouched_image?view=partitions")
-            page.get_by_text(count).first.wait_for()
-            page.get_by_text(partition_key_for(relative(0)), exact=True).first.wait_for()
-            out["ui_partitions_seconds"] = time.monotonic() - started
-            page.screenshot(path=str(stack.home / f"ui-partitions-{partitions}.png"))
-            started = time.monotonic()
-            page.goto(base + "/locations/retouch_pipeline/asset-groups/catalog")
-            asset_node(page, "retouched_image").wait_for()
-            page.get_by_text(f"{partitions:,} partitions").first.wait_for()  # the nodes' status is in
-            out["ui_asset_graph_seconds"] = time.monotonic() - started
-            page.screenshot(path=str(stack.home / f"ui-graph-{partitions}.png"))
+            tab = _timed_view(
+                page,
+                base + "/assets/retouched_image?view=partitions",
+                [lambda p: p.get_by_text(count), lambda p: p.get_by_text(first, exact=True)],
+                stack.home / f"ui-partitions-{partitions}.png",
+            )
+            graph = _timed_view(
+                page,
+                base + "/locations/retouch_pipeline/asset-groups/catalog",
+                [
+                    lambda p: asset_node(p, "retouched_image"),
+                    lambda p: p.get_by_text(f"{partitions:,} partitions"),
+                ],
+                stack.home / f"ui-graph-{partitions}.png",
+            )
         finally:
             browser.close()
-    return out
+    return {
+        "ui_partitions_seconds": tab,
+        "ui_partitions_timeout": tab is None,
+        "ui_asset_graph_seconds": graph,
+        "ui_asset_graph_timeout": graph is None,
+    }
 
 
 def refresh(stack: Stack, sampler: TreeSampler, names: list[str], version: int) -> dict[str, Any]:
@@ -447,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             work / "dagster_home", processing_seconds=0.0, workers=WORKERS, moto_in_process=True
         ) as stack:
             stack.sandbox.set_live(image_work_max_side=64)
-            pids = {n: stack.services[n].process.pid for n in ("code-server", "daemon", "webserver")}
+            procs = {n: stack.services[n].process for n in ("code-server", "daemon", "webserver")}
+            pids = {n: p.pid for n, p in procs.items() if p is not None}
             pids["sandbox"] = stack.sandbox.process.pid
-            sampler = TreeSampler({n: int(p or 0) for n, p in pids.items()}).start()
+            sampler = TreeSampler(pids).start()
             try:
                 done = 0
                 for number, n in enumerate(sizes, 2):
