@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field, ValidationError
 
-from retouch_pipeline.assets.common import RETOUCHED, UPLOADED, materialization_metadata, metadata_value
+from retouch_pipeline.assets.common import (
+    RETOUCHED,
+    UPLOADED,
+    iter_materializations,
+    materialization_metadata,
+    metadata_value,
+)
 from retouch_pipeline.state_objects import state_prefix
 
 INDEX_NAME = "refresh-index"
@@ -94,22 +100,6 @@ def _anchored(instance: dg.DagsterInstance, index: RefreshIndex) -> bool:
     return True
 
 
-def _records(instance: dg.DagsterInstance, stream: str, after: int | None) -> Iterable[dg.EventLogRecord]:
-    """The stream's records after a storage id, oldest first, page by page."""
-    cursor = None
-    while True:
-        result = _fetch(instance, stream)(
-            dg.AssetRecordsFilter(asset_key=_asset(stream), after_storage_id=after),
-            limit=1000,
-            cursor=cursor,
-            ascending=True,
-        )
-        yield from result.records
-        if not result.has_more:
-            return
-        cursor = result.cursor
-
-
 def _absorb(index: RefreshIndex, stream: str, record: dg.EventLogRecord) -> None:
     pk = record.partition_key
     if pk is None:
@@ -138,7 +128,8 @@ def update_index(instance: dg.DagsterInstance, index: RefreshIndex) -> tuple[Ref
     read = 0
     for stream in STREAMS:
         anchor = index.anchors.get(stream)
-        for record in _records(instance, stream, anchor.storage_id if anchor else None):
+        after = anchor.storage_id if anchor else None
+        for record in iter_materializations(instance, _asset(stream), after, observations=stream == "notes"):
             _absorb(index, stream, record)
             if record.timestamp <= settled:
                 index.anchors[stream] = Anchor(storage_id=record.storage_id, run_id=record.run_id)

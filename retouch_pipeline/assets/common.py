@@ -93,11 +93,15 @@ def iter_materializations(
     asset_key: dg.AssetKey,
     after_storage_id: int | None = None,
     page: int = 1000,
+    *,
+    observations: bool = False,
 ) -> Iterable[dg.EventLogRecord]:
-    """Every materialization of `asset_key` after a storage id, oldest first, page by page."""
+    """Every materialization (or, with `observations`, observation) of `asset_key` after a storage id,
+    oldest first, page by page."""
+    fetch = instance.fetch_observations if observations else instance.fetch_materializations
     cursor = None
     while True:
-        result = instance.fetch_materializations(
+        result = fetch(
             dg.AssetRecordsFilter(asset_key=asset_key, after_storage_id=after_storage_id),
             limit=page,
             cursor=cursor,
