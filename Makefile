@@ -101,6 +101,17 @@ bench-quick: install
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
 	$(PY) -m benchmarks --quick --json-out benchmarks/results/quick.json
 
+# Issue 15's catalog-scale figures (docs/performance.md, "bench-scale"): 1,000, 10,000 and 100,000 images,
+# one table and one JSON line (also benchmarks/results/scale.json). About 16 minutes and both cores; needs
+# PostgreSQL on 127.0.0.1:5432 and Debian's chromium. BENCH_SCALE_ARGS=--quick: 200 / 1,000 / 5,000.
+BENCH_SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: $(VENV)/.installed
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	@test -x $(CHROMIUM) || { echo "make bench-scale needs Debian's chromium: apt-get install -y chromium" >&2; exit 1; }
+	$(PY) -m benchmarks.scale $(BENCH_SCALE_ARGS)
+
 clean:
 	rm -rf $(VENV) $(OFFICIAL_VENV) .pytest_cache .ruff_cache .mypy_cache
 

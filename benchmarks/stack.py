@@ -25,7 +25,7 @@ from retouch_devtools.stack.deploy import (
 from retouch_devtools.stack.env import CATALOG_BUCKET
 from retouch_devtools.stack.net import wait_until
 from retouch_devtools.stack.process import Service
-from retouch_devtools.stack.s3 import clean_environment, moto_process, s3_client
+from retouch_devtools.stack.s3 import clean_environment, moto_process, running_moto, s3_client
 from retouch_devtools.stack.sandbox import SandboxProcess, controlled_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,8 @@ class Stack:
 
     home: Path
     sandbox: SandboxProcess
-    moto: Service
+    moto: Service | None
+    """moto's own process; None when it runs as a thread of the benchmark (`moto_in_process`)."""
     s3_endpoint: str
     deploy: DeployStack
     env: dict[str, str] = field(default_factory=dict)
@@ -53,9 +54,17 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    home: Path, *, processing_seconds: float, workers: int, extra_env: Mapping[str, str] | None = None
+    home: Path,
+    *,
+    processing_seconds: float,
+    workers: int,
+    extra_env: Mapping[str, str] | None = None,
+    moto_in_process: bool = False,
 ) -> Iterator[Stack]:
-    """Sandbox, moto, a fresh PostgreSQL database, code server, webserver and daemon; torn down afterwards."""
+    """Sandbox, moto, a fresh PostgreSQL database, code server, webserver and daemon; torn down afterwards.
+
+    `moto_in_process`: moto as a thread of this process, so that a large catalog can be seeded straight
+    into its backend (`seed_backend`) instead of by HTTP puts (bench-scale)."""
     if not postgres_reachable():
         raise SystemExit("PostgreSQL is not reachable on 127.0.0.1:5432 (see `make test-deploy`)")
     home.mkdir(parents=True, exist_ok=True)
@@ -70,8 +79,12 @@ def running_stack(
             auto_approve=True,
         )
         cleanup.callback(sandbox.stop)
-        moto, endpoint = moto_process(home, REPO)
-        cleanup.callback(moto.stop)
+        moto: Service | None = None
+        if moto_in_process:
+            endpoint = cleanup.enter_context(running_moto(paged_listing=True))
+        else:
+            moto, endpoint = moto_process(home, REPO)
+            cleanup.callback(moto.stop)
         deploy = prepare_deploy_stack(home, database, sandbox.info, endpoint, extra_env or {})
         with running_dagster(deploy, timeout=180):
             yield Stack(home, sandbox, moto, endpoint, deploy, deploy.env)

@@ -1,7 +1,8 @@
 """What differs between the catalog in S3 and what the event log says was processed.
 
 Read by the daily refresh (`schedules.py`: what to process again) and by `backfill` (what a collection's
-backfill will buy): one listing of each prefix, one event-log read per asset, per call.
+backfill will buy): one listing of each prefix, and of the event log only the records written since the
+previous plan (`refresh_index`: what was recorded per partition, kept in S3).
 
 Settled refusals: a source refused for its content (`failures.Failure.content_refusal`: not an image, empty,
 truncated, animated, ...) has a failure note on `retouched_image` carrying the ETag it was refused at. Until
@@ -16,14 +17,6 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from retouch_pipeline.assets.common import (
-    RETOUCHED,
-    UPLOADED,
-    latest_materializations,
-    latest_observations,
-    materialization_metadata,
-    metadata_value,
-)
 from retouch_pipeline.catalog.keys import (
     DEFAULT_COLLECTION,
     collection_of,
@@ -33,6 +26,7 @@ from retouch_pipeline.catalog.keys import (
 )
 from retouch_pipeline.catalog.scanner import BucketError, is_junk, normalize_prefix
 from retouch_pipeline.processing.deliver import read_sidecar
+from retouch_pipeline.refresh_index import index_key, load_index, save_index, update_index
 from retouch_pipeline.resources import CatalogResource
 
 if TYPE_CHECKING:
@@ -54,6 +48,8 @@ class RefreshPlan:
     """Outputs whose source is deleted: output key -> partition key (whole-catalog plans only)."""
     legacy_outputs: int = 0
     """Outputs at a pre-issue-16 key whose source still exists (`retouch-pipeline migrate-outputs`)."""
+    events_read: int = 0
+    """Event-log records read for this plan (those written since the previous plan: `refresh_index`)."""
 
     @property
     def full(self) -> list[str]:
@@ -93,29 +89,27 @@ def list_etags(
 def plan_refresh(
     instance: dg.DagsterInstance, s3: S3Client, catalog: CatalogResource, collection: str | None = None
 ) -> RefreshPlan:
-    """Compare S3 (one listing of each prefix) with the event log; optionally one collection only."""
+    """Compare S3 (one listing of each prefix) with what the event log recorded (the refresh index, brought
+    up to date from the records written since the last plan: `refresh_index`); optionally one collection."""
     sources = list_sources(s3, catalog, collection)
     plan = RefreshPlan(etags={partition_key_for(rel): etag for rel, etag in sources.items()})
-    keys = list(plan.etags)
-    uploaded = latest_materializations(instance, UPLOADED, keys)
-    retouched = latest_materializations(instance, RETOUCHED, keys)
-    notes = latest_observations(instance, RETOUCHED, keys)
+    key = index_key(catalog.output_prefix)
+    index, plan.events_read = update_index(instance, load_index(s3, catalog.output_bucket, key))
+    save_index(s3, catalog.output_bucket, key, index)
     output_prefix = normalize_prefix(catalog.output_prefix)
     outputs = set(list_etags(s3, catalog.output_bucket, output_prefix, "CATALOG_OUTPUT_BUCKET"))
     relatives = {partition_key_for(rel): rel for rel in sources}
     for pk, etag in plan.etags.items():
-        up, ret = uploaded.get(pk), retouched.get(pk)
-        current = up is not None and metadata_value(materialization_metadata(up), "source_etag") == etag
-        if not (current and ret is not None) and pk in notes:
-            refusal = settled_refusal(notes[pk], etag)
-            if refusal is not None:
-                plan.refused[pk] = refusal
-                continue
-        if up is None or ret is None:
+        recorded, output_uri = index.source_etags.get(pk), index.output_uris.get(pk)
+        current = recorded is not None and recorded == etag
+        refusal = index.refusals.get(pk)
+        if not (current and output_uri is not None) and refusal is not None and refusal[0] == etag:
+            plan.refused[pk] = refusal[1]
+        elif recorded is None or output_uri is None:
             plan.missed.append(pk)
         elif not current:
             plan.changed.append(pk)
-        elif not _output_in_place(_expected_output(catalog, relatives[pk], ret), outputs):
+        elif not _output_in_place(_expected_output(catalog, relatives[pk], output_uri), outputs):
             plan.outputs_missing.append(pk)
         else:
             plan.unchanged += 1
@@ -155,21 +149,11 @@ def list_sources(s3: S3Client, catalog: CatalogResource, collection: str | None)
     }
 
 
-def settled_refusal(note: dg.EventLogRecord, etag: str) -> str | None:
-    """The reason of a content refusal recorded for this very source version (`etag`), else None."""
-    observation = note.asset_observation
-    meta = observation.metadata if observation is not None else {}
-    if metadata_value(meta, "content_refusal") is True and metadata_value(meta, "source_etag") == etag:
-        return str(metadata_value(meta, "reason") or "refused")
-    return None
-
-
 def _output_in_place(key: str, outputs: set[str]) -> bool:
     return key in outputs and key + ".json" in outputs
 
 
-def _expected_output(catalog: CatalogResource, relative_key: str, retouched: dg.EventLogRecord) -> str:
-    """Where the output is now (`catalog.keys`), with the recorded output's extension."""
-    uri = str(metadata_value(materialization_metadata(retouched), "output_uri") or "")
+def _expected_output(catalog: CatalogResource, relative_key: str, uri: str) -> str:
+    """Where the output is now (`catalog.keys`), with the recorded output's extension (`uri`)."""
     extension = uri.rsplit(".", 1)[-1] if "." in uri.rsplit("/", 1)[-1] else "png"
     return output_key(catalog.output_prefix_normalized(), relative_key, extension)

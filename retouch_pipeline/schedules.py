@@ -118,6 +118,7 @@ def reconcile_catalog(
             else "keep",
             "outputs_at_legacy_keys": dg.MetadataValue.int(plan.legacy_outputs),
             "processed_in_run": dg.MetadataValue.int(len(items)),
+            "event_records_read": dg.MetadataValue.int(plan.events_read),
             "backfills": dg.MetadataValue.json(ids),
         },
     )

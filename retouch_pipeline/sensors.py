@@ -43,7 +43,6 @@ from retouch_pipeline.assets.common import (
     PIPELINE_KEYS,
     RETOUCHED,
     iter_materializations,
-    iter_observations,
     materialization_metadata,
     metadata_value,
     observation_metadata,
@@ -108,7 +107,9 @@ class PendingCursor(BaseModel):
 
 def _absorb_unconfirmed(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
     """The `create_unconfirmed` observations of `autoretouch_execution` recorded since the last tick."""
-    for count, record in enumerate(iter_observations(instance, EXECUTION, cursor.after_unconfirmed), 1):
+    for count, record in enumerate(
+        iter_materializations(instance, EXECUTION, cursor.after_unconfirmed, observations=True), 1
+    ):
         cursor.after_unconfirmed = record.storage_id
         meta = observation_metadata(record)
         if record.partition_key and metadata_value(meta, "status") == UNCONFIRMED:

@@ -63,13 +63,6 @@ def latest_materializations(
     return _latest(instance.fetch_materializations, asset_key, partition_keys, page)
 
 
-def latest_observations(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int = 500
-) -> dict[str, dg.EventLogRecord]:
-    """The newest observation record (failure or pending note) of each partition in `partition_keys`."""
-    return _latest(instance.fetch_observations, asset_key, partition_keys, page)
-
-
 def _latest(
     fetch: Any, asset_key: dg.AssetKey, partition_keys: Sequence[str], page: int
 ) -> dict[str, dg.EventLogRecord]:
@@ -100,24 +93,12 @@ def iter_materializations(
     asset_key: dg.AssetKey,
     after_storage_id: int | None = None,
     page: int = 1000,
+    *,
+    observations: bool = False,
 ) -> Iterable[dg.EventLogRecord]:
-    """Every materialization of `asset_key` after a storage id, oldest first, page by page."""
-    return _iter(instance.fetch_materializations, asset_key, after_storage_id, page)
-
-
-def iter_observations(
-    instance: dg.DagsterInstance,
-    asset_key: dg.AssetKey,
-    after_storage_id: int | None = None,
-    page: int = 1000,
-) -> Iterable[dg.EventLogRecord]:
-    """Every observation of `asset_key` after a storage id, oldest first, page by page."""
-    return _iter(instance.fetch_observations, asset_key, after_storage_id, page)
-
-
-def _iter(
-    fetch: Any, asset_key: dg.AssetKey, after_storage_id: int | None, page: int
-) -> Iterable[dg.EventLogRecord]:
+    """Every materialization (or, with `observations`, observation) of `asset_key` after a storage id,
+    oldest first, page by page."""
+    fetch = instance.fetch_observations if observations else instance.fetch_materializations
     cursor = None
     while True:
         result = fetch(

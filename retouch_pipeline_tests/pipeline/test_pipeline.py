@@ -18,12 +18,14 @@ from dagster_aws.s3 import S3Resource
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_devtools.stack.inprocess import table_dict
 from retouch_devtools.stack.s3 import CREDENTIALS
+from retouch_pipeline import refresh_index
 from retouch_pipeline.assets import EXECUTION, PIPELINE_KEYS, RETOUCHED, UPLOADED, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.processing.ledger import is_ledger_key
+from retouch_pipeline.refresh_index import index_key
 from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
 
@@ -102,6 +104,35 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
     plan = plan_refresh(stack.instance, stack.s3, resources["catalog"])
     assert not plan.full and not plan.outputs_missing and plan.unchanged == 4
     assert _costs(stack)["total_charged_credits"] == stack.charged()
+
+
+def test_refresh_plan_reads_only_the_events_written_since_the_last_plan(
+    stack: Stack, make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh index (S3) is brought up to date from the new records only, plans exactly what a plan
+    from the whole event log plans, and is rebuilt when it is not this instance's (a reset instance)."""
+    monkeypatch.setattr(refresh_index, "SETTLE_SECONDS", 0.0)  # this test's records are seconds old
+    keys = [stack.put(f"shoes/p{i}.jpg", make_image(format="JPEG", width=70 + i)) for i in range(3)]
+    stack.register(keys)
+    assert stack.run(keys).success
+    catalog = stack.resources()["catalog"]
+    first = plan_refresh(stack.instance, stack.s3, catalog)
+    assert first.unchanged == 3 and first.events_read >= 6  # from the start: every image's events
+    assert plan_refresh(stack.instance, stack.s3, catalog).events_read == 0  # nothing new
+    stack.put("shoes/p0.jpg", make_image(format="JPEG", width=99))
+    changed = plan_refresh(stack.instance, stack.s3, catalog)
+    assert changed.changed == ["shoes/p0.jpg"] and changed.events_read == 0
+    assert stack.run(changed.changed).success
+    after = plan_refresh(stack.instance, stack.s3, catalog)
+    assert after.unchanged == 3 and not after.full
+    assert 0 < after.events_read < first.events_read  # the new run's records only
+    index = index_key(catalog.output_prefix)
+    stack.s3.delete_object(Bucket=stack.bucket, Key=index)
+    rebuilt = plan_refresh(stack.instance, stack.s3, catalog)
+    assert rebuilt.unchanged == 3 and rebuilt.events_read > after.events_read
+    with dg.instance_for_test() as other:  # the same bucket under another (empty) instance: not trusted
+        fresh = plan_refresh(other, stack.s3, catalog)
+    assert sorted(fresh.missed) == sorted(keys) and fresh.unchanged == 0
 
 
 def test_bad_inputs_fail_their_partition_only_and_cost_nothing(
