@@ -4,9 +4,10 @@ Why: past one machine the pipeline scales by running more run workers (Kubernete
 AutoRetouch account; the `autoretouch` pool is what keeps them from overrunning the service. This measures
 it on the benchmark stack in its production shape (`benchmarks/stack.py`: QueuedRunCoordinator and pools of
 deploy/dagster.yaml, each run a separate process): for each worker count k the pool limit is set to k
-(`setConcurrencyLimit`, what the UI's pool page sends), a new collection of `--images` images lands in S3,
-the catalog sensor is switched on and launches one run per `--batch` images (the product's launch path), and
-the clock stops at the last output in S3.
+(`setConcurrencyLimit`, what the UI's pool page sends), a new collection of k x `--images-per-worker` images
+lands in S3 (two runs per worker at the defaults, so every slot is refilled once), the catalog sensor is
+switched on and launches one run per `--batch` images (the product's launch path), and the clock stops at
+the last output in S3.
 
 Figures per k: images/s (images / (last output - first step start), the processing window; the launch, a
 sensor tick and one run start, is the same for every k and shown apart), and the concurrency seen three
@@ -16,7 +17,10 @@ access token: every run worker refreshes its own) and, for scale, requests in fl
 service's busy workers (its own execution timestamps, at most W).
 
 The service's bound is W / T images/s. T and W are chosen so that one run worker cannot saturate the service
-(small runs: each run pays its start and its status passes) but a few can, within this machine's 2 cores.
+(small runs: each run pays its start and its status passes, and W is larger than one run's images) but a few
+can, within this machine's 2 cores. The pool's granularity is `run` (deploy/dagster.yaml): a run holds its
+slot from its launch, so while it starts (a process, imports, definitions) the slot is taken but nobody
+talks to AutoRetouch yet; the catalog steps at once can therefore be fewer than k, never more.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         ) as stack:
             stack.sandbox.set_live(image_work_max_side=SANDBOX_WORK_SIDE)
             for k in (int(x) for x in args.workers.split(",")):
-                rows.append(one_case(stack, k, args.images))
+                rows.append(one_case(stack, k, k * args.images_per_worker))
                 print(f"[workers] {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
