@@ -141,12 +141,12 @@ def table(rows: list[dict[str, Any]], bound: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.workers", description=__doc__)
     parser.add_argument("--workers", default="1,2,4", help="worker counts (pool limits), comma-separated")
-    parser.add_argument("--images", type=int, default=200, help="images per case (default 200)")
+    parser.add_argument("--images-per-worker", type=int, default=50, help="images per worker (default 50)")
     parser.add_argument(
         "--batch", type=int, default=25, help="images per run (CATALOG_BATCH_SIZE, default 25)"
     )
-    parser.add_argument("--t", type=float, default=4.0, help="sandbox seconds per image (default 4)")
-    parser.add_argument("--w", type=int, default=16, help="sandbox workers (default 16)")
+    parser.add_argument("--t", type=float, default=8.0, help="sandbox seconds per image (default 8)")
+    parser.add_argument("--w", type=int, default=8, help="sandbox workers (default 8)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("dagster").setLevel(logging.WARNING)
