@@ -36,10 +36,11 @@ from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
 from retouch_devtools.stack.deploy import launch_collection_backfill, switch_sensor
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline.autoretouch import AutoRetouchClient
-from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.catalog.keys import output_key, partition_key_for
 from retouch_pipeline.catalog.requests import COLLECTION_TAG
 from retouch_pipeline.catalog.sensor import TRIGGER_TAG
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.processing.deliver import sidecar_key
 
 OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
 
@@ -379,12 +380,12 @@ def cold_and_rerun(
     for name, data in new_bytes.items():
         (folder / name.split("/")[-1]).write_bytes(data)
     outputs = output_images(stack, collection)
-    deleted = [f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in names[k : 2 * k]]
+    deleted = [output_key(OUTPUT_PREFIX, name, "png") for name in names[k : 2 * k]]
     s3 = stack.s3()
     for key in deleted:
         s3.delete_object(Bucket=BUCKET, Key=key)
-        s3.delete_object(Bucket=BUCKET, Key=key + ".json")
-    targets = set(deleted) | {f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in replaced}
+        s3.delete_object(Bucket=BUCKET, Key=sidecar_key(key))
+    targets = set(deleted) | {output_key(OUTPUT_PREFIX, name, "png") for name in replaced}
     assert targets <= set(outputs), "output naming changed: benchmark needs updating"
     time.sleep(1.1)  # S3 LastModified has 1 s resolution: a rewrite must be distinguishable
     mark = max(outputs.values())
