@@ -73,7 +73,7 @@ def batch_run_requests(
     registers). `first_batch_size`: the first run holds at most that many keys (the rest of its chunk
     becomes the next run), so it is created and started while the daemon creates the others."""
     selection = sorted(set(asset_keys))
-    requests = []
+    requests: list[dg.RunRequest] = []
     for collection, keys in group_by_collection(partition_keys).items():
         chunks = contiguous_chunks(order, keys, batch_size)
         if first_batch_size and not requests and chunks and len(chunks[0]) > first_batch_size:
