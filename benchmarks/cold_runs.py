@@ -1,10 +1,13 @@
-"""`python -m benchmarks.cold_runs [N] [--py-spy PATH]`: benchmark 1's pipeline half alone, run by run.
+"""`python -m benchmarks.cold_runs [N] [--launch sensor|backfill] [--py-spy PATH]`: benchmark 1's pipeline
+half alone, run by run.
 
-Why: `make bench` gives one timeline for the whole backfill; tuning how a backfill is cut into runs needs each
+Why: `make bench` gives one timeline for the whole cold collection; tuning how it is cut into runs needs each
 run's own: created (the daemon submits runs one after another), planned events written, queued, started,
 first and last materialization. With `--py-spy PATH` (py-spy installed anywhere; not a project dependency) the
 code server and its run workers are profiled meanwhile into PATH (`--format raw`). Same stack and images as
-`make bench` (T = 5 s, W = 16); no official client, no targets. docs/performance.md cites its figures.
+`make bench` (T = 5 s, W = 16); no official client, no targets. `--launch sensor` (default) is `make bench`'s
+cold path (the catalog sensor switched on over the new images), `--launch backfill` the UI's "Materialize
+selected" backfill over the same images, for comparison. docs/performance.md cites its figures.
 """
 
 from __future__ import annotations
@@ -21,15 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dagster._core.events import DagsterEventType
-from dagster._core.storage.dagster_run import RunsFilter
 
 from benchmarks import pipeline as bench
 from benchmarks.__main__ import SANDBOX_WORK_SIDE
 from benchmarks.images import catalog_jpeg
-from benchmarks.stack import running_stack, wait_for
+from benchmarks.stack import running_stack
 from retouch_devtools.stack.env import SOURCE_PREFIX
-from retouch_pipeline.catalog.keys import partition_key_for
-from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
 
 RUN_EVENTS = (
     DagsterEventType.RUN_ENQUEUED,
@@ -42,6 +42,9 @@ RUN_EVENTS = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cold_runs", description=__doc__)
     parser.add_argument("n", nargs="?", type=int, default=640, help="images (default 640: bound 200 s)")
+    parser.add_argument(
+        "--launch", choices=("sensor", "backfill"), default="sensor", help="how (default sensor)"
+    )
     parser.add_argument("--py-spy", type=Path, help="profile the code server and its runs into this file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -53,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"cold/product-{i:04d}.jpg" for i in range(n)]
         images = {SOURCE_PREFIX + name: catalog_jpeg(name, i) for i, name in enumerate(names)}
         bench.put_objects(stack, images, "image/jpeg")
-        keys = [partition_key_for(name) for name in names]
-        bench.instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)
         spy = None
         if args.py_spy:
             pid = stack.services["code-server"].process.pid  # type: ignore[union-attr]
@@ -66,17 +67,16 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(2)
-        launched_wall, started = time.time(), time.monotonic()
-        backfill_id = bench.launch_backfill(stack, keys, "cold")
-        wait_for(lambda: len(bench.output_images(stack, "cold")) >= n, 3600, 0.5, "outputs in S3")
-        total = time.monotonic() - started
-        bench.wait_backfills(stack, [backfill_id], 900)
+        cold = bench.cold_launch(stack, args.launch, names, "cold")
+        launched_wall, total = cold.launched_wall, cold.seconds
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         inst = bench.instance(stack)
-        print(f"N={n}: {total:.1f} s, bound {n * t / w:.1f} s, ratio {total / (n * t / w):.3f}")
-        records = inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        print(
+            f"N={n}, {args.launch}: {total:.1f} s, bound {n * t / w:.1f} s, ratio {total / (n * t / w):.3f}"
+        )
+        records = inst.get_run_records(cold.runs)
         for record in sorted(records, key=lambda r: r.create_timestamp):
             run_id = record.dagster_run.run_id
 
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(f"{kind.value.lower()} {after(kind)}" for kind in RUN_EVENTS)
                 + f" materializations {after(mats)}-{after(mats, max)}"
             )
-        stats = bench.run_stats(stack, [backfill_id], launched_wall)
+        stats = bench.run_stats(stack, cold.runs, launched_wall)
+        if args.launch == "sensor":
+            print("sensor ticks (start, end, runs):", bench.sensor_ticks(stack, launched_wall))
         print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start)))
     return 0
 

@@ -1,11 +1,13 @@
 """Benchmarks 1, 2, 3 and 5 against one running stack: cold collection, re-run after change, API calls per
 image, Dagster overhead (runs, run start, CPU per image) and memory with 20 MB images.
 
-Timing points (why these): (1) starts when the collection backfill is launched through GraphQL, exactly what
-the UI's "Materialize selected" sends, with the real daemon picking it up, and ends when the last output
-image is listed in S3; (2) starts when the daily refresh job is launched through GraphQL and ends when every
-replaced image has a new output and every deleted output is back. The official client is timed around its
-own `process_folder` call (it does not write to S3; its results land in a local folder).
+Timing points (why these): (1) the product's cold path: the new images are in the S3 catalog, the clock starts
+when the catalog sensor is switched on through GraphQL (the UI's toggle), the real daemon ticks it, the sensor
+registers the partitions and requests one run per range of new images, and the clock ends when the last output
+image is listed in S3 (`--launch backfill` of `benchmarks.cold_runs` times the UI's "Materialize selected"
+backfill the same way, for comparison); (2) starts when the daily refresh job is launched through GraphQL and
+ends when every replaced image has a new output and every deleted output is back. The official client is
+timed around its own `process_folder` call (it does not write to S3; its results land in a local folder).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,14 @@ from dagster._core.storage.dagster_run import RunsFilter
 from benchmarks.images import catalog_jpeg, large_png, small_png
 from benchmarks.procs import TreeSampler, cpu_snapshot
 from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
-from retouch_devtools.stack.deploy import launch_collection_backfill
+from retouch_devtools.stack.deploy import launch_collection_backfill, switch_sensor
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline.autoretouch import AutoRetouchClient
-from retouch_pipeline.catalog.keys import partition_key_for
+from retouch_pipeline.catalog.keys import output_key, partition_key_for
+from retouch_pipeline.catalog.requests import COLLECTION_TAG
+from retouch_pipeline.catalog.sensor import TRIGGER_TAG
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.processing.deliver import sidecar_key
 
 OFFICIAL_PYTHON = REPO / ".venv-official" / "bin" / "python"
 
@@ -56,6 +61,14 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
   }
 }
 """
+SENSOR_TICKS = """
+query SensorTicks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 50) { timestamp endTimestamp status runIds } } }
+  }
+}
+"""
+CATALOG_SENSOR = "catalog_sensor"
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -149,34 +162,89 @@ class RunStats:
     run_start_seconds: list[float] = field(default_factory=list)
     """RUN_STARTING (launched) -> STEP_START: process start, imports, resources."""
     queued_seconds: list[float] = field(default_factory=list)
-    """Run created -> RUN_STARTING (run queue: per-backfill and pool limits)."""
+    """Run created -> RUN_STARTING (run queue: run limits and the pool)."""
     first_run_after_launch: float | None = None
-    """Backfill launched -> first run created (the backfill daemon's pickup)."""
+    """Launch -> first run created (the sensor's tick or the backfill daemon's pickup)."""
     first_step_start: float | None = None
-    """Wall time of the first STEP_START of the backfill's runs."""
+    """Wall time of the first STEP_START of the launch's runs."""
 
 
-def run_stats(stack: Stack, backfill_ids: list[str], launched_wall: float) -> RunStats:
+@dataclass
+class ColdLaunch:
+    """One cold collection: how it was launched, when, and which runs carried it."""
+
+    how: str
+    """'sensor' (the catalog sensor switched on) or 'backfill' (the UI's "Materialize selected")."""
+    launched_wall: float
+    seconds: float
+    runs: RunsFilter
+    backfill_id: str | None = None
+
+
+def cold_launch(stack: Stack, how: str, names: list[str], collection: str) -> ColdLaunch:
+    """Process the catalog's new images `names` (already in S3) from cold; returns when the last output is
+    listed. 'sensor': nothing is registered beforehand, the clock starts when the catalog sensor is switched
+    on and the sensor is switched off again afterwards (later phases launch their own work). 'backfill': the
+    partitions are registered first (the sensor's job), the clock starts when the backfill is sent."""
+    keys = [partition_key_for(name) for name in names]
+    if how == "backfill":
+        instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)
+    launched_wall, started = time.time(), time.monotonic()
+    backfill_id = None
+    if how == "sensor":
+        switch_sensor(stack.deploy, CATALOG_SENSOR, True)
+    else:
+        backfill_id = launch_backfill(stack, keys, f"bench-{collection}")
+    wait_for(lambda: len(output_images(stack, collection)) >= len(names), 3600, 1.0, f"{collection} outputs")
+    seconds = time.monotonic() - started
+    if backfill_id is None:
+        switch_sensor(stack.deploy, CATALOG_SENSOR, False)
+        runs = RunsFilter(
+            tags={TRIGGER_TAG: CATALOG_SENSOR, COLLECTION_TAG: collection},
+            created_after=datetime.fromtimestamp(launched_wall - 1, tz=UTC),
+        )
+    else:
+        wait_backfills(stack, [backfill_id], 900)
+        runs = RunsFilter(tags={"dagster/backfill": backfill_id})
+    return ColdLaunch(how, launched_wall, seconds, runs, backfill_id)
+
+
+def sensor_ticks(stack: Stack, since_wall: float) -> list[tuple[float, float, int]]:
+    """(start, end, runs requested) of the catalog sensor's ticks since `since_wall`, in seconds after it."""
+    selector = {
+        "repositoryLocationName": "retouch_pipeline",
+        "repositoryName": "__repository__",
+        "sensorName": CATALOG_SENSOR,
+    }
+    state = stack.deploy.graphql(SENSOR_TICKS, {"selector": selector})["sensorOrError"]["sensorState"]
+    ticks = [
+        (t["timestamp"] - since_wall, (t["endTimestamp"] or t["timestamp"]) - since_wall, len(t["runIds"]))
+        for t in state["ticks"]
+        if t["timestamp"] >= since_wall
+    ]
+    return sorted(ticks)
+
+
+def run_stats(stack: Stack, runs: RunsFilter, launched_wall: float) -> RunStats:
     inst = instance(stack)
     stats = RunStats()
     created: list[float] = []
-    for backfill_id in backfill_ids:
-        for record in inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})):
-            stats.runs += 1
-            created.append(record.create_timestamp.timestamp())
-            times: dict[DagsterEventType, float] = {}
-            for kind in (DagsterEventType.RUN_STARTING, DagsterEventType.STEP_START):
-                events = inst.all_logs(record.dagster_run.run_id, of_type=kind)
-                if events:
-                    times[kind] = min(e.timestamp for e in events)
-            if DagsterEventType.RUN_STARTING in times:
-                stats.queued_seconds.append(times[DagsterEventType.RUN_STARTING] - created[-1])
-                if DagsterEventType.STEP_START in times:
-                    step = times[DagsterEventType.STEP_START]
-                    stats.first_step_start = min(stats.first_step_start or step, step)
-                    stats.run_start_seconds.append(
-                        times[DagsterEventType.STEP_START] - times[DagsterEventType.RUN_STARTING]
-                    )
+    for record in inst.get_run_records(runs):
+        stats.runs += 1
+        created.append(record.create_timestamp.timestamp())
+        times: dict[DagsterEventType, float] = {}
+        for kind in (DagsterEventType.RUN_STARTING, DagsterEventType.STEP_START):
+            events = inst.all_logs(record.dagster_run.run_id, of_type=kind)
+            if events:
+                times[kind] = min(e.timestamp for e in events)
+        if DagsterEventType.RUN_STARTING in times:
+            stats.queued_seconds.append(times[DagsterEventType.RUN_STARTING] - created[-1])
+            if DagsterEventType.STEP_START in times:
+                step = times[DagsterEventType.STEP_START]
+                stats.first_step_start = min(stats.first_step_start or step, step)
+                stats.run_start_seconds.append(
+                    times[DagsterEventType.STEP_START] - times[DagsterEventType.RUN_STARTING]
+                )
     if created:
         stats.first_run_after_launch = min(created) - launched_wall
     return stats
@@ -271,30 +339,27 @@ def cold_and_rerun(
     for name, data in images.items():
         (folder / name.split("/")[-1]).write_bytes(data)
     put_objects(stack, {SOURCE_PREFIX + k: v for k, v in images.items()}, "image/jpeg")
-    keys = [partition_key_for(name) for name in names]
-    instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)  # what the catalog sensor does
     price = int(stack.sandbox.workflow["executionPrice"])
 
-    # (1a) pipeline, cold
+    # (1a) pipeline, cold: the catalog sensor switched on over the new images
     stack.sandbox.reset_calls()
     credits_before = credits(stack)
     cpu_before = cpu_snapshot(sampler)
-    launched_wall, started = time.time(), time.monotonic()
-    backfill_id = launch_backfill(stack, keys, "bench-cold")
-    wait_for(lambda: len(output_images(stack, collection)) >= n, 3600, 1.0, "cold outputs in S3")
-    out["pipeline_seconds"] = time.monotonic() - started
-    say(f"1a pipeline: {out['pipeline_seconds']:.1f}s for {n} images (bound {n * t / w:.0f}s)")
-    out["pipeline_backfill_status"] = wait_backfills(stack, [backfill_id], 900)[0]
+    cold = cold_launch(stack, "sensor", names, collection)
+    out["pipeline_seconds"] = cold.seconds
+    out["pipeline_launch"] = cold.how
+    say(f"1a pipeline: {cold.seconds:.1f}s for {n} images (bound {n * t / w:.0f}s)")
     cpu_after = cpu_snapshot(sampler)
     calls = api_calls(stack)
     out["pipeline_calls"] = calls
     out["pipeline_credits"] = credits(stack) - credits_before
-    stats = run_stats(stack, [backfill_id], launched_wall)
+    stats = run_stats(stack, cold.runs, cold.launched_wall)
     out["runs"] = stats.runs
     out["run_start_seconds_mean"] = _mean(stats.run_start_seconds)
     out["run_queued_seconds_max"] = max(stats.queued_seconds, default=None)
-    out["backfill_pickup_seconds"] = stats.first_run_after_launch
-    out["timeline"] = service_timeline(stack, launched_wall, stats.first_step_start)
+    out["launch_to_first_run_seconds"] = stats.first_run_after_launch
+    out["sensor_ticks"] = sensor_ticks(stack, cold.launched_wall)
+    out["timeline"] = service_timeline(stack, cold.launched_wall, stats.first_step_start)
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
     out["cpu_seconds"] = cpu
     out["pipeline_cpu_seconds_per_image"] = sum(cpu[k] for k in ("code-server", "daemon", "webserver")) / n
@@ -315,12 +380,12 @@ def cold_and_rerun(
     for name, data in new_bytes.items():
         (folder / name.split("/")[-1]).write_bytes(data)
     outputs = output_images(stack, collection)
-    deleted = [f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in names[k : 2 * k]]
+    deleted = [output_key(OUTPUT_PREFIX, name, "png") for name in names[k : 2 * k]]
     s3 = stack.s3()
     for key in deleted:
         s3.delete_object(Bucket=BUCKET, Key=key)
-        s3.delete_object(Bucket=BUCKET, Key=key + ".json")
-    targets = set(deleted) | {f"{OUTPUT_PREFIX}{name.rsplit('.', 1)[0]}.png" for name in replaced}
+        s3.delete_object(Bucket=BUCKET, Key=sidecar_key(key))
+    targets = set(deleted) | {output_key(OUTPUT_PREFIX, name, "png") for name in replaced}
     assert targets <= set(outputs), "output naming changed: benchmark needs updating"
     time.sleep(1.1)  # S3 LastModified has 1 s resolution: a rewrite must be distinguishable
     mark = max(outputs.values())

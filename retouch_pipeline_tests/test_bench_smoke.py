@@ -105,7 +105,18 @@ def test_benchmark_modules_import() -> None:
     import benchmarks.pipeline
     import benchmarks.sensor
     import benchmarks.stack
+    import benchmarks.workers
 
     assert benchmarks.__main__.FULL["n"] == 640
+    assert callable(benchmarks.workers.main)
     assert callable(benchmarks.sensor.run) and callable(benchmarks.pipeline.cold_and_rerun)
     assert callable(benchmarks.stack.running_stack) and callable(benchmarks.cold_runs.main)
+
+
+def test_concurrency_of_windows() -> None:
+    """benchmarks.workers judges the pool by the most windows open at once: touching ends do not overlap."""
+    from benchmarks.workers import max_overlap
+
+    assert max_overlap([]) == 0
+    assert max_overlap([(0, 2), (2, 4), (4, 6)]) == 1
+    assert max_overlap([(0, 5), (1, 2), (1.5, 3), (4, 6)]) == 3

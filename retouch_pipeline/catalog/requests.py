@@ -66,14 +66,19 @@ def batch_run_requests(
     order: Sequence[str],
     batch_size: int,
     tags: Mapping[str, str] | None = None,
+    first_batch_size: int | None = None,
 ) -> list[dg.RunRequest]:
     """Runs over `partition_keys`: per collection (tag ``retouch/collection``), one per contiguous chunk of
     at most `batch_size` keys in `order` (the partitions as registered, including the ones this request
-    registers)."""
+    registers). `first_batch_size`: the first run holds at most that many keys (the rest of its chunk
+    becomes the next run), so it is created and started while the daemon creates the others."""
     selection = sorted(set(asset_keys))
-    requests = []
+    requests: list[dg.RunRequest] = []
     for collection, keys in group_by_collection(partition_keys).items():
-        for chunk in contiguous_chunks(order, keys, batch_size):
+        chunks = contiguous_chunks(order, keys, batch_size)
+        if first_batch_size and not requests and chunks and len(chunks[0]) > first_batch_size:
+            chunks = [chunks[0][:first_batch_size], chunks[0][first_batch_size:], *chunks[1:]]
+        for chunk in chunks:
             requests.append(range_run_request(chunk, selection, {**(tags or {}), COLLECTION_TAG: collection}))
     return requests
 

@@ -8,9 +8,10 @@ S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable curs
 How batches are launched
     As public ``RunRequest``s over contiguous partition ranges (:mod:`.requests`): the keys one tick
     registers are consecutive in the dynamic partition order, so new images go as one run per
-    ``batch_size`` keys of one collection (tag ``retouch/collection``), queued at once without waiting for
-    the backfill daemon; changed images go as the few ranges their positions allow. The runs carry the
-    same tags, pools and run limits as the runs of a backfill.
+    ``batch_size`` keys of one collection (tag ``retouch/collection``; a tick's first run smaller,
+    ``first_batch_size``, so AutoRetouch gets work sooner), queued at once without waiting for the
+    backfill daemon; changed images go as the few ranges their positions allow. The runs carry the same
+    tags and pool as the runs of a backfill, and the same run limit per collection (deploy/dagster.yaml).
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects
@@ -59,6 +60,13 @@ class ScanConfig(BaseModel):
         default=20.0, gt=0, description="Scan time per tick; keep well inside the 60 s sensor timeout."
     )
     batch_size: int = Field(default=100, gt=0, description="Images per requested run (one collection).")
+    # Why a smaller first run: the daemon creates a tick's runs one after another, each writing a planned
+    # event per asset and image before it can be queued; a small first run reaches AutoRetouch seconds
+    # sooner and its work keeps the service busy while the next runs are created and started (32 images
+    # are 2 of a step's create batches; docs/performance.md).
+    first_batch_size: int = Field(
+        default=32, gt=0, description="Images in the first run a tick requests (at most batch_size)."
+    )
     state_bucket: str | None = Field(
         default=None, description="Bucket of the scan state; the source's if unset."
     )
@@ -211,7 +219,10 @@ class _CatalogTick:
         to_add = plan.to_add(registered)
         target = _partitioned_target_keys(context, self.target, self.partitions_def)
         order = registered + to_add
-        return to_add, batch_run_requests(plan.to_run, target, order, self.config.batch_size, self.tags)
+        requests = batch_run_requests(
+            plan.to_run, target, order, self.config.batch_size, self.tags, self.config.first_batch_size
+        )
+        return to_add, requests
 
     def evaluate(self, context: dg.SensorEvaluationContext) -> dg.SensorResult:
         # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):

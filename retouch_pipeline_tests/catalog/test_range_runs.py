@@ -17,8 +17,9 @@ def test_new_images_become_batch_sized_range_runs(make_harness: Any, bucket: str
     harness: SensorHarness = make_harness(batch_size=100)
     tick = harness.tick()
     ranges = sorted((t[RANGE_START_TAG], t[RANGE_END_TAG]) for t in tick.tags)
-    assert ranges == [
-        ("spring/000.jpg", "spring/099.jpg"),
+    assert ranges == [  # the first run is small (ScanConfig.first_batch_size), then runs of batch_size
+        ("spring/000.jpg", "spring/031.jpg"),
+        ("spring/032.jpg", "spring/099.jpg"),
         ("spring/100.jpg", "spring/199.jpg"),
         ("spring/200.jpg", "spring/249.jpg"),
     ]
@@ -32,4 +33,4 @@ def test_new_images_become_batch_sized_range_runs(make_harness: Any, bucket: str
         )
         assert result.success
     assert harness.instance.get_materialized_partitions(retouched_image.key) == set(tick.requested)
-    assert len(harness.instance.get_runs()) == 3 and harness.instance.get_backfills() == []
+    assert len(harness.instance.get_runs()) == 4 and harness.instance.get_backfills() == []

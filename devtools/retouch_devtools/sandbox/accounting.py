@@ -6,7 +6,9 @@ Kept separate from execution state so benchmarks and the chaos harness can read 
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +38,11 @@ class Accounting:
         self._charged_ids: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        #: Per access token (a digest of it): [first call, last call (wall seconds), calls]. A run worker
+        #: refreshes its own token, so overlapping windows are clients talking to the service at once.
+        self._clients: dict[str, list[float]] = {}
+        self._in_flight = 0
+        self._in_flight_peak = 0
 
     @property
     def balance(self) -> int:
@@ -111,9 +118,23 @@ class Accounting:
         with self._lock:
             return [asdict(c) for c in self._ledger]
 
-    def count_call(self, endpoint_id: str) -> None:
+    def count_call(self, endpoint_id: str, authorization: str = "") -> None:
         with self._lock:
             self.calls[endpoint_id] += 1
+            if authorization:
+                client = hashlib.sha256(authorization.encode()).hexdigest()[:12]
+                now = time.time()
+                window = self._clients.setdefault(client, [now, now, 0])
+                window[1], window[2] = now, window[2] + 1
+
+    def request_started(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._in_flight_peak = max(self._in_flight_peak, self._in_flight)
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def count_fault(self, kind: str) -> None:
         with self._lock:
@@ -123,6 +144,8 @@ class Accounting:
         with self._lock:
             self.calls.clear()
             self.faults.clear()
+            self._clients.clear()
+            self._in_flight_peak = self._in_flight
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -132,4 +155,8 @@ class Accounting:
                 "ledger": [asdict(c) for c in self._ledger],
                 "calls": dict(self.calls),
                 "faultsInjected": dict(self.faults),
+                "clients": {
+                    k: {"first": a, "last": b, "calls": int(n)} for k, (a, b, n) in self._clients.items()
+                },
+                "requestsInFlightPeak": self._in_flight_peak,
             }

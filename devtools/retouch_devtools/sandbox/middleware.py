@@ -111,8 +111,21 @@ class SandboxMiddleware:
             await send_not_found(scope, send, scope[ORIGINAL_PATH])
             return
         scope[ENDPOINT] = endpoint
-        if kind == "api":
-            self.state.accounting.count_call(endpoint or "unknown")
+        if kind != "api":
+            await self._serve(scope, receive, send, kind, endpoint)
+            return
+        accounting = self.state.accounting
+        accounting.count_call(endpoint or "unknown", _header(scope, b"authorization"))
+        accounting.request_started()
+        try:
+            await self._serve(scope, receive, send, kind, endpoint)
+        finally:
+            accounting.request_finished()
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, kind: str, endpoint: str | None
+    ) -> None:
+        """Faults first (API calls, and auth calls when the faults include them), then the app."""
         faults = self.state.faults
         if kind == "api" or (kind == "auth" and faults.include_auth):
             injector = self.state.injector

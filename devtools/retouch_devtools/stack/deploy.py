@@ -275,6 +275,52 @@ def launch_collection_backfill(
     return str(result["backfillId"])
 
 
+SENSOR_STATE = """
+query SensorState($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { id status ticks(limit: 1) { status } } }
+  }
+}
+"""
+START_SENSOR = """
+mutation StartSensor($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { status } }
+    ... on PythonError { message } ... on Error { message }
+  }
+}
+"""
+STOP_SENSOR = """
+mutation StopSensor($id: String!) {
+  stopSensor(id: $id) {
+    __typename ... on StopSensorMutationResult { instigationState { status } } ... on Error { message }
+  }
+}
+"""
+
+
+def switch_sensor(stack: DeployStack, name: str, running: bool, timeout: float = 120) -> None:
+    """What the UI's sensor toggle sends. Stopping waits until no tick of the sensor is still being evaluated
+    (a tick in flight would still register partitions and request runs)."""
+    selector = {"repositoryLocationName": "retouch_pipeline", "repositoryName": "__repository__"}
+    selector["sensorName"] = name
+    if running:
+        started = stack.graphql(START_SENSOR, {"selector": selector})["startSensor"]
+        if started.get("sensorState", {}).get("status") != "RUNNING":
+            raise GraphQLError(json.dumps(started)[:3000])
+        return
+    state = stack.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]["sensorState"]
+    stopped = stack.graphql(STOP_SENSOR, {"id": state["id"]})["stopSensor"]
+    if stopped.get("instigationState", {}).get("status") != "STOPPED":
+        raise GraphQLError(json.dumps(stopped)[:3000])
+
+    def no_tick_in_flight() -> bool:
+        ticks = stack.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]["sensorState"]["ticks"]
+        return not ticks or ticks[0]["status"] != "STARTED"
+
+    wait_until(no_tick_in_flight, timeout, interval=0.5, what=f"sensor {name}'s last tick")
+
+
 def prepare_deploy_stack(
     home: Path, database: str, sandbox: Mapping[str, Any], s3_endpoint: str, extra_env: Mapping[str, str]
 ) -> DeployStack:
