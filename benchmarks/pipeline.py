@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import RunsFilter
 
 from benchmarks.images import catalog_jpeg, large_png, small_png
-from benchmarks.procs import TreeSampler, cpu_snapshot
+from benchmarks.procs import TreeSampler, cpu_snapshot, run_json_child
 from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
 from retouch_devtools.stack.deploy import launch_collection_backfill, switch_sensor
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
@@ -301,17 +300,12 @@ def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
             "work_dir": str(home),
         }
         env = {"HOME": str(home), "PATH": os.environ.get("PATH", "")}
-        done = subprocess.run(  # noqa: S603 (the official venv's interpreter, fixed script, no shell)
+        result = run_json_child(
             [str(OFFICIAL_PYTHON), str(REPO / "benchmarks" / "official_driver.py"), json.dumps(cfg)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
+            env,
+            3600,
+            "official client",
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"official client failed: {done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
         return float(result["seconds"])
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -7,10 +7,15 @@ peak-RSS counter, so the peak between two samples is not missed).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -139,3 +144,16 @@ def cpu_snapshot(sampler: TreeSampler) -> dict[str, float]:
     """CPU seconds per tree right now (take two and subtract to get a phase's cost)."""
     sampler.sample()
     return {name: sampler.cpu_seconds(name) for name in sampler.roots}
+
+
+def run_json_child(
+    argv: list[str], env: Mapping[str, str], timeout: float, what: str, cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run a benchmark's child process and return the JSON object on its last stdout line."""
+    done = subprocess.run(  # noqa: S603 (our own interpreters and modules, no shell)
+        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -35,7 +35,6 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import psycopg2
 from dagster._core.events import DagsterEventType
 
 from benchmarks.pipeline import api_calls, instance, launch_backfill, launch_job, say, wait_backfills
-from benchmarks.procs import TreeSampler, cpu_snapshot
+from benchmarks.procs import TreeSampler, cpu_snapshot, run_json_child
 from benchmarks.stack import BUCKET, REPO, Stack, running_stack, wait_for
 from retouch_devtools.samples import product_photo
 from retouch_devtools.stack.deploy import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER, fresh_database
@@ -157,19 +156,13 @@ def sensor_figures(stack: Stack, work: Path, repeats: int) -> dict[str, Any]:
             "prefix": SOURCE_PREFIX,
             "repeats": repeats,
         }
-        done = subprocess.run(  # noqa: S603 (our own module, our own arguments)
+        return run_json_child(
             [sys.executable, "-m", "benchmarks.scale_sensor", json.dumps(args)],
+            clean_environment(),
+            1200,
+            "sensor measurement",
             cwd=REPO,
-            env=clean_environment(),
-            capture_output=True,
-            text=True,
-            timeout=1200,
-            check=False,
         )
-    if done.returncode != 0:
-        raise RuntimeError(f"sensor measurement failed:\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def process(stack: Stack, sampler: TreeSampler, names: list[str], timeout: float) -> dict[str, Any]:
