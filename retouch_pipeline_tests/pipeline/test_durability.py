@@ -42,6 +42,7 @@ from retouch_pipeline.catalog.keys import s3_key_from_partition_key
 from retouch_pipeline.processing import create as create_stage
 from retouch_pipeline.processing.ledger import is_ledger_key
 from retouch_pipeline.processing.records import PurchaseEntry
+from retouch_pipeline.state_objects import is_reserved_key
 
 IMAGES = 12
 
@@ -80,13 +81,13 @@ def forecast_on(stack: ProfileStack) -> tuple[int, int]:
 
 
 def outputs(stack: ProfileStack) -> dict[str, tuple[str, Any]]:
-    """Every object under the output prefix but the ledger: key -> (ETag, LastModified)."""
+    """Every output object (the reserved folder's ledger and state aside): key -> (ETag, LastModified)."""
     pages = stack.s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket, Prefix=OUTPUT_PREFIX)
     return {
         o["Key"]: (o["ETag"], o["LastModified"])
         for p in pages
         for o in p.get("Contents", [])
-        if not is_ledger_key(o["Key"], OUTPUT_PREFIX)
+        if not is_reserved_key(o["Key"], OUTPUT_PREFIX)
     }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline.processing.ledger import is_ledger_key
+from retouch_pipeline.state_objects import is_reserved_key
 
 
 def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes]) -> None:
@@ -15,7 +15,7 @@ def test_one_collection_end_to_end(stack: Stack, make_image: Callable[..., bytes
     stack.register(keys)
     result = stack.run(keys)
     assert result.success
-    outputs = [k for k in stack.keys("retouched/") if not is_ledger_key(k, "retouched/")]
+    outputs = [k for k in stack.keys("retouched/") if not is_reserved_key(k, "retouched/")]
     assert (
         len(stack.keys("retouched/.retouch-pipeline/ledger/")) == 3
     )  # one purchase entry per image (docs/durability.md)

@@ -24,10 +24,10 @@ from retouch_pipeline.assets.costs import autoretouch_costs
 from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.processing.ledger import is_ledger_key
 from retouch_pipeline.refresh_index import index_key
 from retouch_pipeline.refresh_plan import plan_refresh
 from retouch_pipeline.sensors import build_pending_sensor
+from retouch_pipeline.state_objects import is_reserved_key
 
 
 def _requested(result: dg.SensorExecutionData, stack: Stack) -> list[list[str]]:
@@ -71,8 +71,8 @@ def test_sensor_to_s3_then_reruns_charge_nothing(stack: Stack, make_image: Calla
     assert stack.charged() == 4 * price
     assert len(list(stack.client().iter_batches())) == 2  # one AutoRetouch order per collection run
     for key in stack.keys("retouched/"):
-        if is_ledger_key(key, "retouched/"):
-            continue  # the purchase ledger, not an output
+        if is_reserved_key(key, "retouched/"):
+            continue  # the pipeline's own ledger and state, not an output
         if key.endswith(".png"):
             image = stack.image(key)
             assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0  # transparent background
