@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -132,11 +132,13 @@ def test_create_that_never_happened_is_bought_once_after_the_settle_window(
     assert _keyed(stack, note["idempotency_key"]) == []
     ticks = PendingTicks(stack)
     settle_until = datetime.fromisoformat(note["settle_until"])
-    while datetime.now(UTC) < settle_until:  # not listed, window not over: never given up early
-        assert ticks.tick() == []
-        time.sleep(2.0)
-    time.sleep(0.5)
-    requests = ticks.tick()
+    assert ticks.tick() == []  # not listed, window not over: left for a later tick
+    deadline = time.monotonic() + SETTLE + 30
+    while not (requests := ticks.tick()) and time.monotonic() < deadline:
+        assert datetime.now(UTC) < settle_until + timedelta(seconds=10)  # given up on once the window is over
+        time.sleep(1.0)
+    # The tick decides on its own clock: a request proves it read the time after the window closed.
+    assert datetime.now(UTC) >= settle_until  # never given up early
     assert [keys for _selection, keys in requests] == [[partition]]
     selection, keys = requests[0]
     assert EXECUTION in selection  # a normal run: it may buy
