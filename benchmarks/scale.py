@@ -409,7 +409,7 @@ PROCESSED_FIGURES = ("db_bytes_per_image", "event_rows_per_image", "cpu_seconds_
 def summary(steps: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The JSON line: the 100,000 step's figures, per-image costs from the largest processed step, growth."""
     sizes = sorted(steps)
-    top, mid = steps[sizes[-1]], steps[sizes[-2]]
+    top, mid = steps[sizes[-1]], (steps[sizes[-2]] if len(sizes) > 1 else {})
     processed = [s for s in sizes if "processed" in steps[s]]
     measured = steps[processed[-1]] if processed else {}
     out: dict[str, Any] = {"steps": sizes, **{k: top.get(k) for k in FIGURES}}
@@ -435,11 +435,12 @@ def _fmt(value: Any) -> str:
 
 def table(steps: dict[int, dict[str, Any]], line: dict[str, Any]) -> str:
     sizes = sorted(steps)
-    header = ["figure", *[f"{s:,}" for s in sizes], f"{sizes[-1]:,}/{sizes[-2]:,}"]
+    growth = f"{sizes[-1]:,}/{sizes[-2]:,}" if len(sizes) > 1 else "growth"
+    header = ["figure", *[f"{s:,}" for s in sizes], growth]
     rows = [header]
     for key in (*FIGURES, *PROCESSED_FIGURES, "copy_db_bytes_per_image"):
         values = [steps[s].get(key) for s in sizes]
-        ratio = values[-1] / values[-2] if values[-1] and values[-2] else None
+        ratio = values[-1] / values[-2] if len(values) > 1 and values[-1] and values[-2] else None
         rows.append([key, *map(_fmt, values), _fmt(ratio)])
     rows.append(["db_total_mib", *[_fmt(steps[s]["db"]["db_bytes"] / 2**20) for s in sizes], "-"])
     rows.append(

@@ -34,7 +34,12 @@ from retouch_pipeline.catalog.keys import (
     partition_key_for,
     s3_key_from_partition_key,
 )
-from retouch_pipeline.catalog.requests import batch_run_requests, group_by_collection
+from retouch_pipeline.catalog.requests import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    batch_run_requests,
+    group_by_collection,
+)
 from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner, normalize_prefix
 from retouch_pipeline.catalog.state import ScanState, StateStore, key_digest
 from retouch_pipeline.state_objects import STATE_DIR
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 TRIGGER_TAG = "retouch/trigger"
+WAITING_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING]
 
 
 class ScanConfig(BaseModel):
@@ -66,6 +72,17 @@ class ScanConfig(BaseModel):
     # are 2 of a step's create batches; docs/performance.md).
     first_batch_size: int = Field(
         default=32, gt=0, description="Images in the first run a tick requests (at most batch_size)."
+    )
+    # Why hold runs back: every run the daemon creates writes its planned events (one per asset and image)
+    # and, once dequeued, starts a process; a tick that requested a whole new catalog at once (1,000 runs
+    # for 100,000 images) kept the daemon creating runs for an hour and the queue full, and at a cold
+    # start the first runs booted while the daemon was still creating the others. Runs that cannot start
+    # yet are better kept as a few lines of the scan state. None: request everything at once.
+    max_waiting_runs: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many of the sensor's runs waiting to start (queued or starting); the "
+        "other requests wait in the scan state for later ticks. None: no limit.",
     )
     state_bucket: str | None = Field(
         default=None, description="Bucket of the scan state; the source's if unset."
@@ -224,6 +241,40 @@ class _CatalogTick:
         )
         return to_add, requests
 
+    def _admit(
+        self, context: dg.SensorEvaluationContext, state: ScanState, wanted: list[dg.RunRequest]
+    ) -> list[dg.RunRequest]:
+        """The requests to send now: the held-back ones first, then this tick's, as many as fit under
+        `max_waiting_runs`; the rest stay in `state.deferred`. A held-back range whose ends are no longer
+        partitions (deleted since) is dropped: the daily refresh finds images that were never processed."""
+        limit = self.config.max_waiting_runs
+        if limit is None and not state.deferred:
+            return wanted
+        target = sorted(_partitioned_target_keys(context, self.target, self.partitions_def))
+        held = [dg.RunRequest(asset_selection=target, tags=tags) for tags in state.deferred]
+        held = [r for r in held if self._still_registered(context, r.tags)]
+        if len(held) < len(state.deferred):
+            context.log.warning(
+                f"{len(state.deferred) - len(held)} held-back run requests dropped: "
+                "their partitions were deleted"
+            )
+        backlog = [*held, *wanted]
+        free = len(backlog)
+        if limit is not None:
+            waiting = context.instance.get_runs_count(
+                dg.RunsFilter(statuses=WAITING_STATUSES, tags={TRIGGER_TAG: self.name})
+            )
+            free = max(0, limit - waiting)
+        state.deferred = [dict(r.tags) for r in backlog[free:]]
+        return backlog[:free]
+
+    def _still_registered(self, context: dg.SensorEvaluationContext, tags: Mapping[str, str]) -> bool:
+        ends = (tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG))
+        return all(
+            key is not None and context.instance.has_dynamic_partition(self.partitions_name, key)
+            for key in ends
+        )
+
     def evaluate(self, context: dg.SensorEvaluationContext) -> dg.SensorResult:
         # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
         # resources are built once per evaluation, so this is one S3 client per tick.
@@ -246,9 +297,12 @@ class _CatalogTick:
             set(registered or ()),
             _deleted_partition_keys(result, context.instance, self.partitions_def),
         )
-        to_add, run_requests = self._requests(context, plan, registered)
+        to_add, wanted = self._requests(context, plan, registered)
+        run_requests = self._admit(context, state, wanted)
         new_cursor = store.save(state, cursor, scanner.source)
         summary = plan.summary(result, state, len(run_requests))
+        if state.deferred:
+            summary += f"; {len(state.deferred)} run requests held back until runs start"
         context.log.info(summary)
         if plan.deleted:
             shown = ", ".join(plan.deleted[:20])
