@@ -45,7 +45,7 @@ def test_runs_beyond_the_waiting_limit_wait_in_the_scan_state_until_runs_start(
     runs: list[dg.DagsterRun] = []
 
     def tick() -> list[tuple[str, str]]:
-        """One tick; its requests become runs waiting to start, with their tags, as the daemon creates them."""
+        """One tick; its requests become runs waiting to start, with their tags, as the daemon makes them."""
         result = harness.tick()
         for tags in result.tags:
             run = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), tags=tags)
