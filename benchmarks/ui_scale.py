@@ -80,24 +80,27 @@ def clone_all(name: str, old: str, copies: int) -> int:
     """The event rows (and tags) of the partitions starting with `old`, copied to collections 1 .. copies - 1
     in one statement each (copy g after copy g - 1, in the original order)."""
     with scale.database(name, transaction=True) as cursor:
+        # copy g of a row: id + g * span, keys with 'scale000/' replaced by 'scaleGGG/'
         cursor.execute("LOCK TABLE event_logs IN EXCLUSIVE MODE")
         cursor.execute("SELECT min(id), max(id) FROM event_logs WHERE partition LIKE %s", (old + "%",))
         low, _ = cursor.fetchone()
         cursor.execute("SELECT max(id) FROM event_logs")
         top = int(cursor.fetchone()[0])
         span = top + 1 - int(low)
-        new = "'scale' || lpad(g::text, 3, '0') || '/'"
         cursor.execute(
             "INSERT INTO event_logs (id, run_id, event, dagster_event_type, timestamp, step_key, asset_key, "
-            f"partition) SELECT id + g * %s, run_id, replace(event, %s, {new}), dagster_event_type, "
-            f"timestamp, step_key, asset_key, replace(partition, %s, {new}) FROM event_logs, "
-            "generate_series(1, %s) g WHERE partition LIKE %s ORDER BY g, id",
+            "partition) SELECT id + g * %s, run_id, "
+            "replace(event, %s, 'scale' || lpad(g::text, 3, '0') || '/'), "
+            "dagster_event_type, timestamp, step_key, asset_key, "
+            "replace(partition, %s, 'scale' || lpad(g::text, 3, '0') || '/') "
+            "FROM event_logs, generate_series(1, %s) g WHERE partition LIKE %s ORDER BY g, id",
             (span, old, old, copies - 1, old + "%"),
         )
         rows = int(cursor.rowcount)
         cursor.execute(
             "INSERT INTO asset_event_tags (event_id, asset_key, key, value, event_timestamp) "
-            f"SELECT t.event_id + g * %s, t.asset_key, t.key, replace(t.value, %s, {new}), t.event_timestamp "
+            "SELECT t.event_id + g * %s, t.asset_key, t.key, "
+            "replace(t.value, %s, 'scale' || lpad(g::text, 3, '0') || '/'), t.event_timestamp "
             "FROM asset_event_tags t JOIN event_logs e ON e.id = t.event_id, generate_series(1, %s) g "
             "WHERE e.partition LIKE %s AND e.id <= %s",
             (span, old, copies - 1, old + "%", top),
@@ -105,7 +108,6 @@ def clone_all(name: str, old: str, copies: int) -> int:
         cursor.execute(
             "SELECT setval(pg_get_serial_sequence('event_logs', 'id'), (SELECT max(id) FROM event_logs))"
         )
-        cursor.execute("ANALYZE event_logs")
     return rows
 
 
@@ -195,7 +197,7 @@ def record_views(stack: Stack, partitions: int, out_dir: Path) -> dict[str, Any]
 
 def post(url: str, body: dict[str, Any]) -> tuple[float, int]:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
     started = time.monotonic()
     with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 (local webserver)
         size = len(response.read())
