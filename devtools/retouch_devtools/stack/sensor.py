@@ -48,12 +48,14 @@ class SensorHarness:
         )
 
     def tick(self) -> Tick:
+        before = set(self.partitions())
         with dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, definitions=self.defs, resources=self.resources
         ) as context:
             started = time.monotonic()
             data = self.sensor.evaluate_tick(context)
         tick = Tick(seconds=time.monotonic() - started)
+        tick.added = [k for k in self.partitions() if k not in before]  # the sensor adds them itself
         self.cursor = data.cursor
         for request in data.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
