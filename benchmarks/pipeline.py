@@ -68,6 +68,7 @@ query SensorTicks($selector: SensorSelector!) {
 }
 """
 CATALOG_SENSOR = "catalog_sensor"
+PENDING_SENSOR = "pending_executions_sensor"
 FINISHED_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -188,6 +189,10 @@ def cold_launch(stack: Stack, how: str, names: list[str], collection: str) -> Co
     keys = [partition_key_for(name) for name in names]
     if how == "backfill":
         instance(stack).add_dynamic_partitions(CATALOG_PARTITIONS_NAME, keys)
+    # The pending-executions sensor runs in production beside the others: it finishes an image whose
+    # create was left unconfirmed (an answer lost on the way back, which a busy server can cause), without
+    # it such an image would never be delivered and the benchmark would wait for it forever.
+    switch_sensor(stack.deploy, PENDING_SENSOR, True)
     launched_wall, started = time.time(), time.monotonic()
     backfill_id = None
     if how == "sensor":
@@ -196,6 +201,7 @@ def cold_launch(stack: Stack, how: str, names: list[str], collection: str) -> Co
         backfill_id = launch_backfill(stack, keys, f"bench-{collection}")
     wait_for(lambda: len(output_images(stack, collection)) >= len(names), 3600, 1.0, f"{collection} outputs")
     seconds = time.monotonic() - started
+    switch_sensor(stack.deploy, PENDING_SENSOR, False)
     if backfill_id is None:
         switch_sensor(stack.deploy, CATALOG_SENSOR, False)
         runs = RunsFilter(
