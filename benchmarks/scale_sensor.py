@@ -4,8 +4,10 @@ Alone (no stack, no processing): `python -m benchmarks.scale_sensor --images 100
 seeds an in-process moto (paged listing, as `make bench-scale`) step by step and runs the child below per
 step on a fresh database; `--profile` writes a cProfile of the registration (`DIR/register-<N>.prof`).
 
-Why a child process: its peak RSS (the kernel's `ru_maxrss`, read at the end) is the memory one evaluation of
-the sensor needs at this many objects, without the benchmark's own moto server (100,000 objects) in it.
+Why a child process: its peak RSS (the kernel's `VmHWM` of this process, read at the end) is the memory one
+evaluation of the sensor needs at this many objects, without the benchmark's own moto server (100,000 objects)
+in it. Not `ru_maxrss`: Linux folds the parent's peak into a child's `ru_maxrss` at exec, so it reported the
+benchmark process holding moto's catalog, not the sensor.
 
 Against a fresh PostgreSQL database with deploy/dagster.yaml's storage (production's), the real catalog
 sensor is evaluated tick after tick the way the daemon applies ticks (`retouch_devtools.stack.sensor`):
@@ -21,7 +23,6 @@ import cProfile
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 
+from benchmarks.procs import read_mem
 from retouch_devtools.stack.deploy import fresh_database, postgres_env, write_dagster_home
 from retouch_devtools.stack.env import CATALOG_BUCKET, SOURCE_PREFIX
 from retouch_devtools.stack.s3 import clean_environment, ensure_bucket, running_moto, s3_client, seed_backend
@@ -42,7 +44,8 @@ from retouch_pipeline.catalog.sensor import ScanConfig, make_scanner
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS (`VmHWM`; see the module docstring for why not `ru_maxrss`)."""
+    return read_mem(os.getpid())[1] / 1024
 
 
 def _listing_seconds(s3: Any, bucket: str, prefix: str) -> tuple[float, int]:

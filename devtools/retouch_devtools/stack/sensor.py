@@ -15,7 +15,7 @@ from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.stack.s3 import CREDENTIALS, sqs_client
 from retouch_devtools.stack.standin import catalog_images, cost_report, retouched_image, source_image
-from retouch_pipeline.catalog.requests import requested_partition_keys
+from retouch_pipeline.catalog.requests import positions, requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 
 PREFIX = "incoming"
@@ -64,9 +64,10 @@ class SensorHarness:
                     self.instance.delete_dynamic_partition(request.partitions_def_name, key)
                 tick.deleted.extend(request.partition_keys)
         order = self.partitions() if data.run_requests else []
+        index = positions(order)
         for run_request in data.run_requests or []:
             assert run_request.asset_selection == sorted([source_image.key, retouched_image.key])
-            tick.requested_batches.append(requested_partition_keys(run_request, order))
+            tick.requested_batches.append(requested_partition_keys(run_request, order, index))
             tick.tags.append(dict(run_request.tags))
         return tick
 
