@@ -11,9 +11,11 @@ benchmark process holding moto's catalog, not the sensor.
 
 Against a fresh PostgreSQL database with deploy/dagster.yaml's storage (production's), the real catalog
 sensor is evaluated tick after tick the way the daemon applies ticks (`retouch_devtools.stack.sensor`):
-from an empty instance to every partition registered and every run request built and read back
-(`register_seconds`); then, with nothing changed, ticks against one plain paginated listing of the prefix,
-interleaved (`sensor_steady_ratio_to_floor`, medians). Prints one JSON object.
+from an empty instance to every partition registered and every run request built (`register_seconds`: the
+ticks' evaluations and the application of their partition requests, the product's time;
+`register_wall_seconds` adds the harness reading every run request back as partition keys); then, with
+nothing changed, ticks against one plain paginated listing of the prefix, interleaved
+(`sensor_steady_ratio_to_floor`, medians). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -94,13 +96,16 @@ def measure(
             profiler.enable()
         started = time.monotonic()
         requested: list[str] = []
-        ticks = 0
+        ticks, product_seconds = 0, 0.0
         while ticks < 50:
-            requested += harness.tick().requested
+            tick = harness.tick()
+            requested += tick.requested
+            product_seconds += tick.seconds
             ticks += 1
             if _passes(harness, source) >= 1:
                 break
-        out["register_seconds"] = time.monotonic() - started
+        out["register_seconds"] = product_seconds
+        out["register_wall_seconds"] = time.monotonic() - started
         if profiler is not None and profile is not None:
             profiler.disable()
             profiler.dump_stats(profile)

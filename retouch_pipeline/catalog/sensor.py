@@ -1,9 +1,10 @@
 """The catalog sensor: registers one dynamic partition per source image and launches work in batches.
 
 Each tick: one S3 client (``S3Resource.get_client()``), one bounded scan (:mod:`.scanner`), the new
-partition keys added with ``partitions_def.build_add_request`` and, for new and changed images, run
-requests in batches. The typed cursor (:class:`~.cursor.CatalogCursor`) points at the scan state kept in
-S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable cursor or state resets safely.
+partition keys registered in bulk (``context.instance.add_dynamic_partitions``) and, for new and changed
+images, run requests in batches. The typed cursor (:class:`~.cursor.CatalogCursor`) points at the scan
+state kept in S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable cursor or state
+resets safely.
 
 How batches are launched
     As public ``RunRequest``s over contiguous partition ranges (:mod:`.requests`): the keys one tick
@@ -12,6 +13,16 @@ How batches are launched
     ``first_batch_size``, so AutoRetouch gets work sooner), queued at once without waiting for the
     backfill daemon; changed images go as the few ranges their positions allow. The runs carry the same
     tags and pool as the runs of a backfill, and the same run limit per collection (deploy/dagster.yaml).
+
+Why not ``build_add_request``
+    The daemon applies a ``SensorResult``'s ``AddDynamicPartitionsRequest`` key by key: one
+    ``has_dynamic_partition`` query per key, each on a new PostgreSQL connection (dagster-postgres holds no
+    pool), before one bulk insert. That is minutes for a new catalog of 100,000 images
+    (docs/performance.md, bench-scale). ``add_dynamic_partitions`` checks and inserts the whole list in two
+    statements. It runs after the scan state is saved, as the tick's last step; if the tick is then lost
+    anyway (the daemon stops before it stores the cursor), the next tick lists the same objects as new
+    and requests them over the partitions already there (a baseline pass adopts them instead, as after any
+    reset). Deletions still go through ``build_delete_request`` (rare, and there is no bulk delete).
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects
@@ -172,14 +183,12 @@ class _TickPlan:
         return [k for keys in group_by_collection(self.to_run).values() for k in keys if k not in known]
 
     def partition_requests(
-        self, partitions_def: dg.DynamicPartitionsDefinition, to_add: list[str], delete_deleted: bool
-    ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
-        requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
-        if to_add:
-            requests.append(partitions_def.build_add_request(to_add))
+        self, partitions_def: dg.DynamicPartitionsDefinition, delete_deleted: bool
+    ) -> list[dg.DeleteDynamicPartitionsRequest]:
+        """Deletions for the daemon to apply (additions are registered in bulk by the tick itself)."""
         if self.deleted and delete_deleted:
-            requests.append(partitions_def.build_delete_request(self.deleted))
-        return requests
+            return [partitions_def.build_delete_request(self.deleted)]
+        return []
 
     def summary(self, result: ScanResult, state: ScanState, batches: int) -> str:
         return (
@@ -252,6 +261,8 @@ class _CatalogTick:
         plan = _TickPlan.of(result, known, deleted)
         to_add, run_requests = self._requests(context, plan, registered, known)
         new_cursor = store.save(state, cursor, scanner.source)
+        if to_add:  # in bulk, not key by key in the daemon (module docstring)
+            context.instance.add_dynamic_partitions(self.partitions_name, to_add)
         summary = plan.summary(result, state, len(run_requests))
         context.log.info(summary)
         if plan.deleted:
@@ -260,7 +271,7 @@ class _CatalogTick:
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=plan.partition_requests(
-                self.partitions_def, to_add, self.config.delete_partitions_of_deleted_objects
+                self.partitions_def, self.config.delete_partitions_of_deleted_objects
             ),
             cursor=new_cursor.serialize(),
             skip_reason=None if run_requests else summary,

@@ -2,7 +2,8 @@
 
 The cursor is carried over, partition requests are applied to the instance, and each run request is read
 back as the partition keys it runs (its single key, or its range over the registered keys, which must
-exist). The catalog tests and the sensor benchmark drive the sensor this way.
+exist). The catalog tests and the sensor benchmark drive the sensor this way. The sensor registers new
+partitions itself (in bulk): a tick's `added` are the partitions that exist after it and did not before.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ PREFIX = "incoming"
 @dataclass
 class Tick:
     seconds: float
+    """The evaluation and the application of its partition requests (what the daemon does), not the
+    harness's own reading back of partitions and run requests."""
     added: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     requested_batches: list[list[str]] = field(default_factory=list)
@@ -51,19 +54,21 @@ class SensorHarness:
         with dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, definitions=self.defs, resources=self.resources
         ) as context:
+            before = set(self.partitions())
             started = time.monotonic()
             data = self.sensor.evaluate_tick(context)
-        tick = Tick(seconds=time.monotonic() - started)
+            tick = Tick(seconds=0.0)
+            for request in data.dynamic_partitions_requests or []:
+                if isinstance(request, dg.AddDynamicPartitionsRequest):
+                    self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+                else:
+                    for key in request.partition_keys:
+                        self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+                    tick.deleted.extend(request.partition_keys)
+            tick.seconds = time.monotonic() - started
         self.cursor = data.cursor
-        for request in data.dynamic_partitions_requests or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-                tick.added.extend(request.partition_keys)
-            else:
-                for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
-                tick.deleted.extend(request.partition_keys)
-        order = self.partitions() if data.run_requests else []
+        order = self.partitions()
+        tick.added = [k for k in order if k not in before]
         index = positions(order)
         for run_request in data.run_requests or []:
             assert run_request.asset_selection == sorted([source_image.key, retouched_image.key])
