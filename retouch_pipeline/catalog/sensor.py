@@ -22,7 +22,8 @@ Why not ``build_add_request``
     statements. It runs after the scan state is saved, as the tick's last step; if the tick is then lost
     anyway (the daemon stops before it stores the cursor), the next tick lists the same objects as new
     and requests them over the partitions already there (a baseline pass adopts them instead, as after any
-    reset). Deletions still go through ``build_delete_request`` (rare, and there is no bulk delete).
+    reset, and the daily refresh plans them as missed). Deletions still go through
+    ``build_delete_request`` (rare, and there is no bulk delete).
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects

@@ -59,12 +59,16 @@ class SensorHarness:
             data = self.sensor.evaluate_tick(context)
             tick = Tick(seconds=0.0)
             for request in data.dynamic_partitions_requests or []:
+                # As the daemon applies them: one existence query per key, then the change.
+                name = request.partitions_def_name
+                keys = request.partition_keys
+                exist = [k for k in keys if self.instance.has_dynamic_partition(name, k)]
                 if isinstance(request, dg.AddDynamicPartitionsRequest):
-                    self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+                    self.instance.add_dynamic_partitions(name, [k for k in keys if k not in exist])
                 else:
-                    for key in request.partition_keys:
-                        self.instance.delete_dynamic_partition(request.partitions_def_name, key)
-                    tick.deleted.extend(request.partition_keys)
+                    for key in exist:
+                        self.instance.delete_dynamic_partition(name, key)
+                    tick.deleted.extend(exist)
             tick.seconds = time.monotonic() - started
         self.cursor = data.cursor
         order = self.partitions()
