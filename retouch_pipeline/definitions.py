@@ -85,6 +85,9 @@ def build_scan_config(settings: Settings) -> ScanConfig:
         source_bucket=catalog.source_bucket,
         source_prefix=catalog.source_prefix,
         batch_size=catalog.batch_size,
+        # Three runs ready to start: a tick's first runs boot without the daemon creating the others
+        # beside them, and with runs of 100 images and ticks every 30 s the queue never runs dry.
+        max_waiting_runs=3,
         state_bucket=catalog.output_bucket,
         state_prefix=state_prefix(catalog.output_prefix, "catalog"),
         mode=scan.mode,

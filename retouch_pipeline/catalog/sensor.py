@@ -1,10 +1,9 @@
 """The catalog sensor: registers one dynamic partition per source image and launches work in batches.
 
 Each tick: one S3 client (``S3Resource.get_client()``), one bounded scan (:mod:`.scanner`), the new
-partition keys registered in bulk (``context.instance.add_dynamic_partitions``) and, for new and changed
-images, run requests in batches. The typed cursor (:class:`~.cursor.CatalogCursor`) points at the scan
-state kept in S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable cursor or state
-resets safely.
+partition keys added in bulk (``instance.add_dynamic_partitions``) and, for new and changed images, run
+requests in batches. The typed cursor (:class:`~.cursor.CatalogCursor`) points at the scan state kept in
+S3 under the pipeline's reserved prefix (why: :mod:`.state`); an unreadable cursor or state resets safely.
 
 How batches are launched
     As public ``RunRequest``s over contiguous partition ranges (:mod:`.requests`): the keys one tick
@@ -13,17 +12,6 @@ How batches are launched
     ``first_batch_size``, so AutoRetouch gets work sooner), queued at once without waiting for the
     backfill daemon; changed images go as the few ranges their positions allow. The runs carry the same
     tags and pool as the runs of a backfill, and the same run limit per collection (deploy/dagster.yaml).
-
-Why not ``build_add_request``
-    The daemon applies a ``SensorResult``'s ``AddDynamicPartitionsRequest`` key by key: one
-    ``has_dynamic_partition`` query per key, each on a new PostgreSQL connection (dagster-postgres holds no
-    pool), before one bulk insert. That is minutes for a new catalog of 100,000 images
-    (docs/performance.md, bench-scale). ``add_dynamic_partitions`` checks and inserts the whole list in two
-    statements. It runs after the scan state is saved, as the tick's last step; if the tick is then lost
-    anyway (the daemon stops before it stores the cursor), the next tick lists the same objects as new
-    and requests them over the partitions already there (a baseline pass adopts them instead, as after any
-    reset, and the daily refresh plans them as missed). Deletions still go through
-    ``build_delete_request`` (rare, and there is no bulk delete).
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects
@@ -47,7 +35,12 @@ from retouch_pipeline.catalog.keys import (
     partition_key_for,
     s3_key_from_partition_key,
 )
-from retouch_pipeline.catalog.requests import batch_run_requests, group_by_collection
+from retouch_pipeline.catalog.requests import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    batch_run_requests,
+    group_by_collection,
+)
 from retouch_pipeline.catalog.scanner import ListingScanner, Scanner, ScanResult, SqsScanner, normalize_prefix
 from retouch_pipeline.catalog.state import ScanState, StateStore, key_digest
 from retouch_pipeline.state_objects import STATE_DIR
@@ -57,6 +50,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 TRIGGER_TAG = "retouch/trigger"
+WAITING_STATUSES = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING]
 
 
 class ScanConfig(BaseModel):
@@ -79,6 +73,17 @@ class ScanConfig(BaseModel):
     # are 2 of a step's create batches; docs/performance.md).
     first_batch_size: int = Field(
         default=32, gt=0, description="Images in the first run a tick requests (at most batch_size)."
+    )
+    # Why hold runs back: every run the daemon creates writes its planned events (one per asset and image)
+    # and, once dequeued, starts a process; a tick that requested a whole new catalog at once (1,000 runs
+    # for 100,000 images) kept the daemon creating runs for an hour and the queue full, and at a cold
+    # start the first runs booted while the daemon was still creating the others. Runs that cannot start
+    # yet are better kept as a few lines of the scan state. None: request everything at once.
+    max_waiting_runs: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many of the sensor's runs waiting to start (queued or starting); the "
+        "other requests wait in the scan state for later ticks. None: no limit.",
     )
     state_bucket: str | None = Field(
         default=None, description="Bucket of the scan state; the source's if unset."
@@ -183,10 +188,9 @@ class _TickPlan:
         """The keys to register, collection by collection: each collection's new keys end up consecutive."""
         return [k for keys in group_by_collection(self.to_run).values() for k in keys if k not in known]
 
-    def partition_requests(
+    def delete_requests(
         self, partitions_def: dg.DynamicPartitionsDefinition, delete_deleted: bool
-    ) -> list[dg.DeleteDynamicPartitionsRequest]:
-        """Deletions for the daemon to apply (additions are registered in bulk by the tick itself)."""
+    ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
         if self.deleted and delete_deleted:
             return [partitions_def.build_delete_request(self.deleted)]
         return []
@@ -240,6 +244,40 @@ class _CatalogTick:
         )
         return to_add, requests
 
+    def _admit(
+        self, context: dg.SensorEvaluationContext, state: ScanState, wanted: list[dg.RunRequest]
+    ) -> list[dg.RunRequest]:
+        """The requests to send now: the held-back ones first, then this tick's, as many as fit under
+        `max_waiting_runs`; the rest stay in `state.deferred`. A held-back range whose ends are no longer
+        partitions (deleted since) is dropped: the daily refresh finds images that were never processed."""
+        limit = self.config.max_waiting_runs
+        if limit is None and not state.deferred:
+            return wanted
+        target = sorted(_partitioned_target_keys(context, self.target, self.partitions_def))
+        held = [dg.RunRequest(asset_selection=target, tags=tags) for tags in state.deferred]
+        held = [r for r in held if self._still_registered(context, r.tags)]
+        if len(held) < len(state.deferred):
+            context.log.warning(
+                f"{len(state.deferred) - len(held)} held-back run requests dropped: "
+                "their partitions were deleted"
+            )
+        backlog = [*held, *wanted]
+        free = len(backlog)
+        if limit is not None:
+            waiting = context.instance.get_runs_count(
+                dg.RunsFilter(statuses=WAITING_STATUSES, tags={TRIGGER_TAG: self.name})
+            )
+            free = max(0, limit - waiting)
+        state.deferred = [dict(r.tags) for r in backlog[free:]]
+        return backlog[:free]
+
+    def _still_registered(self, context: dg.SensorEvaluationContext, tags: Mapping[str, str]) -> bool:
+        ends = (tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG))
+        return all(
+            key is not None and context.instance.has_dynamic_partition(self.partitions_name, key)
+            for key in ends
+        )
+
     def evaluate(self, context: dg.SensorEvaluationContext) -> dg.SensorResult:
         # S3Resource hands `get_client()`'s client to `context.resources` (IAttachDifferentObjectToOpContext):
         # resources are built once per evaluation, so this is one S3 client per tick.
@@ -260,18 +298,25 @@ class _CatalogTick:
         result = scanner.scan(state)
         deleted = _deleted_partition_keys(result, context.instance, self.partitions_def)
         plan = _TickPlan.of(result, known, deleted)
-        to_add, run_requests = self._requests(context, plan, registered, known)
-        new_cursor = store.save(state, cursor, scanner.source)
-        if to_add:  # in bulk, not key by key in the daemon (module docstring)
+        to_add, wanted = self._requests(context, plan, registered, known)
+        if to_add:
+            # One bulk insert. Returned as a request instead, the sensor daemon would first look every key
+            # up with a query of its own (`has_dynamic_partition`): seconds for a few hundred new images,
+            # many minutes for 100,000. Added before the state is saved: if the tick dies after this, the
+            # next one finds the keys registered and still requests their runs.
             context.instance.add_dynamic_partitions(self.partitions_name, to_add)
+        run_requests = self._admit(context, state, wanted)
+        new_cursor = store.save(state, cursor, scanner.source)
         summary = plan.summary(result, state, len(run_requests))
+        if state.deferred:
+            summary += f"; {len(state.deferred)} run requests held back until runs start"
         context.log.info(summary)
         if plan.deleted:
             shown = ", ".join(plan.deleted[:20])
             context.log.info(f"Deleted from S3: {shown}{' ...' if len(plan.deleted) > 20 else ''}")
         return dg.SensorResult(
             run_requests=run_requests,
-            dynamic_partitions_requests=plan.partition_requests(
+            dynamic_partitions_requests=plan.delete_requests(
                 self.partitions_def, self.config.delete_partitions_of_deleted_objects
             ),
             cursor=new_cursor.serialize(),

@@ -67,6 +67,9 @@ class ScanState:
     partitions are then adopted (no run requested) instead of being treated as new."""
     pending_receipts: list[str] = field(default_factory=list)
     """SQS receipt handles to delete once the tick that read them has been committed."""
+    deferred: list[dict[str, str]] = field(default_factory=list)
+    """Run requests not sent yet (their tags: a partition range and its collection), oldest first: the
+    sensor holds them back while `ScanConfig.max_waiting_runs` of its runs wait to start."""
 
     def to_bytes(self) -> bytes:
         meta = json.dumps(
@@ -76,6 +79,7 @@ class ScanState:
                 "passes": self.passes,
                 "baseline": self.baseline,
                 "pending_receipts": self.pending_receipts,
+                "deferred": self.deferred,
             }
         ).encode("utf-8")
         n = len(self.known)
@@ -100,6 +104,7 @@ class ScanState:
             passes=int(meta["passes"]),
             baseline=bool(meta["baseline"]),
             pending_receipts=list(meta["pending_receipts"]),
+            deferred=[{str(k): str(v) for k, v in tags.items()} for tags in meta.get("deferred", [])],
         )
 
 
@@ -121,7 +126,7 @@ class StateStore:
             return None
         try:
             return ScanState.from_bytes(blob)
-        except (ValueError, zlib.error, struct.error, KeyError, TypeError):
+        except (ValueError, zlib.error, struct.error, KeyError, TypeError, AttributeError):
             return None
 
     def save(self, state: ScanState, previous: CatalogCursor | None, source: str) -> CatalogCursor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import dagster as dg
@@ -34,3 +35,56 @@ def test_new_images_become_batch_sized_range_runs(make_harness: Any, bucket: str
         assert result.success
     assert harness.instance.get_materialized_partitions(retouched_image.key) == set(tick.requested)
     assert len(harness.instance.get_runs()) == 4 and harness.instance.get_backfills() == []
+
+
+def test_runs_beyond_the_waiting_limit_wait_in_the_scan_state_until_runs_start(
+    make_harness: Any, bucket: str
+) -> None:
+    seed_backend(bucket, [f"{PREFIX}/spring/{i:03d}.jpg" for i in range(250)])
+    harness: SensorHarness = make_harness(batch_size=100, max_waiting_runs=2)
+    runs: list[dg.DagsterRun] = []
+
+    def tick() -> list[tuple[str, str]]:
+        """One tick; its requests become runs waiting to start, with their tags, as the daemon makes them."""
+        result = harness.tick()
+        for tags in result.tags:
+            run = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), tags=tags)
+            runs.append(harness.instance.add_run(run._replace(status=dg.DagsterRunStatus.NOT_STARTED)))
+        return [(t[RANGE_START_TAG], t[RANGE_END_TAG]) for t in result.tags]
+
+    def start(count: int) -> None:
+        """The oldest waiting runs leave the queue (a finished or failed run is no longer waiting)."""
+        waiting = [
+            r
+            for r in runs
+            if harness.instance.get_run_by_id(r.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+        ]
+        for run in waiting[:count]:
+            harness.instance.report_run_failed(run)
+
+    assert tick() == [("spring/000.jpg", "spring/031.jpg"), ("spring/032.jpg", "spring/099.jpg")]
+    assert len(harness.partitions()) == 250  # every image registered at once; only the runs wait
+    assert tick() == []  # two runs wait to start: nothing more is requested
+    start(1)
+    assert tick() == [("spring/100.jpg", "spring/199.jpg")]
+    assert tick() == []
+    start(2)
+    assert tick() == [("spring/200.jpg", "spring/249.jpg")]
+    start(1)
+    assert tick() == []  # the held-back requests were sent once each
+    assert len(runs) == 4
+
+
+def test_new_partitions_are_registered_in_bulk_by_the_tick_itself(make_harness: Any, bucket: str) -> None:
+    """Not as an add request: the sensor daemon would look every key up with a query of its own first."""
+    seed_backend(bucket, [f"{PREFIX}/summer/{i:03d}.jpg" for i in range(5)])
+    harness: SensorHarness = make_harness()
+    with dg.build_sensor_context(
+        instance=harness.instance, definitions=harness.defs, resources=harness.resources
+    ) as context:
+        data = harness.sensor.evaluate_tick(context)
+    assert [
+        r for r in data.dynamic_partitions_requests or [] if isinstance(r, dg.AddDynamicPartitionsRequest)
+    ] == []
+    assert harness.partitions() == [f"summer/{i:03d}.jpg" for i in range(5)]
+    assert len(data.run_requests or []) == 1  # and its run over them, valid as soon as the tick returns

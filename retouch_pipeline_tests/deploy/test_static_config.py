@@ -495,6 +495,10 @@ def test_helm_values_carry_the_settings_of_dagster_yaml() -> None:
     }
     for key, value in rendered.items():
         assert instance[key] == value, key
+    # Asynchronous commit for Dagster's storage on both (docs/durability.md).
+    options = instance["storage"]["postgres"]["postgres_db"]["params"]["options"]
+    assert "synchronous_commit=off" in options
+    assert values["postgresql"]["postgresqlParams"]["options"] == options
     coordinator = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert coordinator["dequeueUseThreads"] == instance["run_coordinator"]["config"]["dequeue_use_threads"]
     assert coordinator["dequeueNumWorkers"] == instance["run_coordinator"]["config"]["dequeue_num_workers"]

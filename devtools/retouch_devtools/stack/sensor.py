@@ -51,10 +51,10 @@ class SensorHarness:
         )
 
     def tick(self) -> Tick:
+        before = set(self.partitions())
         with dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, definitions=self.defs, resources=self.resources
         ) as context:
-            before = set(self.partitions())
             started = time.monotonic()
             data = self.sensor.evaluate_tick(context)
             tick = Tick(seconds=0.0)
