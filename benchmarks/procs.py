@@ -45,7 +45,7 @@ def _read_stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _read_mem(pid: int) -> tuple[int, int]:
+def read_mem(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in kB."""
     rss = hwm = 0
     try:
@@ -122,7 +122,7 @@ class TreeSampler:
                 info = tree.get(pid)
                 if info is None:
                     info = tree[pid] = PidInfo(pid, stat[0], _cmdline(pid), first_seen=now)
-                rss, hwm = _read_mem(pid)
+                rss, hwm = read_mem(pid)
                 if not info.first_rss_kb:
                     info.first_rss_kb = rss
                 info.cpu_seconds = stat[1]

@@ -33,11 +33,20 @@ def group_by_collection(partition_keys: Iterable[str]) -> dict[str, list[str]]:
     return by_collection
 
 
-def contiguous_chunks(order: Sequence[str], keys: Iterable[str], size: int) -> list[list[str]]:
+def positions(order: Sequence[str]) -> dict[str, int]:
+    """key -> position in `order`: built once per tick and shared, since `order` is every registered key."""
+    return {k: i for i, k in enumerate(order)}
+
+
+def contiguous_chunks(
+    order: Sequence[str], keys: Iterable[str], size: int, index: Mapping[str, int] | None = None
+) -> list[list[str]]:
     """`keys` as runs of consecutive positions in `order`, each cut into chunks of at most `size` keys.
 
-    A key missing from `order` is a chunk of its own (it cannot be part of a range)."""
-    index = {k: i for i, k in enumerate(order)}
+    A key missing from `order` is a chunk of its own (it cannot be part of a range). `index`:
+    `positions(order)` if the caller has it (calls over one order would otherwise each map all of it)."""
+    if index is None:
+        index = positions(order)
     wanted = list(dict.fromkeys(keys))
     chunks: list[list[str]] = [[k] for k in wanted if k not in index]
     run: list[int] = []
@@ -74,8 +83,9 @@ def batch_run_requests(
     becomes the next run), so it is created and started while the daemon creates the others."""
     selection = sorted(set(asset_keys))
     requests: list[dg.RunRequest] = []
+    index = positions(order)
     for collection, keys in group_by_collection(partition_keys).items():
-        chunks = contiguous_chunks(order, keys, batch_size)
+        chunks = contiguous_chunks(order, keys, batch_size, index)
         if first_batch_size and not requests and chunks and len(chunks[0]) > first_batch_size:
             chunks = [chunks[0][:first_batch_size], chunks[0][first_batch_size:], *chunks[1:]]
         for chunk in chunks:
@@ -83,7 +93,14 @@ def batch_run_requests(
     return requests
 
 
-def requested_partition_keys(request: dg.RunRequest, order: Sequence[str]) -> list[str]:
-    """The partition keys one of these requests runs (`order`: the registered keys)."""
-    start, end = order.index(request.tags[RANGE_START_TAG]), order.index(request.tags[RANGE_END_TAG])
+def requested_partition_keys(
+    request: dg.RunRequest, order: Sequence[str], index: Mapping[str, int] | None = None
+) -> list[str]:
+    """The partition keys one of these requests runs (`order`: the registered keys; `index`:
+    `positions(order)` when reading many requests against one order, not a search of it per request)."""
+    start_key, end_key = request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]
+    if index is None:
+        start, end = order.index(start_key), order.index(end_key)
+    else:
+        start, end = index[start_key], index[end_key]
     return list(order[start : end + 1])

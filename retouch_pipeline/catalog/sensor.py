@@ -22,6 +22,7 @@ Resets
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -177,15 +178,14 @@ class _TickPlan:
     deleted: list[str]
 
     @classmethod
-    def of(cls, result: ScanResult, registered: set[str], deleted: list[str]) -> _TickPlan:
+    def of(cls, result: ScanResult, registered: AbstractSet[str], deleted: list[str]) -> _TickPlan:
         new_keys = [partition_key_for(o.relative_key) for o in result.new]
         to_run = [k for k in new_keys if k not in registered]
         to_run += [partition_key_for(o.relative_key) for o in result.changed]
         return cls(list(dict.fromkeys(to_run)), [k for k in new_keys if k in registered], deleted)
 
-    def to_add(self, registered: Sequence[str]) -> list[str]:
+    def to_add(self, known: AbstractSet[str]) -> list[str]:
         """The keys to register, collection by collection: each collection's new keys end up consecutive."""
-        known = set(registered)
         return [k for keys in group_by_collection(self.to_run).values() for k in keys if k not in known]
 
     def delete_requests(
@@ -223,14 +223,20 @@ class _CatalogTick:
         return StateStore(s3_client, bucket, f"{self.config.state_prefix.rstrip('/')}/{self.name}/")
 
     def _requests(
-        self, context: dg.SensorEvaluationContext, plan: _TickPlan, registered: list[str] | None
+        self,
+        context: dg.SensorEvaluationContext,
+        plan: _TickPlan,
+        registered: list[str] | None,
+        known: AbstractSet[str],
     ) -> tuple[list[str], list[dg.RunRequest]]:
-        """(keys to register, run requests): the new keys are appended to the registered order."""
+        """(keys to register, run requests): the new keys are appended to the registered order.
+        `registered` (with `known`, its set) if this tick has read them already, else None."""
         if not plan.to_run:
             return [], []
         if registered is None:
             registered = list(context.instance.get_dynamic_partitions(self.partitions_name))
-        to_add = plan.to_add(registered)
+            known = set(registered)
+        to_add = plan.to_add(known)
         target = _partitioned_target_keys(context, self.target, self.partitions_def)
         order = registered + to_add
         requests = batch_run_requests(
@@ -288,13 +294,11 @@ class _CatalogTick:
         registered = (
             list(context.instance.get_dynamic_partitions(self.partitions_name)) if state.baseline else None
         )
+        known = set(registered or ())
         result = scanner.scan(state)
-        plan = _TickPlan.of(
-            result,
-            set(registered or ()),
-            _deleted_partition_keys(result, context.instance, self.partitions_def),
-        )
-        to_add, wanted = self._requests(context, plan, registered)
+        deleted = _deleted_partition_keys(result, context.instance, self.partitions_def)
+        plan = _TickPlan.of(result, known, deleted)
+        to_add, wanted = self._requests(context, plan, registered, known)
         if to_add:
             # One bulk insert. Returned as a request instead, the sensor daemon would first look every key
             # up with a query of its own (`has_dynamic_partition`): seconds for a few hundred new images,

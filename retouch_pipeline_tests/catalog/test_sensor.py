@@ -233,3 +233,28 @@ def test_definitions_load_without_touching_s3(make_harness: Any) -> None:
     h.defs.get_repository_def().get_sensor_def("catalog_sensor")
     dg.Definitions.validate_loadable(h.defs)
     assert time.monotonic() - started < 5
+
+
+def test_a_tick_registers_its_new_partitions_itself(
+    make_harness: Any, s3: Any, bucket: str, instance: dg.DagsterInstance
+) -> None:
+    """New partitions are added by the tick in bulk, not returned as an AddDynamicPartitionsRequest (which
+    the daemon checks key by key, one database connection each); a tick lost after registering (its cursor
+    never stored) is redone by the next one: the same images requested, each partition registered once."""
+    put_many(s3, bucket, [f"{PREFIX}/c/a.jpg"])
+    h = make_harness()
+    assert h.tick().requested == [pk("c/a.jpg")]  # the first pass (a baseline) is complete
+    put_many(s3, bucket, [f"{PREFIX}/c/b.jpg", f"{PREFIX}/d/e.jpg"])
+    with dg.build_sensor_context(
+        instance=instance, cursor=h.cursor, definitions=h.defs, resources=h.resources
+    ) as context:
+        lost = h.sensor.evaluate_tick(context)  # evaluated, then lost: h.cursor is not advanced
+    requests = lost.dynamic_partitions_requests or []
+    assert not [r for r in requests if isinstance(r, dg.AddDynamicPartitionsRequest)]
+    expected = [pk("c/a.jpg"), pk("c/b.jpg"), pk("d/e.jpg")]
+    assert instance.get_dynamic_partitions("catalog_images") == expected
+    redone = h.tick()
+    assert sorted(redone.requested) == [pk("c/b.jpg"), pk("d/e.jpg")]
+    assert redone.added == []
+    assert instance.get_dynamic_partitions("catalog_images") == expected
+    assert h.tick().requested == []

@@ -2,7 +2,8 @@
 
 The cursor is carried over, partition requests are applied to the instance, and each run request is read
 back as the partition keys it runs (its single key, or its range over the registered keys, which must
-exist). The catalog tests and the sensor benchmark drive the sensor this way.
+exist). The catalog tests and the sensor benchmark drive the sensor this way. The sensor registers new
+partitions itself (in bulk): a tick's `added` are the partitions that exist after it and did not before.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dagster_aws.s3 import S3Resource
 
 from retouch_devtools.stack.s3 import CREDENTIALS, sqs_client
 from retouch_devtools.stack.standin import catalog_images, cost_report, retouched_image, source_image
-from retouch_pipeline.catalog.requests import requested_partition_keys
+from retouch_pipeline.catalog.requests import positions, requested_partition_keys
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 
 PREFIX = "incoming"
@@ -24,6 +25,8 @@ PREFIX = "incoming"
 @dataclass
 class Tick:
     seconds: float
+    """The evaluation and the application of its partition requests (what the daemon does), not the
+    harness's own reading back of partitions and run requests."""
     added: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     requested_batches: list[list[str]] = field(default_factory=list)
@@ -54,21 +57,26 @@ class SensorHarness:
         ) as context:
             started = time.monotonic()
             data = self.sensor.evaluate_tick(context)
-        tick = Tick(seconds=time.monotonic() - started)
-        tick.added = [k for k in self.partitions() if k not in before]  # the sensor adds them itself
+            tick = Tick(seconds=0.0)
+            for request in data.dynamic_partitions_requests or []:
+                # As the daemon applies them: one existence query per key, then the change.
+                name = request.partitions_def_name
+                keys = request.partition_keys
+                exist = [k for k in keys if self.instance.has_dynamic_partition(name, k)]
+                if isinstance(request, dg.AddDynamicPartitionsRequest):
+                    self.instance.add_dynamic_partitions(name, [k for k in keys if k not in exist])
+                else:
+                    for key in exist:
+                        self.instance.delete_dynamic_partition(name, key)
+                    tick.deleted.extend(exist)
+            tick.seconds = time.monotonic() - started
         self.cursor = data.cursor
-        for request in data.dynamic_partitions_requests or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-                tick.added.extend(request.partition_keys)
-            else:
-                for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
-                tick.deleted.extend(request.partition_keys)
-        order = self.partitions() if data.run_requests else []
+        order = self.partitions()
+        tick.added = [k for k in order if k not in before]
+        index = positions(order)
         for run_request in data.run_requests or []:
             assert run_request.asset_selection == sorted([source_image.key, retouched_image.key])
-            tick.requested_batches.append(requested_partition_keys(run_request, order))
+            tick.requested_batches.append(requested_partition_keys(run_request, order, index))
             tick.tags.append(dict(run_request.tags))
         return tick
 
