@@ -73,18 +73,3 @@ def test_runs_beyond_the_waiting_limit_wait_in_the_scan_state_until_runs_start(
     start(1)
     assert tick() == []  # the held-back requests were sent once each
     assert len(runs) == 4
-
-
-def test_new_partitions_are_registered_in_bulk_by_the_tick_itself(make_harness: Any, bucket: str) -> None:
-    """Not as an add request: the sensor daemon would look every key up with a query of its own first."""
-    seed_backend(bucket, [f"{PREFIX}/summer/{i:03d}.jpg" for i in range(5)])
-    harness: SensorHarness = make_harness()
-    with dg.build_sensor_context(
-        instance=harness.instance, definitions=harness.defs, resources=harness.resources
-    ) as context:
-        data = harness.sensor.evaluate_tick(context)
-    assert [
-        r for r in data.dynamic_partitions_requests or [] if isinstance(r, dg.AddDynamicPartitionsRequest)
-    ] == []
-    assert harness.partitions() == [f"summer/{i:03d}.jpg" for i in range(5)]
-    assert len(data.run_requests or []) == 1  # and its run over them, valid as soon as the tick returns
