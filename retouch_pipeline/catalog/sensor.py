@@ -248,28 +248,25 @@ class _CatalogTick:
         self, context: dg.SensorEvaluationContext, state: ScanState, wanted: list[dg.RunRequest]
     ) -> list[dg.RunRequest]:
         """The requests to send now: the held-back ones first, then this tick's, as many as fit under
-        `max_waiting_runs`; the rest stay in `state.deferred`. A held-back range whose ends are no longer
-        partitions (deleted since) is dropped: the daily refresh finds images that were never processed."""
+        `max_waiting_runs`; the rest stay in `state.deferred`. A request whose range ends are no longer
+        partitions (deleted while it waited) is dropped: the daily refresh finds images never processed.
+        Only the requests sent are checked, so a long backlog costs nothing per tick."""
         limit = self.config.max_waiting_runs
         if limit is None and not state.deferred:
             return wanted
+        backlog = [*state.deferred, *(dict(r.tags) for r in wanted)]
+        free = len(backlog) if limit is None else max(0, limit - self._waiting_runs(context, limit))
+        send, state.deferred = backlog[:free], backlog[free:]
+        kept = [tags for tags in send if self._still_registered(context, tags)]
+        if len(kept) < len(send):
+            context.log.warning(f"{len(send) - len(kept)} held-back run requests dropped: partitions deleted")
         target = sorted(_partitioned_target_keys(context, self.target, self.partitions_def))
-        held = [dg.RunRequest(asset_selection=target, tags=tags) for tags in state.deferred]
-        held = [r for r in held if self._still_registered(context, r.tags)]
-        if len(held) < len(state.deferred):
-            context.log.warning(
-                f"{len(state.deferred) - len(held)} held-back run requests dropped: "
-                "their partitions were deleted"
-            )
-        backlog = [*held, *wanted]
-        free = len(backlog)
-        if limit is not None:
-            waiting = context.instance.get_runs_count(
-                dg.RunsFilter(statuses=WAITING_STATUSES, tags={TRIGGER_TAG: self.name})
-            )
-            free = max(0, limit - waiting)
-        state.deferred = [dict(r.tags) for r in backlog[free:]]
-        return backlog[:free]
+        return [dg.RunRequest(asset_selection=target, tags=tags) for tags in kept]
+
+    def _waiting_runs(self, context: dg.SensorEvaluationContext, limit: int) -> int:
+        """This sensor's runs not started yet, counted up to `limit` (`get_run_records` is public API)."""
+        filters = dg.RunsFilter(statuses=WAITING_STATUSES, tags={TRIGGER_TAG: self.name})
+        return len(context.instance.get_run_records(filters=filters, limit=limit))
 
     def _still_registered(self, context: dg.SensorEvaluationContext, tags: Mapping[str, str]) -> bool:
         ends = (tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG))

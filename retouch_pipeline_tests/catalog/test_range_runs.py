@@ -73,3 +73,17 @@ def test_runs_beyond_the_waiting_limit_wait_in_the_scan_state_until_runs_start(
     start(1)
     assert tick() == []  # the held-back requests were sent once each
     assert len(runs) == 4
+
+
+def test_a_held_back_run_whose_partitions_were_deleted_is_dropped(make_harness: Any, bucket: str) -> None:
+    seed_backend(bucket, [f"{PREFIX}/spring/{i:03d}.jpg" for i in range(150)])
+    harness: SensorHarness = make_harness(batch_size=100, max_waiting_runs=1)  # no run is created: 1 per tick
+
+    def ranges() -> list[tuple[str, str]]:
+        return [(t[RANGE_START_TAG], t[RANGE_END_TAG]) for t in harness.tick().tags]
+
+    assert ranges() == [("spring/000.jpg", "spring/031.jpg")]
+    harness.instance.delete_dynamic_partition("catalog_images", "spring/149.jpg")
+    assert ranges() == [("spring/032.jpg", "spring/099.jpg")]
+    assert ranges() == []  # 100-149 lost its end while it waited: dropped, not sent as a broken range
+    assert ranges() == []
