@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from retouch_devtools.sandbox import SandboxServer
+from retouch_devtools.sandbox import FaultConfig, SandboxServer
 from retouch_devtools.sandbox.realism import Realism
 from retouch_pipeline.autoretouch import (
     IDEMPOTENCY_LABEL,
@@ -273,3 +273,38 @@ def test_no_secret_in_logs_or_exception_messages(
     assert "Authorization" not in caplog.text and "Bearer " not in text
     for secret in secrets:
         assert secret not in text
+
+
+def test_creates_and_retries_never_ride_a_kept_alive_connection(
+    sandbox_factory: Callable[..., SandboxServer], make_image: Any
+) -> None:
+    """A server may close an idle pooled connection just as a request arrives on it (every idle timeout
+    allows the race). The sandbox here drops every create and retry that arrives on a connection which
+    already carried a request; the client sends each over a connection of its own, so none is lost, none is
+    left unconfirmed and none is resent."""
+    server = sandbox_factory(faults=FaultConfig(stale_connection_rate=1.0))
+    with make_client(server) as client:
+        wf, _ = workflow(server)
+        client.get_balance()
+        with pytest.raises(requests.ConnectionError):  # the fault bites a pooled connection
+            client.transport.session.post(
+                f"{server.api_url}/v1/workflow/execution/create", params={"workflow": wf}, timeout=5
+            )
+        assert snapshot(server)["faultsInjected"] == {"stale": 1}
+        server.state.faults.execution_failure_rate = 1.0
+        ids = []
+        for i in range(3):
+            ref = ImageRef(f"p{i}.png", client.upload_image(make_image(), filename=f"p{i}.png").content_hash)
+            client.get_balance()
+            ids.append(client.create_execution(wf, image=ref, idempotency_key=f"k{i}", wait=False))
+        for execution_id in ids:
+            assert client.wait_for_status(execution_id, timeout=20).status is ExecutionStatus.FAILED
+        server.state.faults.execution_failure_rate = 0.0
+        for execution_id in ids:
+            client.get_balance()
+            client.retry_execution(execution_id)
+        for execution_id in ids:
+            assert client.wait_for_status(execution_id, timeout=20).status is ExecutionStatus.COMPLETED
+        counts = snapshot(server)
+        assert counts["calls"]["E1"] == 1 + 3 and counts["calls"]["E8"] == 3  # the probe, then one each
+        assert counts["faultsInjected"] == {"stale": 1, "execution_failure": 3}

@@ -83,6 +83,12 @@ def with_realism(func: Callable[..., None]) -> Callable[..., None]:
 @click.option("--latency", default=0.0, type=float, help="Seconds added to every API call.")
 @click.option("--drop-rate", default=0.0, type=float, help="Fraction of API calls whose connection drops.")
 @click.option("--lose-create-rate", default=0.0, type=float, help="Fraction of creates whose answer is lost.")
+@click.option(
+    "--stale-connection-rate",
+    default=0.0,
+    type=float,
+    help="Fraction of creates/retries on a kept-alive connection dropped unread (closed as idle).",
+)
 @click.option("--failure-rate", default=0.0, type=float, help="Fraction of executions that end FAILED.")
 @click.option("--seed", default=0, type=int, help="Seed for the fault dice.")
 @with_realism
@@ -101,6 +107,7 @@ def sandbox(
     latency: float,
     drop_rate: float,
     lose_create_rate: float,
+    stale_connection_rate: float,
     failure_rate: float,
     seed: int,
     realism: Realism,
@@ -115,6 +122,7 @@ def sandbox(
         latency_seconds=latency,
         drop_rate=drop_rate,
         lose_create_rate=lose_create_rate,
+        stale_connection_rate=stale_connection_rate,
         execution_failure_rate=failure_rate,
     )
     config = SandboxConfig(

@@ -161,7 +161,9 @@ class ExecutionsMixin(ClientBase):
             attempted_at = datetime.now(UTC)
             try:
                 response = self.transport.retrying(
-                    lambda: self._attempt("POST", CREATE_PATH, params=self._params(params), body=body),
+                    lambda: self._attempt(
+                        "POST", CREATE_PATH, params=self._params(params), body=body, fresh_connection=True
+                    ),
                     idempotent=False,
                 )
             except (ServerError, APIConnectionError) as exc:
@@ -389,7 +391,7 @@ class ExecutionsMixin(ClientBase):
         path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/retry"
         for attempt in range(self.transport.retry.max_retries + 1):
             try:
-                self._request("POST", path, params=self._params(), idempotent=False)
+                self._request("POST", path, params=self._params(), idempotent=False, fresh_connection=True)
                 return
             except (ServerError, APIConnectionError) as exc:
                 if attempt >= self.transport.retry.max_retries:

@@ -13,6 +13,14 @@ What is retried depends on whether a resend is safe:
 
 The session is shared by every thread of a client; its HTTPAdapter pool is sized to `pool_size` so that many
 threads do not churn connections ("Connection pool is full, discarding connection").
+
+A request that must not be resent blindly (`send(..., fresh_connection=True)`: the execution create, the
+retry) goes over a connection of its own, opened for it and closed after its answer (`Connection: close`),
+never over a pooled one. A pooled connection may have sat idle until the server closes it just as the request
+is written (every server has an idle timeout; uvicorn's is 5 s, load balancers' 60-600 s): the request then
+fails with a broken connection, and for a create that means "may have been created", settled only after the
+executions list's settle window. An idempotent request in that race is simply resent; a create is not, so it
+pays one connection set-up instead.
 """
 
 from __future__ import annotations
@@ -195,7 +203,6 @@ class Transport:
         user_agent: str = USER_AGENT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        session: requests.Session | None = None,
     ) -> None:
         self.retry = retry or RetryConfig()
         self.timeout = (connect_timeout, read_timeout)
@@ -203,14 +210,20 @@ class Transport:
         self.clock = clock
         self._rand_lock = threading.Lock()
         self._rand = random.Random()
-        self.session = session or requests.Session()
+        self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent
+        self.one_shot = requests.Session()
+        """The session of `fresh_connection` requests: each opens its own connection and closes it."""
+        self.one_shot.mount("http://", HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
+        self.one_shot.mount("https://", HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
+        self.one_shot.headers.update({"User-Agent": user_agent, "Connection": "close"})
 
     def close(self) -> None:
         self.session.close()
+        self.one_shot.close()
 
     def send(
         self,
@@ -226,14 +239,17 @@ class Transport:
         timeout: tuple[float, float] | None = None,
         service: str = "API",
         setting: str = "the API URL",
+        fresh_connection: bool = False,
     ) -> requests.Response:
         """One attempt. Returns a 2xx response (close it if `stream`); raises our exceptions otherwise.
 
         `service` and `setting` name, in error messages, the server called and the setting giving its URL.
+        `fresh_connection`: never over a pooled connection (the module's docstring says why).
         """
         started = time.monotonic()
+        session = self.one_shot if fresh_connection else self.session
         try:
-            response = self.session.request(
+            response = session.request(
                 method,
                 url,
                 params=params,

@@ -168,7 +168,12 @@ _PROFILES = [
         faults={"rate_limit_rate": 0.1, "retry_after_seconds": 1.0},
     ),
     Profile("api-latency", "2 s added to every API call", faults={"latency_seconds": 2.0}),
-    Profile("api-drops", "5% of API connections closed without an answer", faults={"drop_rate": 0.05}),
+    Profile(
+        "api-drops",
+        "5% of API connections closed without an answer; every create or retry arriving on a kept-alive "
+        "connection dropped unread (closed as idle)",
+        faults={"drop_rate": 0.05, "stale_connection_rate": 1.0},
+    ),
     Profile(
         "api-lost-create",
         "30% of creates executed, then their answer lost; the list shows them 10 s late at the earliest",

@@ -34,6 +34,11 @@ class FaultConfig:
     create_error_rate: float = 0.0
     """Fraction of execution creates (E1/E2) answered 500 or 503 without being handled (nothing created):
     the client cannot tell them from a create that happened until the list proves the execution absent."""
+    stale_connection_rate: float = 0.0
+    """Fraction of creates and retries (E1/E2/E8) arriving on a kept-alive connection that already carried a
+    request which are dropped unread: the server closed the idle connection as the request arrived (the
+    race every idle timeout allows; uvicorn's is 5 s). Nothing is created; the client sees a broken
+    connection it cannot tell from a lost answer."""
     execution_failure_rate: float = 0.0
     """Fraction of executions that end FAILED (never charged)."""
     include_auth: bool = False

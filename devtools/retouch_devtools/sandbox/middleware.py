@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,10 @@ _API_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
 )
 
 
+NOT_IDEMPOTENT = ("E1", "E2", "E8")
+"""Creates and retries: what a client must not resend blindly."""
+
+
 def retry_after_value(seconds: float) -> str:
     """Integral seconds as RFC 9110 wants; a fraction stays a decimal (only for fast tests)."""
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
@@ -71,6 +76,8 @@ class SandboxMiddleware:
     def __init__(self, app: ASGIApp, state: SandboxState) -> None:
         self.app = app
         self.state = state
+        self._used_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        """The connections (uvicorn's asyncio transports) that have carried an API request."""
 
     def classify(self, scope: Scope) -> tuple[str, str | None]:
         """(kind, endpoint id): kind is api, auth, control, health or other."""
@@ -129,6 +136,10 @@ class SandboxMiddleware:
         faults = self.state.faults
         if kind == "api" or (kind == "auth" and faults.include_auth):
             injector = self.state.injector
+            reused = self._reused(send)
+            if endpoint in NOT_IDEMPOTENT and reused and injector.hit("stale", faults.stale_connection_rate):
+                await drop_connection(send)  # closed as idle just as the request arrived: never handled
+                return
             if faults.latency_seconds > 0:
                 await asyncio.sleep(faults.latency_seconds)
             if injector.hit("drop", faults.drop_rate):
@@ -149,6 +160,15 @@ class SandboxMiddleware:
                 await self._lose_create(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _reused(self, send: Send) -> bool:
+        """True when this request's connection has carried an API request before (keep-alive reuse)."""
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is None:
+            return False
+        reused = transport in self._used_connections
+        self._used_connections.add(transport)
+        return reused
 
     async def _lose_create(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Let the create happen, then maybe swallow its 201 and drop the connection."""
