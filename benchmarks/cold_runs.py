@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f" materializations {after(mats)}-{after(mats, max)}"
             )
         stats = bench.run_stats(stack, cold.runs, launched_wall)
+        print("creates left unconfirmed:", stats.unconfirmed_creates)
         if args.launch == "sensor":
             print("sensor ticks (start, end, runs):", bench.sensor_ticks(stack, launched_wall))
         print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start)))

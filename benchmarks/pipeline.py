@@ -34,6 +34,7 @@ from benchmarks.procs import TreeSampler, cpu_snapshot, run_json_child
 from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
 from retouch_devtools.stack.deploy import launch_collection_backfill, switch_sensor
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
+from retouch_pipeline.assets.presentation import UNCONFIRMED
 from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.catalog.keys import output_key, partition_key_for
 from retouch_pipeline.catalog.requests import COLLECTION_TAG
@@ -167,6 +168,8 @@ class RunStats:
     """Launch -> first run created (the sensor's tick or the backfill daemon's pickup)."""
     first_step_start: float | None = None
     """Wall time of the first STEP_START of the launch's runs."""
+    unconfirmed_creates: int = 0
+    """Creates whose answer was lost ("create unconfirmed" observations): settled later, they end late."""
 
 
 @dataclass
@@ -242,6 +245,8 @@ def run_stats(stack: Stack, runs: RunsFilter, launched_wall: float) -> RunStats:
             events = inst.all_logs(record.dagster_run.run_id, of_type=kind)
             if events:
                 times[kind] = min(e.timestamp for e in events)
+        observations = inst.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+        stats.unconfirmed_creates += sum(1 for e in observations if _is_unconfirmed(e))
         if DagsterEventType.RUN_STARTING in times:
             stats.queued_seconds.append(times[DagsterEventType.RUN_STARTING] - created[-1])
             if DagsterEventType.STEP_START in times:
@@ -253,6 +258,12 @@ def run_stats(stack: Stack, runs: RunsFilter, launched_wall: float) -> RunStats:
     if created:
         stats.first_run_after_launch = min(created) - launched_wall
     return stats
+
+
+def _is_unconfirmed(entry: dg.EventLogEntry) -> bool:
+    observation = entry.asset_observation
+    status = observation.metadata.get("status") if observation else None
+    return status is not None and status.value == UNCONFIRMED
 
 
 def service_timeline(stack: Stack, since_wall: float, step_start: float | None) -> dict[str, float]:
@@ -357,6 +368,7 @@ def cold_and_rerun(
     out["runs"] = stats.runs
     out["run_start_seconds_mean"] = _mean(stats.run_start_seconds)
     out["run_queued_seconds_max"] = max(stats.queued_seconds, default=None)
+    out["unconfirmed_creates"] = stats.unconfirmed_creates
     out["launch_to_first_run_seconds"] = stats.first_run_after_launch
     out["sensor_ticks"] = sensor_ticks(stack, cold.launched_wall)
     out["timeline"] = service_timeline(stack, cold.launched_wall, stats.first_step_start)

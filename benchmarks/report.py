@@ -243,6 +243,7 @@ def table(results: dict[str, Any], judge: bool) -> str:
             "",
         ),
         ("5", "longest a run waited in the queue, s", _r(cold.get("run_queued_seconds_max"), 1), "", ""),
+        ("5", "creates left unconfirmed (answer lost)", cold.get("unconfirmed_creates"), "", ""),
         (
             "5",
             "after launch, s: 1st step / 1st create / service starts / last create",
