@@ -41,6 +41,11 @@ asset's rebuild is a single call and cannot be split: past a size where one rebu
 timeout, the tick fails, but the rebuild it wrote is kept (the next tick then finds that asset's cache
 current, which is cheap).
 
+Dagster's SQL storages (PostgreSQL, SQLite) store the cache. On Dagster+ the instance and its cache are
+Dagster+'s (deploy/dagster-plus), and whether a warm is stored there is not known here; where it is not, a
+warm is work without effect: leave the sensor stopped there. Whether a storage stores the cache is not in
+Dagster's public API, so the sensor does not check.
+
 If partitions are added while a tick warms, the tick has warmed the newer set under the older digest; the
 next tick sees a new digest and warms again, which is cheap for caches already current. An unreadable
 cursor restarts from nothing: one extra warm.
