@@ -450,6 +450,7 @@ def run_step(
         done = n
     say(f"{n}: waiting for partition_status_sensor's warm ...")
     out.update(wait_for_warm(stack))
+    say(f"{n}: warm {out['status_warm_seconds']:.2f} s, waited {out['status_warm_wait_seconds']:.1f} s")
     say(f"{n}: UI ...")
     out.update(ui_figures(stack, n))
     changed = max(1, round(n * CHANGED_FRACTION))
