@@ -27,6 +27,9 @@ PREVIEW_METADATA_MAX_BYTES = 8192
 THUMBNAIL_URI_MAX_CHARS = 4000
 """One thumbnail's data URI: two of them plus the table's markup stay under PREVIEW_METADATA_MAX_BYTES."""
 _QUALITIES = (80, 60, 40, 20, 5)
+WEBP_METHOD = 4
+"""libwebp's effort (0-6; 4 is its default). Not 6: on a result with alpha (background removed) method 6 cost
+~9 x the CPU of 4 for a thumbnail 2 % smaller, the largest single CPU cost of a delivery (docs/performance.md)."""
 THUMBNAIL_REDUCING_GAP = 2.0  # Pillow's default: box-reduce to >= 2x the side, then resample
 _BAND_ROWS = 256
 
@@ -70,7 +73,7 @@ def encoded_thumbnail(picture: Image.Image) -> str:
     while True:
         for quality in _QUALITIES:
             buf = io.BytesIO()
-            picture.save(buf, "WEBP", quality=quality, method=6)
+            picture.save(buf, "WEBP", quality=quality, method=WEBP_METHOD)
             uri = "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
             if len(uri) <= THUMBNAIL_URI_MAX_CHARS:
                 return uri
