@@ -17,8 +17,12 @@ $(UV_HOME)/bin/uv:
 
 # The product, the development tools (devtools/, a uv workspace member) and the test tools: the `dev` dependency
 # group of pyproject.toml. The production image installs the product alone (`uv sync --no-dev`).
+# --compile-bytecode (and compileall for the two editable packages): every .pyc is written at install, as in the
+# production image (UV_COMPILE_BYTECODE in deploy/docker/Dockerfile). Without it a machine with PYTHONDONTWRITEBYTECODE set (or a read-only venv) compiles
+# Dagster from source in every process: each run worker, code server and test subprocess paid seconds of it.
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --group dev --group compose
+	$(UV) sync --frozen --compile-bytecode --group dev --group compose
+	$(PY) -m compileall -q -j 0 retouch_pipeline devtools/retouch_devtools > /dev/null
 	touch $@
 
 # The official client pins click==8.1.3, which must not enter our environment: it is locked on its own
@@ -26,7 +30,7 @@ $(VENV)/.installed: pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
 # benchmarks. Its setup.py writes into ~/.config and ~/.bashrc when built: a throw-away HOME keeps it out.
 $(OFFICIAL_VENV)/.installed: official-client/pyproject.toml official-client/uv.lock | $(UV)
 	HOME=$$(mktemp -d) UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(OFFICIAL_VENV) \
-	  $(UV) sync --quiet --frozen --project official-client
+	  $(UV) sync --quiet --frozen --compile-bytecode --project official-client
 	touch $@
 
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
