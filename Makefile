@@ -17,9 +17,10 @@ $(UV_HOME)/bin/uv:
 
 # The product, the development tools (devtools/, a uv workspace member) and the test tools: the `dev` dependency
 # group of pyproject.toml. The production image installs the product alone (`uv sync --no-dev`).
-# --compile-bytecode (and compileall for the two editable packages): every .pyc is written at install, as in the
-# production image (UV_COMPILE_BYTECODE in deploy/docker/Dockerfile). Without it a machine with PYTHONDONTWRITEBYTECODE set (or a read-only venv) compiles
-# Dagster from source in every process: each run worker, code server and test subprocess paid seconds of it.
+# --compile-bytecode (and compileall for the two editable packages): every .pyc is written at install, as in
+# the production image (UV_COMPILE_BYTECODE in deploy/docker/Dockerfile). Without it, where
+# PYTHONDONTWRITEBYTECODE is set (or the venv is read-only), every process compiled Dagster from source: each
+# run worker, code server and test subprocess paid seconds of it.
 $(VENV)/.installed: pyproject.toml devtools/pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --group dev --group compose
 	$(PY) -m compileall -q -j 0 retouch_pipeline devtools/retouch_devtools > /dev/null
