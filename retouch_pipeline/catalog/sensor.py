@@ -10,10 +10,8 @@ How batches are launched
     registers are consecutive in the dynamic partition order, so new images go as one run per
     ``batch_size`` keys of one collection (tag ``retouch/collection``; a tick's first run smaller,
     ``first_batch_size``, so AutoRetouch gets work sooner), queued at once without waiting for the
-    backfill daemon; many new images of one collection are spread over as many runs as one collection
-    may have in progress (``runs_per_collection``, larger runs: :class:`~.requests.Spread`); changed
-    images go as the few ranges their positions allow. The runs carry the same tags and pool as the runs
-    of a backfill, and the same run limit per collection (deploy/dagster.yaml).
+    backfill daemon; changed images go as the few ranges their positions allow. The runs carry the same
+    tags and pool as the runs of a backfill, and the same run limit per collection (deploy/dagster.yaml).
 
 Resets
     A fresh state (first tick, unreadable cursor, another source) runs a *baseline* first pass: objects
