@@ -33,7 +33,6 @@ from dagster_aws.s3 import S3Resource
 
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
-from retouch_pipeline.catalog.requests import RUNS_PER_COLLECTION
 from retouch_pipeline.catalog.sensor import ScanConfig, build_catalog_sensor
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
@@ -90,7 +89,6 @@ def build_scan_config(settings: Settings) -> ScanConfig:
         # Three runs ready to start: a tick's first runs boot without the daemon creating the others
         # beside them, and with runs of 100 images and ticks every 30 s the queue never runs dry.
         max_waiting_runs=3,
-        runs_per_collection=RUNS_PER_COLLECTION,
         state_bucket=catalog.output_bucket,
         state_prefix=state_prefix(catalog.output_prefix, "catalog"),
         mode=scan.mode,

@@ -15,7 +15,6 @@ ranges and runs each range in chunks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import dagster as dg
 
@@ -24,10 +23,6 @@ from retouch_pipeline.catalog.keys import collection_of_partition_key
 COLLECTION_TAG = "retouch/collection"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-RUNS_PER_COLLECTION = 4
-"""The instance's per-collection run limit (the `retouch/collection` tag limit in deploy/dagster.yaml and the
-Helm values; retouch_pipeline_tests/deploy/test_static_config.py keeps them equal): the catalog sensor spreads
-a collection's new images over that many runs (`Spread`)."""
 
 
 def group_by_collection(partition_keys: Iterable[str]) -> dict[str, list[str]]:
@@ -74,27 +69,6 @@ def range_run_request(
     return dg.RunRequest(asset_selection=list(asset_keys), tags={**tags, **range_tags})
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Many new images of one collection go out as at most `runs` runs, of up to `max_run_size` images.
-
-    Why: the instance lets `runs` runs of one collection be in progress at once (the `retouch/collection`
-    tag limit in deploy/dagster.yaml). A new collection cut into runs of `batch_size` had more runs than
-    that: the ones beyond waited until the first ones ended, which they all did at about the same time
-    (their images were created side by side), and then booted together while AutoRetouch had run dry, a
-    gap per wave (docs/performance.md, the cold run). Spread over `runs` runs, every image of the
-    collection is uploaded and queued at AutoRetouch while the first runs still wait for their results.
-    `max_run_size` bounds a run (its planned events, its step's items) for very large collections, which
-    then go out as several waves of large runs."""
-
-    runs: int
-    max_run_size: int
-
-    def run_size(self, images: int, batch_size: int) -> int:
-        """Images per run for `images` new ones: `batch_size` at least, `max_run_size` at most."""
-        return max(batch_size, min(self.max_run_size, -(-images // self.runs)))
-
-
 def batch_run_requests(
     partition_keys: Iterable[str],
     asset_keys: Iterable[dg.AssetKey],
@@ -102,19 +76,16 @@ def batch_run_requests(
     batch_size: int,
     tags: Mapping[str, str] | None = None,
     first_batch_size: int | None = None,
-    spread: Spread | None = None,
 ) -> list[dg.RunRequest]:
     """Runs over `partition_keys`: per collection (tag ``retouch/collection``), one per contiguous chunk of
     at most `batch_size` keys in `order` (the partitions as registered, including the ones this request
-    registers); with `spread`, of at most `spread.run_size(...)` keys. `first_batch_size`: the first run
-    holds at most that many keys (the rest of its chunk becomes the next run), so it is created and started
-    while the daemon creates the others."""
+    registers). `first_batch_size`: the first run holds at most that many keys (the rest of its chunk
+    becomes the next run), so it is created and started while the daemon creates the others."""
     selection = sorted(set(asset_keys))
     requests: list[dg.RunRequest] = []
     index = positions(order)
     for collection, keys in group_by_collection(partition_keys).items():
-        size = spread.run_size(len(keys), batch_size) if spread else batch_size
-        chunks = contiguous_chunks(order, keys, size, index)
+        chunks = contiguous_chunks(order, keys, batch_size, index)
         if first_batch_size and not requests and chunks and len(chunks[0]) > first_batch_size:
             chunks = [chunks[0][:first_batch_size], chunks[0][first_batch_size:], *chunks[1:]]
         for chunk in chunks:

@@ -38,7 +38,6 @@ from retouch_pipeline.catalog.keys import (
 from retouch_pipeline.catalog.requests import (
     RANGE_END_TAG,
     RANGE_START_TAG,
-    Spread,
     batch_run_requests,
     group_by_collection,
 )
@@ -75,15 +74,6 @@ class ScanConfig(BaseModel):
     first_batch_size: int = Field(
         default=32, gt=0, description="Images in the first run a tick requests (at most batch_size)."
     )
-    # Why spread: see `requests.Spread`. Set it to the instance's per-collection run limit (the
-    # `retouch/collection` tag limit of deploy/dagster.yaml); None keeps runs of batch_size.
-    runs_per_collection: int | None = Field(
-        default=None,
-        ge=1,
-        description="A tick's new images of one collection go out as at most this many runs (of batch_size "
-        "to max_run_size images each). None: runs of batch_size.",
-    )
-    max_run_size: int = Field(default=400, gt=0, description="Images per run at most when spreading.")
     # Why hold runs back: every run the daemon creates writes its planned events (one per asset and image)
     # and, once dequeued, starts a process; a tick that requested a whole new catalog at once (1,000 runs
     # for 100,000 images) kept the daemon creating runs for an hour and the queue full, and at a cold
@@ -249,12 +239,8 @@ class _CatalogTick:
         to_add = plan.to_add(known)
         target = _partitioned_target_keys(context, self.target, self.partitions_def)
         order = registered + to_add
-        config = self.config
-        spread = (
-            Spread(config.runs_per_collection, config.max_run_size) if config.runs_per_collection else None
-        )
         requests = batch_run_requests(
-            plan.to_run, target, order, config.batch_size, self.tags, config.first_batch_size, spread
+            plan.to_run, target, order, self.config.batch_size, self.tags, self.config.first_batch_size
         )
         return to_add, requests
 

@@ -174,28 +174,6 @@ def test_run_requests_are_batched_per_collection(make_harness: Any, bucket: str)
     assert h.instance.get_backfills() == []  # plain runs: nothing waits for the backfill daemon
 
 
-def test_a_new_collection_is_spread_over_the_runs_one_collection_may_have_at_once(
-    make_harness: Any, bucket: str
-) -> None:
-    """With `runs_per_collection` (the instance's per-collection run limit), a collection's new images go
-    out as that many runs (plus the small first one), not as runs of batch_size that would wait for one
-    another; between batch_size and max_run_size images each; a few new images stay runs of batch_size."""
-    keys = [f"big/{i:03d}.jpg" for i in range(640)] + [f"huge/{i:04d}.jpg" for i in range(1000)]
-    keys += [f"small/{i:02d}.jpg" for i in range(30)]
-    seed_backend(bucket, [f"{PREFIX}/{k}" for k in keys])
-    h = make_harness(batch_size=100, first_batch_size=32, runs_per_collection=4, max_run_size=200)
-    tick = h.tick()
-    sizes: dict[str, list[int]] = {}
-    for batch, tags in zip(tick.requested_batches, tick.tags, strict=True):
-        sizes.setdefault(tags[COLLECTION_TAG], []).append(len(batch))
-    assert sizes == {
-        "big": [32, 128, 160, 160, 160],  # 640 / 4 = 160 per run; the first run split off as usual
-        "huge": [200] * 5,  # 1,000 / 4 = 250: capped at max_run_size
-        "small": [30],  # never below batch_size: one run
-    }
-    assert sorted(tick.requested) == sorted(pk(k) for k in keys)
-
-
 def test_changed_images_go_as_the_ranges_their_positions_allow(
     make_harness: Any, s3: Any, bucket: str
 ) -> None:
