@@ -103,13 +103,11 @@ dev: $(VENV)/.installed
 # PostgreSQL on 127.0.0.1:5432 (started here like test-deploy) and the official client's venv. Full: about
 # 20-30 minutes and both cores; quick: small N, same shape, no targets, under 5 minutes.
 bench: install
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
-		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	@$(POSTGRES_UP)
 	$(PY) -m benchmarks --json-out benchmarks/results/latest.json
 
 bench-quick: install
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
-		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	@$(POSTGRES_UP)
 	$(PY) -m benchmarks --quick --json-out benchmarks/results/quick.json
 
 # Issue 15's catalog-scale figures (docs/performance.md, "bench-scale"): 1,000, 10,000 and 100,000 images,
@@ -118,8 +116,7 @@ bench-quick: install
 BENCH_SCALE_ARGS ?=
 .PHONY: bench-scale
 bench-scale: $(VENV)/.installed
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
-		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
+	@$(POSTGRES_UP)
 	@test -x $(CHROMIUM) || { echo "make bench-scale needs Debian's chromium: apt-get install -y chromium" >&2; exit 1; }
 	$(PY) -m benchmarks.scale $(BENCH_SCALE_ARGS)
 

@@ -28,8 +28,8 @@ THUMBNAIL_URI_MAX_CHARS = 4000
 """One thumbnail's data URI: two of them plus the table's markup stay under PREVIEW_METADATA_MAX_BYTES."""
 _QUALITIES = (80, 60, 40, 20, 5)
 WEBP_METHOD = 4
-"""libwebp's effort (0-6; 4 is its default). Not 6: on a result with alpha (background removed) method 6 cost
-~9 x the CPU of 4 for a thumbnail 2 % smaller, the largest single CPU cost of a delivery (docs/performance.md)."""
+"""libwebp's effort (0-6; 4 is its default). Not 6: on a result with alpha (background removed) method 6
+cost ~9 x the CPU of 4 for a thumbnail 2 % smaller: the largest CPU cost of a delivery (performance.md)."""
 THUMBNAIL_REDUCING_GAP = 2.0  # Pillow's default: box-reduce to >= 2x the side, then resample
 _BAND_ROWS = 256
 
