@@ -36,7 +36,7 @@ log, which only costs a longer first tick.
 import time
 
 import dagster as dg
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from retouch_pipeline.assets.common import (
     EXECUTION,
@@ -59,6 +59,7 @@ from retouch_pipeline.catalog.requests import batch_run_requests
 from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.processing.statuses import oldest_of, parse_time, read_statuses
 from retouch_pipeline.resources import AutoRetouchResource
+from retouch_pipeline.sensor_cursor import SensorCursor
 
 TRIGGER_TAG = "retouch/trigger"
 REQUEST_AGAIN_SECONDS = 1800.0
@@ -86,7 +87,7 @@ class UnconfirmedEntry(BaseModel):
     storage_id: int
 
 
-class PendingCursor(BaseModel):
+class PendingCursor(SensorCursor):
     """Event-log positions read so far, the executions still without a result, the unconfirmed creates."""
 
     after_execution: int | None = None
@@ -94,15 +95,6 @@ class PendingCursor(BaseModel):
     after_unconfirmed: int | None = None
     pending: dict[str, PendingEntry] = Field(default_factory=dict)
     unconfirmed: dict[str, UnconfirmedEntry] = Field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "PendingCursor":
-        if not raw:
-            return cls()
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError:
-            return cls()
 
 
 def _absorb_unconfirmed(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:

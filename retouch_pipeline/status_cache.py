@@ -59,16 +59,17 @@ import time
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field
 
 from retouch_pipeline.partitions import CATALOG_PARTITIONS_NAME
+from retouch_pipeline.sensor_cursor import SensorCursor
 
 SENSOR_NAME = "partition_status_sensor"
 MINIMUM_INTERVAL_SECONDS = 60
 BUDGET_SECONDS = 60.0
 
 
-class WarmCursor(BaseModel):
+class WarmCursor(SensorCursor):
     """The partition set last seen and the assets whose status cache was brought up to date for it."""
 
     digest: str | None = None
@@ -77,15 +78,6 @@ class WarmCursor(BaseModel):
     """Asset keys (user strings) warmed for `digest`."""
     seconds: float = 0.0
     """Seconds spent in `get_status_by_partition` for `digest` so far (all ticks)."""
-
-    @classmethod
-    def parse(cls, raw: str | None) -> WarmCursor:
-        if not raw:
-            return cls()
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError:
-            return cls()
 
 
 def partition_digest(keys: Sequence[str]) -> str:

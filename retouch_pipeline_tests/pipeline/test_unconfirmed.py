@@ -31,7 +31,10 @@ from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.sensors import build_pending_sensor
 
 SETTLE = 12.0
-"""Above the strict sandbox's 10 s list lag, as the setting must be."""
+"""Above the strict sandbox's 10 s list lag, as the setting must be: the window the absent create waits out."""
+FOUND_SETTLE = 40.0
+"""The window of the create that did happen: wide enough that finding it (10 s lag, then ticks that take seconds
+on a loaded machine) can never be mistaken for giving up on it."""
 
 
 class PendingTicks:
@@ -90,7 +93,7 @@ def test_lost_create_hidden_by_the_lag_is_settled_by_the_pending_sensor_charged_
     make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
 ) -> None:
     stack = make_stack(faults={"lose_create_rate": 1.0})
-    stack.overrides["create_settle_seconds"] = SETTLE
+    stack.overrides["create_settle_seconds"] = FOUND_SETTLE
     assert stack.sandbox.config.realism.list_lag >= 10 and stack.sandbox.config.realism.list_order == "oldest"
     price = stack.workflow["executionPrice"]
     partition = stack.put("lost/shoe.png", make_image(width=73))
