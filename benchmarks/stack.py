@@ -1,5 +1,6 @@
 """The services a benchmark runs against, each in its own process: sandbox, moto (S3 + SQS), and Dagster in
-its production shape (PostgreSQL from deploy/dagster.yaml, gRPC code server, webserver, daemon).
+its production shape (PostgreSQL from deploy/dagster.yaml behind PgBouncer, gRPC code server, webserver,
+daemon).
 
 Built with the stack builder (`retouch_devtools.stack`), as the deploy tests are: the instance is
 deploy/dagster.yaml with only the run launcher swapped for the default one (runs are subprocesses of the code
@@ -18,6 +19,7 @@ from typing import Any
 from retouch_devtools.stack.deploy import (
     DeployStack,
     fresh_database,
+    pooled_postgres,
     postgres_reachable,
     prepare_deploy_stack,
     running_dagster,
@@ -85,7 +87,8 @@ def running_stack(
         else:
             moto, endpoint = moto_process(home, REPO)
             cleanup.callback(moto.stop)
-        deploy = prepare_deploy_stack(home, database, sandbox.info, endpoint, extra_env or {})
+        port = cleanup.enter_context(pooled_postgres(home / "pgbouncer", database))
+        deploy = prepare_deploy_stack(home, database, sandbox.info, endpoint, extra_env or {}, port)
         with running_dagster(deploy, timeout=180):
             yield Stack(home, sandbox, moto, endpoint, deploy, deploy.env)
 

@@ -17,6 +17,7 @@ import pytest
 from retouch_devtools.stack.deploy import (
     DeployStack,
     fresh_database,
+    pooled_postgres,
     postgres_reachable,
     prepare_deploy_stack,
     running_dagster,
@@ -69,25 +70,27 @@ def moto_endpoint() -> Iterator[str]:
 def deploy_stack(
     database: str, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DeployStack]:
-    """Sandbox, S3, code server, webserver and daemon on one fresh database; all stopped afterwards."""
+    """Sandbox, S3, code server, webserver and daemon on one fresh database behind PgBouncer, as deploy/
+    runs them; all stopped afterwards."""
     home = tmp_path_factory.mktemp("dagster_home")
-    sandbox, info = cli_sandbox(
-        home, clean_environment(), "--processing-seconds", "0.3", "--workers", "8", "--balance", "100000"
-    )
     extra = {
         "AUTORETOUCH_POLL_SECONDS": "0.5",
         "AUTORETOUCH_MAX_WAIT_SECONDS": "120",
         "AUTORETOUCH_CONCURRENCY": "8",
         "DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS": "180",
     }
-    try:
-        stack = prepare_deploy_stack(home, database, info, moto_endpoint, extra)
-    except BaseException:
-        sandbox.stop()
-        raise
-    stack.services["sandbox"] = sandbox
-    with running_dagster(stack, timeout=120) as running:
-        yield running
+    with pooled_postgres(tmp_path_factory.mktemp("pgbouncer"), database) as port:
+        sandbox, info = cli_sandbox(
+            home, clean_environment(), "--processing-seconds", "0.3", "--workers", "8", "--balance", "100000"
+        )
+        try:
+            stack = prepare_deploy_stack(home, database, info, moto_endpoint, extra, port)
+        except BaseException:
+            sandbox.stop()
+            raise
+        stack.services["sandbox"] = sandbox
+        with running_dagster(stack, timeout=120) as running:
+            yield running
 
 
 @pytest.fixture(scope="session")

@@ -195,7 +195,12 @@ def test_processes_share_the_postgres_instance(deploy_stack: DeployStack) -> Non
     with connection, connection.cursor() as cursor:
         cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         tables = {row[0] for row in cursor.fetchall()}
+        # The processes reach the database through PgBouncer (deploy/docker), which drops `options`: the
+        # database's own setting keeps Dagster's commits asynchronous.
+        cursor.execute("SELECT setting FROM pg_settings WHERE name = 'synchronous_commit'")
+        assert cursor.fetchone() == ("off",)
     connection.close()
+    assert int(deploy_stack.env["DAGSTER_POSTGRES_PORT"]) != PG_PORT
     assert {"runs", "event_logs", "jobs", "job_ticks", "bulk_actions", "concurrency_limits"} <= tables
     inst = instance(deploy_stack)
     assert inst.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"

@@ -149,7 +149,7 @@ def test_compose_file_parses_with_docker_compose(compose: list[str], tmp_path: P
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
     services = rendered["services"]
-    assert set(services) == {"postgresql", "user_code", "webserver", "daemon"}
+    assert set(services) == {"postgresql", "pgbouncer", "user_code", "webserver", "daemon"}
     assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
     assert services["webserver"]["command"][0] == "dagster-webserver"
     assert services["user_code"]["environment"]["DAGSTER_CURRENT_IMAGE"] == services["user_code"]["image"]
@@ -160,6 +160,24 @@ def test_compose_file_parses_with_docker_compose(compose: list[str], tmp_path: P
     assert "AUTORETOUCH_REFRESH_TOKEN" in services["user_code"]["environment"]
     assert "AUTORETOUCH_REFRESH_TOKEN" not in services["webserver"]["environment"]
     assert services["user_code"]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+
+
+def test_compose_puts_pgbouncer_between_dagster_and_postgresql(compose: list[str], tmp_path: Path) -> None:
+    """Every Dagster process reaches PostgreSQL through PgBouncer in session pooling; the pooler drops the
+    `options` of dagster.yaml, so asynchronous commit is the server's own setting."""
+    result = compose_config(compose, tmp_path, ENV_EXAMPLE.read_text())
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("user_code", "daemon", "webserver"):
+        assert services[name]["environment"]["DAGSTER_POSTGRES_HOST"] == "pgbouncer"
+        assert set(services[name]["depends_on"]) <= {"pgbouncer", "user_code"}, name
+    bouncer = services["pgbouncer"]["environment"]
+    assert bouncer["DB_HOST"] == "postgresql" and bouncer["POOL_MODE"] == "session"
+    assert "options" in bouncer["IGNORE_STARTUP_PARAMETERS"].split(",")
+    assert "ports" not in services["pgbouncer"]  # reachable inside the network only
+    assert "synchronous_commit=off" in services["postgresql"]["command"]
+    params = load(DEPLOY_DAGSTER_YAML)["storage"]["postgres"]["postgres_db"]["params"]
+    assert params["options"] == "-c synchronous_commit=off"  # the same setting where no pooler is in between
 
 
 def test_compose_refuses_to_start_without_a_database_password(compose: list[str], tmp_path: Path) -> None:

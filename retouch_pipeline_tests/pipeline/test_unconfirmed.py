@@ -31,10 +31,10 @@ from retouch_pipeline.partitions import catalog_images
 from retouch_pipeline.sensors import build_pending_sensor
 
 SETTLE = 12.0
-"""Above the strict sandbox's 10 s list lag, as the setting must be: the window the absent create waits out."""
+"""Above the strict sandbox's 10 s list lag, as the setting must be: the window an absent create waits out."""
 FOUND_SETTLE = 40.0
-"""The window of the create that did happen: wide enough that finding it (10 s lag, then ticks that take seconds
-on a loaded machine) can never be mistaken for giving up on it."""
+"""The window of the create that did happen: wide enough that finding it (10 s lag, then ticks that take
+seconds on a loaded machine) can never be mistaken for giving up on it."""
 
 
 class PendingTicks:

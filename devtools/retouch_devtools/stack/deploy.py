@@ -29,6 +29,7 @@ import yaml
 
 from retouch_devtools.stack.env import CATALOG_BUCKET, pipeline_variables
 from retouch_devtools.stack.net import free_port, http_ok, port_open, wait_until
+from retouch_devtools.stack.pgbouncer import asynchronous_commit_on, running_pgbouncer
 from retouch_devtools.stack.process import Service
 from retouch_devtools.stack.s3 import clean_environment, ensure_bucket, s3_client
 
@@ -82,11 +83,21 @@ def fresh_database() -> Iterator[str]:
         admin.close()
 
 
-def postgres_env(db_name: str) -> dict[str, str]:
-    """The variables deploy/dagster.yaml reads, pointed at the local server and the fresh database."""
+@contextlib.contextmanager
+def pooled_postgres(directory: Path, database: str) -> Iterator[int]:
+    """The port Dagster's processes connect to: PgBouncer in front of the server, as deploy/ runs it, with
+    `synchronous_commit = off` set on `database` (the pooler drops deploy/dagster.yaml's `options`)."""
+    asynchronous_commit_on(database, PG_HOST, PG_PORT, PG_USER, PG_PASSWORD)
+    with running_pgbouncer(directory, PG_HOST, PG_PORT, PG_USER) as port:
+        yield port
+
+
+def postgres_env(db_name: str, port: int = PG_PORT) -> dict[str, str]:
+    """The variables deploy/dagster.yaml reads, pointed at the fresh database on the local server (or on
+    the PgBouncer of `pooled_postgres` in front of it)."""
     return {
         "DAGSTER_POSTGRES_HOST": PG_HOST,
-        "DAGSTER_POSTGRES_PORT": str(PG_PORT),
+        "DAGSTER_POSTGRES_PORT": str(port),
         "DAGSTER_POSTGRES_USER": PG_USER,
         "DAGSTER_POSTGRES_PASSWORD": PG_PASSWORD,
         "DAGSTER_POSTGRES_DB": db_name,
@@ -322,10 +333,16 @@ def switch_sensor(stack: DeployStack, name: str, running: bool, timeout: float =
 
 
 def prepare_deploy_stack(
-    home: Path, database: str, sandbox: Mapping[str, Any], s3_endpoint: str, extra_env: Mapping[str, str]
+    home: Path,
+    database: str,
+    sandbox: Mapping[str, Any],
+    s3_endpoint: str,
+    extra_env: Mapping[str, str],
+    postgres_port: int = PG_PORT,
 ) -> DeployStack:
     """A stack on `database` (not started yet): DAGSTER_HOME written, free ports, the catalog bucket, and
-    the environment of its processes (clean, PostgreSQL, the pipeline's variables, then `extra_env`).
+    the environment of its processes (clean, PostgreSQL on `postgres_port`, the pipeline's variables, then
+    `extra_env`).
 
     Sensors and schedules stay stopped: the callers launch their backfills themselves, as the UI does.
     """
@@ -333,7 +350,7 @@ def prepare_deploy_stack(
     write_dagster_home(home, grpc_port)
     env = {
         **clean_environment(),
-        **postgres_env(database),
+        **postgres_env(database, postgres_port),
         "DAGSTER_HOME": str(home),
         **pipeline_variables(sandbox, s3_endpoint),
         "RETOUCH_SENSORS_RUNNING": "0",
