@@ -62,10 +62,15 @@ def world() -> Iterator[ProfileStack]:
             stack.close()
 
 
-def process(stack: ProfileStack) -> None:
-    """What a deployment does: the catalog sensor ticks, each run it requests runs."""
-    for selection, keys in stack.tick_catalog():
-        stack.run(keys, selection)
+def process(stack: ProfileStack, ticks: int = 5) -> None:
+    """What a deployment does: the catalog sensor ticks, each run it requests runs; again, as the daemon
+    ticks again, until a tick requests nothing (a loaded tick may leave requests for the next one)."""
+    for _ in range(ticks):
+        batches = stack.tick_catalog()
+        if not batches:
+            return
+        for selection, keys in batches:
+            stack.run(keys, selection)
 
 
 def forecast_on(stack: ProfileStack) -> tuple[int, int]:
