@@ -86,7 +86,7 @@ def test_table_and_json_line_hold_every_figure() -> None:
             "floor_list_seconds": 1.0,
             "sqs_steady_seconds": 0.1,
         },
-        "memory": {"peak_rss_ratio": 2.0},
+        "memory": {"peak_rss_ratio": 2.0, "statuses": ["COMPLETED_SUCCESS", "COMPLETED_SUCCESS"]},
     }
     line = summary(results)
     assert set(line) >= REQUIRED_KEYS
@@ -95,6 +95,18 @@ def test_table_and_json_line_hold_every_figure() -> None:
     json.dumps(line)
     text = table(results, judge=True)
     assert "NOT MET" in text and "MET" in text and "steady tick / floor" in text
+
+
+def test_a_failed_memory_run_is_no_memory_figure() -> None:
+    """A memory backfill that failed peaks low; its ratio must not pass for a measurement (a full run once
+    printed 0.06 "MET" from a failed 20 MB run)."""
+    memory = {"peak_rss_ratio": 0.06, "statuses": ["COMPLETED_SUCCESS", "COMPLETED_FAILED"]}
+    results = {"mode": "full", "cold": {"n": 10}, "sensor": {}, "memory": memory}
+    assert summary(results)["peak_rss_ratio"] is None
+    row = next(line for line in table(results, judge=True).splitlines() if "memory backfills" in line)
+    assert "COMPLETED_FAILED" in row and row.rstrip().endswith("INVALID")
+    memory["statuses"] = ["COMPLETED_SUCCESS", "COMPLETED_SUCCESS"]
+    assert summary(results)["peak_rss_ratio"] == 0.06
 
 
 def test_benchmark_modules_import() -> None:
