@@ -27,8 +27,15 @@ from dagster._core.events.log import EventLogEntry
 from dagster_postgres import PostgresEventLogStorage
 from dagster_postgres.utils import get_conn_string
 
-from retouch_devtools.stack.deploy import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER, fresh_database
-from retouch_devtools.stack.pgbouncer import asynchronous_commit_on, pgbouncer_binary, running_pgbouncer
+from retouch_devtools.stack.deploy import (
+    PG_HOST,
+    PG_PASSWORD,
+    PG_PORT,
+    PG_USER,
+    fresh_database,
+    pooled_postgres,
+)
+from retouch_devtools.stack.pgbouncer import pgbouncer_binary
 
 ASYNCHRONOUS = {"options": "-c synchronous_commit=off"}
 SETTINGS = ("synchronous", "asynchronous", "pgbouncer")
@@ -48,11 +55,7 @@ def endpoint(setting: str, db_name: str) -> Iterator[tuple[int, dict[str, str] |
     if setting != "pgbouncer":
         yield PG_PORT, (ASYNCHRONOUS if setting == "asynchronous" else None)
         return
-    asynchronous_commit_on(db_name, PG_HOST, PG_PORT, PG_USER, PG_PASSWORD)
-    with (
-        tempfile.TemporaryDirectory() as directory,
-        running_pgbouncer(Path(directory), PG_HOST, PG_PORT, PG_USER) as port,
-    ):
+    with tempfile.TemporaryDirectory() as directory, pooled_postgres(Path(directory), db_name) as port:
         yield port, ASYNCHRONOUS  # sent as production sends it; PgBouncer ignores it
 
 

@@ -12,7 +12,7 @@ pooler. Transaction pooling would break them.
 
 PgBouncer 1.18 (Debian 12) refuses the `options` startup parameter that deploy/dagster.yaml sends for
 `synchronous_commit=off`: it is ignored here (`ignore_startup_parameters`), and the setting is made on the
-database instead (`ALTER DATABASE ... SET`), as deploy/README.md says to do in production.
+database instead (`ALTER DATABASE ... SET`), as deploy/helm/values.yaml says to do in production.
 
 Needs the `pgbouncer` binary (Debian: `apt-get install pgbouncer`); run as root, it drops to the `postgres`
 user, since PgBouncer refuses to run as root.
