@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print("creates left unconfirmed:", stats.unconfirmed_creates)
         if args.launch == "sensor":
             print("sensor ticks (start, end, runs):", bench.sensor_ticks(stack, launched_wall))
-        print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start)))
+        print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start, w)))
     return 0
 
 

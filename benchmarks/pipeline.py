@@ -35,7 +35,7 @@ from benchmarks.stack import BUCKET, REPO, Stack, instance_env, wait_for
 from retouch_devtools.stack.deploy import launch_collection_backfill, switch_sensor
 from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline.assets.presentation import UNCONFIRMED
-from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline.autoretouch import AutoRetouchClient, WorkflowExecution
 from retouch_pipeline.catalog.keys import output_key, partition_key_for
 from retouch_pipeline.catalog.requests import COLLECTION_TAG
 from retouch_pipeline.catalog.sensor import TRIGGER_TAG
@@ -266,7 +266,9 @@ def _is_unconfirmed(entry: dg.EventLogEntry) -> bool:
     return status is not None and status.value == UNCONFIRMED
 
 
-def service_timeline(stack: Stack, since_wall: float, step_start: float | None) -> dict[str, float]:
+def service_timeline(
+    stack: Stack, since_wall: float, step_start: float | None, workers: int = 16
+) -> dict[str, float]:
     """Seconds after the launch at which the service got work, worked, and finished (sandbox timestamps).
 
     Why: it splits the pipeline's time into what happens before AutoRetouch has work (pickup, run start,
@@ -292,6 +294,7 @@ def service_timeline(stack: Stack, since_wall: float, step_start: float | None) 
         return float(pick(v.timestamp() for v in values if v is not None)) - since_wall
 
     out = {
+        "service_idle_seconds": _idle_seconds(executions, workers),
         "first_create": at([e.created_at for e in executions], min),
         "last_create": at([e.created_at for e in executions], max),
         "first_service_start": at([e.started_at for e in executions], min),
@@ -300,6 +303,17 @@ def service_timeline(stack: Stack, since_wall: float, step_start: float | None) 
     if step_start is not None:
         out["first_step_start"] = step_start - since_wall
     return out
+
+
+def _idle_seconds(executions: list[WorkflowExecution], workers: int) -> float:
+    """Worker-seconds the service stood idle inside its busy window, divided by its workers: the seconds of
+    work it could have done there and did not, because the pipeline had given it none."""
+    spans = [(e.started_at, e.finished_at) for e in executions if e.started_at and e.finished_at]
+    if not spans:
+        return 0.0
+    window = max(f for _, f in spans).timestamp() - min(s for s, _ in spans).timestamp()
+    busy = sum((f - s).total_seconds() for s, f in spans)
+    return max(0.0, window - busy / workers)
 
 
 def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
@@ -371,7 +385,7 @@ def cold_and_rerun(
     out["unconfirmed_creates"] = stats.unconfirmed_creates
     out["launch_to_first_run_seconds"] = stats.first_run_after_launch
     out["sensor_ticks"] = sensor_ticks(stack, cold.launched_wall)
-    out["timeline"] = service_timeline(stack, cold.launched_wall, stats.first_step_start)
+    out["timeline"] = service_timeline(stack, cold.launched_wall, stats.first_step_start, w)
     cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
     out["cpu_seconds"] = cpu
     out["pipeline_cpu_seconds_per_image"] = sum(cpu[k] for k in ("code-server", "daemon", "webserver")) / n

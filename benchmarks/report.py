@@ -273,6 +273,13 @@ def table(results: dict[str, Any], judge: bool) -> str:
         ),
         (
             "5",
+            "service idle inside its busy window (work it had none for), s",
+            _r(cold.get("timeline", {}).get("service_idle_seconds"), 1),
+            "",
+            "",
+        ),
+        (
+            "5",
             "pipeline CPU s per image (code server + runs, daemon, webserver)",
             _r(cold.get("pipeline_cpu_seconds_per_image"), 3),
             "",
