@@ -268,7 +268,7 @@ def _is_unconfirmed(entry: dg.EventLogEntry) -> bool:
 
 def service_timeline(
     stack: Stack, since_wall: float, step_start: float | None, workers: int = 16
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Seconds after the launch at which the service got work, worked, and finished (sandbox timestamps).
 
     Why: it splits the pipeline's time into what happens before AutoRetouch has work (pickup, run start,
@@ -293,7 +293,7 @@ def service_timeline(
     def at(values: list[datetime | None], pick: Any) -> float:
         return float(pick(v.timestamp() for v in values if v is not None)) - since_wall
 
-    out = {
+    out: dict[str, Any] = {
         "service_idle_seconds": _idle_seconds(executions, workers),
         "first_create": at([e.created_at for e in executions], min),
         "last_create": at([e.created_at for e in executions], max),
@@ -302,18 +302,48 @@ def service_timeline(
     }
     if step_start is not None:
         out["first_step_start"] = step_start - since_wall
+    out["service_idle_by_window"] = _idle_by_window(executions, workers, since_wall)
     return out
 
 
 def _idle_seconds(executions: list[WorkflowExecution], workers: int) -> float:
     """Worker-seconds the service stood idle inside its busy window, divided by its workers: the seconds of
     work it could have done there and did not, because the pipeline had given it none."""
-    spans = [(e.started_at, e.finished_at) for e in executions if e.started_at and e.finished_at]
+    spans = _spans(executions)
     if not spans:
         return 0.0
-    window = max(f for _, f in spans).timestamp() - min(s for s, _ in spans).timestamp()
-    busy = sum((f - s).total_seconds() for s, f in spans)
+    window = max(f for _, f in spans) - min(s for s, _ in spans)
+    busy = sum(f - s for s, f in spans)
     return max(0.0, window - busy / workers)
+
+
+def _idle_by_window(
+    executions: list[WorkflowExecution], workers: int, since_wall: float, width: float = 10.0
+) -> dict[str, float]:
+    """`_idle_seconds` per `width`-second window after the launch ("20-30": 1.2), idle windows only: where
+    in the run the service waited for work."""
+    spans = _spans(executions)
+    if not spans:
+        return {}
+    start, end = min(s for s, _ in spans), max(f for _, f in spans)
+    out: dict[str, float] = {}
+    step = 0.05
+    t = start
+    while t < end:
+        running = sum(1 for s, f in spans if s <= t < f)
+        window = int((t - since_wall) // width)
+        out_key = f"{window * width:.0f}-{(window + 1) * width:.0f}"
+        out[out_key] = out.get(out_key, 0.0) + step * (workers - min(running, workers)) / workers
+        t += step
+    return {k: round(v, 2) for k, v in out.items() if v >= 0.05}
+
+
+def _spans(executions: list[WorkflowExecution]) -> list[tuple[float, float]]:
+    return [
+        (e.started_at.timestamp(), e.finished_at.timestamp())
+        for e in executions
+        if e.started_at and e.finished_at
+    ]
 
 
 def run_official(stack: Stack, input_dir: Path, output_dir: Path) -> float:
