@@ -106,6 +106,10 @@ def put_objects(stack: Stack, objects: dict[str, bytes], content_type: str) -> N
         )
 
 
+LAST_ROUND = 16
+"""Outputs still missing when the listing speeds up: one round of the service's W = 16 workers."""
+
+
 def output_images(stack: Stack, collection: str) -> dict[str, Any]:
     """Output image key -> LastModified (sidecars excluded)."""
     s3 = stack.s3()
@@ -117,6 +121,17 @@ def output_images(stack: Stack, collection: str) -> dict[str, Any]:
             if not obj["Key"].endswith(".json"):
                 found[obj["Key"]] = obj["LastModified"]
     return found
+
+
+def wait_outputs(stack: Stack, collection: str, count: int, timeout: float) -> None:
+    """Until `count` output images of `collection` are listed: a listing every second, every 0.2 s once
+    the last round of the service is due (`LAST_ROUND` outputs missing), so the clock stops within ~0.2 s of
+    the last output, as the official client's stops when `process_folder` returns."""
+    deadline = time.monotonic() + timeout
+    while (have := len(output_images(stack, collection))) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{collection} outputs: {have} of {count} after {timeout:.0f} s")
+        time.sleep(0.2 if count - have <= LAST_ROUND else 1.0)
 
 
 def launch_backfill(stack: Stack, partition_keys: list[str], title: str) -> str:
@@ -202,7 +217,7 @@ def cold_launch(stack: Stack, how: str, names: list[str], collection: str) -> Co
         switch_sensor(stack.deploy, CATALOG_SENSOR, True)
     else:
         backfill_id = launch_backfill(stack, keys, f"bench-{collection}")
-    wait_for(lambda: len(output_images(stack, collection)) >= len(names), 3600, 1.0, f"{collection} outputs")
+    wait_outputs(stack, collection, len(names), 3600)
     seconds = time.monotonic() - started
     switch_sensor(stack.deploy, PENDING_SENSOR, False)
     if backfill_id is None:
@@ -294,7 +309,7 @@ def service_timeline(
         return float(pick(v.timestamp() for v in values if v is not None)) - since_wall
 
     out: dict[str, Any] = {
-        "service_idle_seconds": _idle_seconds(executions, workers),
+        "service_idle_seconds": idle_seconds(_spans(executions), workers),
         "first_create": at([e.created_at for e in executions], min),
         "last_create": at([e.created_at for e in executions], max),
         "first_service_start": at([e.started_at for e in executions], min),
@@ -302,14 +317,17 @@ def service_timeline(
     }
     if step_start is not None:
         out["first_step_start"] = step_start - since_wall
-    out["service_idle_by_window"] = _idle_by_window(executions, workers, since_wall)
+    out["service_idle_by_window"] = idle_by_window(_spans(executions), workers, since_wall)
     return out
 
 
-def _idle_seconds(executions: list[WorkflowExecution], workers: int) -> float:
+Span = tuple[float, float]
+"""One execution's (started, finished) at the service, epoch seconds."""
+
+
+def idle_seconds(spans: list[Span], workers: int) -> float:
     """Worker-seconds the service stood idle inside its busy window, divided by its workers: the seconds of
     work it could have done there and did not, because the pipeline had given it none."""
-    spans = _spans(executions)
     if not spans:
         return 0.0
     window = max(f for _, f in spans) - min(s for s, _ in spans)
@@ -317,28 +335,24 @@ def _idle_seconds(executions: list[WorkflowExecution], workers: int) -> float:
     return max(0.0, window - busy / workers)
 
 
-def _idle_by_window(
-    executions: list[WorkflowExecution], workers: int, since_wall: float, width: float = 10.0
-) -> dict[str, float]:
-    """`_idle_seconds` per `width`-second window after the launch ("20-30": 1.2), idle windows only: where
-    in the run the service waited for work."""
-    spans = _spans(executions)
+def idle_by_window(spans: list[Span], workers: int, since: float, width: float = 10.0) -> dict[str, float]:
+    """`idle_seconds` per `width`-second window after `since` ("20-30": 1.2), idle windows only: where in
+    the run the service waited for work (sampled every 50 ms)."""
     if not spans:
         return {}
-    start, end = min(s for s, _ in spans), max(f for _, f in spans)
     out: dict[str, float] = {}
     step = 0.05
-    t = start
+    t, end = min(s for s, _ in spans), max(f for _, f in spans)
     while t < end:
         running = sum(1 for s, f in spans if s <= t < f)
-        window = int((t - since_wall) // width)
-        out_key = f"{window * width:.0f}-{(window + 1) * width:.0f}"
-        out[out_key] = out.get(out_key, 0.0) + step * (workers - min(running, workers)) / workers
+        window = int((t - since) // width)
+        key = f"{window * width:.0f}-{(window + 1) * width:.0f}"
+        out[key] = out.get(key, 0.0) + step * (workers - min(running, workers)) / workers
         t += step
     return {k: round(v, 2) for k, v in out.items() if v >= 0.05}
 
 
-def _spans(executions: list[WorkflowExecution]) -> list[tuple[float, float]]:
+def _spans(executions: list[WorkflowExecution]) -> list[Span]:
     return [
         (e.started_at.timestamp(), e.finished_at.timestamp())
         for e in executions

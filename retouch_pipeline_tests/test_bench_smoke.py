@@ -132,3 +132,16 @@ def test_concurrency_of_windows() -> None:
     assert max_overlap([]) == 0
     assert max_overlap([(0, 2), (2, 4), (4, 6)]) == 1
     assert max_overlap([(0, 5), (1, 2), (1.5, 3), (4, 6)]) == 3
+
+
+def test_service_idle_inside_its_busy_window() -> None:
+    """The cold run's idle figure: 2 workers, one busy 0-10 s, the other only 4-10 s: 4 worker-seconds idle,
+    2 s of the service's time, all in the first 10 s window after a launch at -2 s; none once both work."""
+    from benchmarks.pipeline import idle_by_window, idle_seconds
+
+    spans = [(0.0, 10.0), (4.0, 10.0)]
+    assert idle_seconds(spans, 2) == 2.0
+    assert idle_seconds([(0.0, 5.0), (0.0, 5.0)], 2) == 0.0
+    windows = idle_by_window(spans, 2, since=-2.0)
+    assert set(windows) == {"0-10"} and abs(windows["0-10"] - 2.0) < 0.06
+    assert idle_seconds([], 16) == 0.0 and idle_by_window([], 16, 0.0) == {}
