@@ -123,7 +123,8 @@ bench-quick: install
 	$(PY) -m benchmarks --quick --json-out benchmarks/results/quick.json
 
 # Issue 15's catalog-scale figures (docs/performance.md, "bench-scale"): 1,000, 10,000 and 100,000 images,
-# one table and one JSON line (also benchmarks/results/scale.json). About 16 minutes and both cores; needs
+# one table and one JSON line (also benchmarks/results/scale.json); 10,000 images processed end to end. About
+# 25 minutes and both cores (BENCH_SCALE_ARGS="--max-processed 1000": ~13); needs
 # PostgreSQL on 127.0.0.1:5432 and Debian's chromium. BENCH_SCALE_ARGS=--quick: 200 / 1,000 / 5,000.
 BENCH_SCALE_ARGS ?=
 .PHONY: bench-scale
