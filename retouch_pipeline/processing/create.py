@@ -82,8 +82,7 @@ def decide(step: Step, keys: Mapping[str, str]) -> dict[str, Decision]:
     """partition -> decision, for partitions whose idempotency key is known (`keys`: partition -> key)."""
     recorded = step.records.executions(list(keys))
     unknown = {pk: k for pk, k in keys.items() if pk not in recorded or recorded[pk].idempotency_key != k}
-    entries = step.records.purchases(set(unknown.values()))
-    found = durable_entries(step, {pk: k for pk, k in unknown.items() if k not in entries})
+    entries, found = _durable_lookups(step, unknown)
     decisions: dict[str, Decision] = {}
     for partition_key, key in keys.items():
         entry, sidecar_entry = entries.get(key), found.get(partition_key)
@@ -103,6 +102,22 @@ def decide(step: Step, keys: Mapping[str, str]) -> dict[str, Decision]:
         else:
             decisions[partition_key] = Decision(Purchase.CREATE)
     return decisions
+
+
+def _durable_lookups(
+    step: Step, unknown: Mapping[str, str]
+) -> tuple[dict[str, PurchaseEntry], dict[str, PurchaseEntry]]:
+    """The purchase ledger's entries of the keys the event log does not know, and the sidecar entries of
+    those partitions whose key has no ledger entry: both read at once (two independent sets of S3 GETs, one
+    round trip instead of two before an image can be bought)."""
+    if not unknown:
+        return {}, {}
+    with ThreadPoolExecutor(2, thread_name_prefix="lookup") as lookups:
+        ledger = lookups.submit(step.records.purchases, set(unknown.values()))
+        sidecar = lookups.submit(durable_entries, step, unknown)
+        entries = ledger.result()
+        found = {pk: e for pk, e in sidecar.result().items() if unknown[pk] not in entries}
+    return entries, found
 
 
 def durable_entries(step: Step, keys: Mapping[str, str]) -> dict[str, PurchaseEntry]:

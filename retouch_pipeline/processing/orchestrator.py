@@ -6,8 +6,12 @@ established, so the caller records it at once.
 
 Why creates go batch by batch as uploads finish: AutoRetouch should start working seconds after the step
 starts, not after its last upload, while the purchase records are still read and written once per batch, not
-once per image. The first image ready is created at once; after it a batch is flushed when it holds
-`CREATE_BATCH` images, when its first image has waited `FLUSH_AFTER_SECONDS`, or when the uploads are done.
+once per image. Until the step has sent `CREATE_BATCH` images (about one round of the service's workers),
+whatever is uploaded is bought as soon as the previous batch is done: the service's workers get their first
+images as early as the uploads allow, since every batch costs a few round trips (event log, ledger and
+sidecars, claims) however small it is. After that a batch is flushed when it holds `CREATE_BATCH` images,
+when its first image has waited `FLUSH_AFTER_SECONDS`, or when the uploads are done: the service's queue is
+full by then, and larger batches cost fewer round trips.
 That needs the budget to fit before anything is known about the images: the worst case (every image a new
 execution) is checked once up front. When it does not fit, every image is uploaded first and one exact
 projection (re-used executions cost nothing) decides, before any create.
@@ -125,11 +129,12 @@ def upload_and_create(
 def _uploaded_batches(
     step: Step, items: Sequence[WorkItem], uploads: ThreadPoolExecutor
 ) -> Iterator[list[WorkItem]]:
-    """The uploaded images in batches: the first at once, then by size, by age, and the rest at the end."""
+    """The uploaded images in batches: at once until `CREATE_BATCH` images went out, then by size, by age, and
+    the rest at the end."""
     pending = {uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed}
     batch: list[WorkItem] = []
     batch_since = 0.0
-    flushed = False
+    flushed = 0
     while pending:
         done, _ = wait(list(pending), timeout=0.25, return_when=FIRST_COMPLETED)
         for future in done:
@@ -140,11 +145,11 @@ def _uploaded_batches(
                 batch.append(item)
         if batch and (
             not pending
-            or not flushed  # the first image ready goes at once: AutoRetouch starts working
+            or flushed < CREATE_BATCH  # the service's first round: every image ready goes at once
             or len(batch) >= CREATE_BATCH
             or time.monotonic() - batch_since >= FLUSH_AFTER_SECONDS
         ):
-            flushed = True
+            flushed += len(batch)
             yield batch
             batch = []
 
