@@ -27,6 +27,7 @@ from retouch_pipeline.autoretouch import (
     OrganizationRequiredError,
     RetryConfig,
 )
+from retouch_pipeline.processing.statuses import read_statuses
 
 FAST_RETRY = RetryConfig(max_retries=3, initial_delay=0.01, max_delay=0.05, total_timeout=60)
 Factory = Callable[..., SandboxServer]
@@ -165,6 +166,30 @@ def test_list_order_and_lag_a_lost_create_is_found_never_paid_twice(
     assert server.state.accounting.calls["E1"] == 4  # the lost create was never resent
     wait_charged(server, 4)
     assert sum(c["credits"] for c in server.state.accounting.ledger()) == 4 * price
+
+
+@pytest.mark.parametrize(("order", "pages"), [("oldest", 2), ("newest", 1), ("unordered", None)])
+def test_a_status_pass_reads_the_newest_executions_first_whatever_the_list_order(
+    sandbox_factory: Factory, make_image: Callable[..., bytes], order: str, pages: int | None
+) -> None:
+    """A step waits for the executions it created last. Oldest first, the pass reads the first page (to see
+    the order), then the list's end: 2 pages for 2.2 pages of executions, not all of them in turn."""
+    server = sandbox_factory(realism=Realism.named("strict", list_order=order, list_lag=0.0))
+    with client_for(server) as client:
+        wf, _ = workflow(server)
+        content_hash = client.upload_image(make_image(), filename="p.png").content_hash
+        image = ImageRef("p.png", content_hash)
+        ids = [
+            client.create_execution(wf, image=image, idempotency_key=f"k{n}")
+            for n in range(2 * client.page_size + 10)
+        ]
+        before = server.state.accounting.calls["E3"]
+        found = read_statuses(client, wf, ids[-5:], max_single_reads=0)
+        assert set(found) == set(ids[-5:])
+        if pages is not None:
+            assert server.state.accounting.calls["E3"] - before == pages
+        older = read_statuses(client, wf, ids[:3] + ids[-3:], max_single_reads=0)
+        assert set(older) == set(ids[:3] + ids[-3:])  # the first page is read too, whatever the order
 
 
 def test_list_lag_a_create_that_never_happened_is_resent_only_after_the_settle_window(

@@ -221,15 +221,21 @@ class ClientBase:
         """Every entry of every page: offsets advance by what arrived; stop at `total` or an empty page."""
         offset = 0
         while True:
-            page_params = [*(params or []), ("limit", str(self.page_size)), ("offset", str(offset))]
-            data = self._get_json(path, page_params, scoped=scoped)
-            page = Page[model].model_validate(data)  # type: ignore[valid-type]
+            page = self._page(model, path, params, offset, scoped=scoped)
             if not page.entries:
                 return
             yield from page.entries
             offset += len(page.entries)
             if offset >= page.total:
                 return
+
+    def _page(
+        self, model: type[M], path: str, params: Params | None, offset: int, *, scoped: bool = True
+    ) -> Page[M]:
+        """One page of a list endpoint: `page_size` entries from `offset`, with the list's `total`."""
+        page_params = [*(params or []), ("limit", str(self.page_size)), ("offset", str(offset))]
+        data = self._get_json(path, page_params, scoped=scoped)
+        return Page[model].model_validate(data)  # type: ignore[valid-type]
 
     def _stream(self, method: str, path: str, fn: Callable[[requests.Response], T], **kwargs: Any) -> T:
         """Send with `stream=True` and run `fn` on the open response, mapping mid-body network errors."""

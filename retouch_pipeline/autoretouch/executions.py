@@ -45,7 +45,7 @@ from .errors import (
     RateLimitError,
     ServerError,
 )
-from .models import ExecutionStatus, ImageRef, WorkflowExecution
+from .models import ExecutionStatus, ImageRef, Page, WorkflowExecution
 from .streams import DownloadResult, MultipartBody, UploadSource, write_response
 
 log = logging.getLogger("retouch_pipeline.autoretouch")
@@ -248,6 +248,11 @@ class ExecutionsMixin(ClientBase):
         """E3: every execution (of one workflow), across all pages, in the order the API lists them."""
         params: Params = [("workflow", workflow_id)] if workflow_id else []
         return self._paginate(WorkflowExecution, EXECUTIONS_PATH, params)
+
+    def executions_page(self, workflow_id: str | None = None, offset: int = 0) -> Page[WorkflowExecution]:
+        """E3, one page: `page_size` executions (of one workflow) from `offset`, and the list's `total`."""
+        params: Params = [("workflow", workflow_id)] if workflow_id else []
+        return self._page(WorkflowExecution, EXECUTIONS_PATH, params, offset)
 
     def get_execution(self, execution_id: str) -> WorkflowExecution:
         """E4."""

@@ -1,12 +1,12 @@
 """Where executions stand at AutoRetouch, read for many at once: never one poll per image.
 
-One pass over the executions list (E3, newest first, 100 per page) answers for every execution of a step;
-single reads (E4) only for the few not found in a bounded number of pages.
+One pass over the executions list (E3, read newest first whatever order the API lists in) answers for every
+execution of a step; single reads (E4) only for the few not found in a bounded number of pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, ExecutionStatus, NotFoundError, WorkflowExecution
@@ -27,41 +27,84 @@ def read_statuses(
 ) -> dict[str, WorkflowExecution]:
     """Current state of many executions in one executions-list pass (E3) plus a few E4 reads.
 
-    The list is newest first: paging stops when every id was found, when a whole page is older than `oldest`
-    (minus a skew), or after `max_pages`. Ids still unknown then are read one by one, at most
-    `max_single_reads` of them (the rest are simply read on the next pass).
+    The list is read newest first (`_newest_pages`, whichever order the API lists in): paging stops when
+    every id was found, when a whole page is older than `oldest` (minus a skew), or after `max_pages`. Ids
+    still unknown then are read one by one, at most `max_single_reads` of them (the rest are simply read on
+    the next pass).
     """
     wanted = set(execution_ids)
     found: dict[str, WorkflowExecution] = {}
     if not wanted:
         return found
     cutoff = (oldest.astimezone(UTC) - LIST_SKEW) if oldest else None
-    per_page = client.page_size
-    seen_on_page = 0
-    page_all_old = True
-    pages = 0
-    for execution in client.iter_executions(workflow_id):
-        if execution.id in wanted:
-            found[execution.id] = execution
-            wanted.discard(execution.id)
-            if not wanted:
-                break
-        created = execution.created_at
-        if created is not None and created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-        page_all_old = page_all_old and cutoff is not None and created is not None and created < cutoff
-        seen_on_page += 1
-        if seen_on_page >= per_page:
-            pages += 1
-            if page_all_old or pages >= max_pages:
-                break
-            seen_on_page, page_all_old = 0, True
+    for entries, newer_came_first in _newest_pages(client, workflow_id, max_pages):
+        for execution in entries:
+            if execution.id in wanted:
+                found[execution.id] = execution
+                wanted.discard(execution.id)
+        if not wanted or (newer_came_first and _all_older(entries, cutoff)):
+            break
     for execution_id in list(wanted)[:max_single_reads]:
         try:
             found[execution_id] = client.get_execution(execution_id)
         except NotFoundError:
             continue
     return found
+
+
+def _newest_pages(
+    client: AutoRetouchClient, workflow_id: str, max_pages: int
+) -> Iterator[tuple[list[WorkflowExecution], bool]]:
+    """Pages of the executions list, the newest executions first, at most `max_pages`; each with whether
+    every newer page came before it (only then does a page older than the cutoff end the search).
+
+    Why: a step waits for the executions it created last, and the list's order is not documented (docs/
+    api-assumptions.md). When the first page is oldest first and the list is longer, the rest is read from
+    its end backwards (`total` says where the end is), so the newest come next instead of after every older
+    page; any other order is read forward, as listed.
+    """
+    first = client.executions_page(workflow_id, 0)
+    backwards = _oldest_first(first.entries) and len(first.entries) < first.total
+    yield first.entries, not backwards
+    if len(first.entries) >= first.total or not first.entries:
+        return
+    if not backwards:
+        offset = len(first.entries)
+        for _ in range(max_pages - 1):
+            page = client.executions_page(workflow_id, offset)
+            if not page.entries:
+                return
+            yield page.entries, True
+            offset += len(page.entries)
+            if offset >= page.total:
+                return
+        return
+    end = first.total
+    for _ in range(max_pages - 1):
+        offset = max(len(first.entries), end - client.page_size)
+        page = client.executions_page(workflow_id, offset)
+        if not page.entries:
+            return
+        yield page.entries, True
+        if offset <= len(first.entries):
+            return
+        end = offset
+
+
+def _oldest_first(entries: list[WorkflowExecution]) -> bool:
+    times = [e.created_at for e in entries if e.created_at is not None]
+    return len(times) >= 2 and _utc(times[0]) < _utc(times[-1])
+
+
+def _all_older(entries: list[WorkflowExecution], cutoff: datetime | None) -> bool:
+    """Every execution of the page was created before `cutoff` (so every further page is older too)."""
+    if cutoff is None or not entries:
+        return False
+    return all(e.created_at is not None and _utc(e.created_at) < cutoff for e in entries)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def parse_time(value: str | None) -> datetime | None:
