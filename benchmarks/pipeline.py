@@ -164,6 +164,27 @@ def wait_backfills(stack: Stack, ids: list[str], timeout: float) -> list[str]:
     return [wait_for(lambda b=b: backfill_done(stack, b), timeout, 1.0, f"backfill {b}") for b in ids]
 
 
+def backfill_failures(stack: Stack, backfill_ids: list[str]) -> list[str]:
+    """Why these backfills' runs failed: each STEP_FAILURE / RUN_FAILURE message, and each image's failure
+    note (the `retouched_image` observations), from the event log, so that an intermittent failure inside a
+    benchmark can be diagnosed after its stack is gone (it prints them)."""
+    inst = instance(stack)
+    kinds = (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE, DagsterEventType.ASSET_OBSERVATION)
+    out: list[str] = []
+    for backfill_id in backfill_ids:
+        for record in inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})):
+            run_id = record.dagster_run.run_id
+            for kind in kinds:
+                for entry in inst.all_logs(run_id, of_type=kind):
+                    event = entry.dagster_event
+                    text = entry.user_message or ""
+                    if kind is DagsterEventType.ASSET_OBSERVATION and event is not None:
+                        observation = event.event_specific_data.asset_observation  # type: ignore[union-attr]
+                        text = str(observation.metadata.get("error", observation.metadata))
+                    out.append(f"{run_id[:8]} {kind.value}: {text[:400]}")
+    return out
+
+
 def api_calls(stack: Stack) -> dict[str, int]:
     return {k: int(v) for k, v in stack.sandbox.state()["calls"].items()}
 
@@ -513,6 +534,9 @@ def memory(stack: Stack, sampler: TreeSampler, count: int, megabytes: float) -> 
     before = set(sampler.pids.get("code-server", {}))
     ids = [launch_backfill(stack, keys, f"bench-memory-{label}") for label, keys in batches.items()]
     out["statuses"] = wait_backfills(stack, ids, 1800)
+    out["failures"] = backfill_failures(
+        stack, [b for b, st in zip(ids, out["statuses"], strict=True) if st != "COMPLETED_SUCCESS"]
+    )
     sampler.sample()
     new = [p for pid, p in sampler.pids["code-server"].items() if pid not in before]
     # Run workers: the code server's children started for the runs, alive long enough to have imported

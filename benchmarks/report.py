@@ -330,6 +330,7 @@ def table(results: dict[str, Any], judge: bool) -> str:
             "both succeed",
             ("MET" if memory_runs_succeeded(mem) else "INVALID") if judge else "",
         ),
+        *(("5", "  why a memory run failed", why[:120], "", "") for why in (mem.get("failures") or [])[:5]),
         (
             "5",
             "growth per image in flight / image size",
