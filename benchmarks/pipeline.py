@@ -165,23 +165,26 @@ def wait_backfills(stack: Stack, ids: list[str], timeout: float) -> list[str]:
 
 
 def backfill_failures(stack: Stack, backfill_ids: list[str]) -> list[str]:
-    """Why these backfills' runs failed: each STEP_FAILURE / RUN_FAILURE message, and each image's failure
-    note (the `retouched_image` observations), from the event log, so that an intermittent failure inside a
-    benchmark can be diagnosed after its stack is gone (it prints them)."""
+    """Why these backfills' runs failed, from the event log: each step failure's error, each run failure's
+    message and each image's failure note, so that an intermittent failure inside a benchmark can be
+    diagnosed after its stack is gone (the report prints them)."""
     inst = instance(stack)
-    kinds = (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE, DagsterEventType.ASSET_OBSERVATION)
     out: list[str] = []
     for backfill_id in backfill_ids:
         for record in inst.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id})):
             run_id = record.dagster_run.run_id
-            for kind in kinds:
-                for entry in inst.all_logs(run_id, of_type=kind):
-                    event = entry.dagster_event
-                    text = entry.user_message or ""
-                    if kind is DagsterEventType.ASSET_OBSERVATION and event is not None:
-                        observation = event.event_specific_data.asset_observation  # type: ignore[union-attr]
-                        text = str(observation.metadata.get("error", observation.metadata))
-                    out.append(f"{run_id[:8]} {kind.value}: {text[:400]}")
+            for entry in inst.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+                error = entry.dagster_event.step_failure_data.error if entry.dagster_event else None
+                out.append(
+                    f"{run_id[:8]} step failed: {(error.message if error else entry.user_message)[:400]}"
+                )
+            for entry in inst.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE):
+                out.append(f"{run_id[:8]} run failed: {entry.user_message[:400]}")
+            for entry in inst.all_logs(run_id, of_type=DagsterEventType.ASSET_OBSERVATION):
+                observation = entry.asset_observation
+                status = observation.metadata.get("status") if observation else None
+                if observation is not None and status is not None and status.value == "failed":
+                    out.append(f"{run_id[:8]} {observation.partition}: {observation.description}")
     return out
 
 
@@ -329,8 +332,9 @@ def service_timeline(
     def at(values: list[datetime | None], pick: Any) -> float:
         return float(pick(v.timestamp() for v in values if v is not None)) - since_wall
 
+    spans = _spans(executions)
     out: dict[str, Any] = {
-        "service_idle_seconds": idle_seconds(_spans(executions), workers),
+        "service_idle_seconds": idle_seconds(spans, workers),
         "first_create": at([e.created_at for e in executions], min),
         "last_create": at([e.created_at for e in executions], max),
         "first_service_start": at([e.started_at for e in executions], min),
@@ -338,7 +342,7 @@ def service_timeline(
     }
     if step_start is not None:
         out["first_step_start"] = step_start - since_wall
-    out["service_idle_by_window"] = idle_by_window(_spans(executions), workers, since_wall)
+    out["service_idle_by_window"] = idle_by_window(spans, workers, since_wall)
     return out
 
 

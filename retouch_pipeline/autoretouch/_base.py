@@ -218,13 +218,19 @@ class ClientBase:
     def _paginate(
         self, model: type[M], path: str, params: Params | None = None, *, scoped: bool = True
     ) -> Iterator[M]:
-        """Every entry of every page: offsets advance by what arrived; stop at `total` or an empty page."""
-        offset = 0
+        """Every entry of every page."""
+        for page in self._pages(model, path, params, scoped=scoped):
+            yield from page.entries
+
+    def _pages(
+        self, model: type[M], path: str, params: Params | None = None, offset: int = 0, *, scoped: bool = True
+    ) -> Iterator[Page[M]]:
+        """The pages from `offset` on: offsets advance by what arrived; stop at `total` or an empty page."""
         while True:
             page = self._page(model, path, params, offset, scoped=scoped)
             if not page.entries:
                 return
-            yield from page.entries
+            yield page
             offset += len(page.entries)
             if offset >= page.total:
                 return

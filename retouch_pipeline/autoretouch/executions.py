@@ -254,6 +254,13 @@ class ExecutionsMixin(ClientBase):
         params: Params = [("workflow", workflow_id)] if workflow_id else []
         return self._page(WorkflowExecution, EXECUTIONS_PATH, params, offset)
 
+    def iter_execution_pages(
+        self, workflow_id: str | None = None, offset: int = 0
+    ) -> Iterator[Page[WorkflowExecution]]:
+        """E3, page by page from `offset` to the list's end, in the order the API lists them."""
+        params: Params = [("workflow", workflow_id)] if workflow_id else []
+        return self._pages(WorkflowExecution, EXECUTIONS_PATH, params, offset)
+
     def get_execution(self, execution_id: str) -> WorkflowExecution:
         """E4."""
         return self._get_model(WorkflowExecution, f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, ExecutionStatus, NotFoundError, WorkflowExecution
 
@@ -69,15 +70,8 @@ def _newest_pages(
     if len(first.entries) >= first.total or not first.entries:
         return
     if not backwards:
-        offset = len(first.entries)
-        for _ in range(max_pages - 1):
-            page = client.executions_page(workflow_id, offset)
-            if not page.entries:
-                return
+        for page in islice(client.iter_execution_pages(workflow_id, len(first.entries)), max_pages - 1):
             yield page.entries, True
-            offset += len(page.entries)
-            if offset >= page.total:
-                return
         return
     end = first.total
     for _ in range(max_pages - 1):
