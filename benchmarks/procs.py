@@ -68,14 +68,20 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def descendants(roots: set[int]) -> set[int]:
-    """The roots and every live process below them."""
-    children: dict[int, list[int]] = {}
+def proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds) of every live process: one pass over /proc."""
+    table: dict[int, tuple[int, float]] = {}
     for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _read_stat(int(name))
-            if stat is not None:
-                children.setdefault(stat[0], []).append(int(name))
+        if name.isdigit() and (stat := _read_stat(int(name))) is not None:
+            table[int(name)] = stat
+    return table
+
+
+def descendants(roots: set[int], table: Mapping[int, tuple[int, float]]) -> set[int]:
+    """The roots and every live process below them in `table`."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
     found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()
@@ -112,11 +118,14 @@ class TreeSampler:
             self.sample()
 
     def sample(self) -> None:
+        # One pass over /proc per sample, whatever the number of trees: the sampler shares the 2 cores with
+        # what it measures.
         now = time.monotonic()
+        table = proc_table()
         for name, root in self.roots.items():
             tree = self.pids.setdefault(name, {})
-            for pid in descendants({root}):
-                stat = _read_stat(pid)
+            for pid in descendants({root}, table):
+                stat = table.get(pid)
                 if stat is None:
                     continue
                 info = tree.get(pid)
