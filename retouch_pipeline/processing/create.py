@@ -242,10 +242,12 @@ def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: 
         item.execution_id = execution_id
         item.execution_created_at = item.execution_created_at or now
         if item.purchase is Purchase.CREATE:
-            item.execution_status, step.created = "CREATED", step.created + 1
+            item.execution_status = "CREATED"
+            step.count("created")
             item.advance(State.CREATED)
         else:
-            item.execution_status, step.retried = "RETRIED", step.retried + 1
+            item.execution_status = "RETRIED"
+            step.count("retried")
             item.advance(State.RETRYING)
         bought[item.idempotency_key or ""] = execution_id or ""
     entries = {
@@ -263,7 +265,7 @@ def _leave_unconfirmed(step: Step, item: WorkItem, exc: CreateUnconfirmedError) 
     attempted_at, settle_until = exc.attempted_at.isoformat(), exc.settle_until.isoformat()
     item.unconfirmed = Unconfirmed(attempted_at, settle_until)
     item.advance(State.UNCONFIRMED)
-    step.unconfirmed += 1
+    step.count("unconfirmed")
     step.log.warning(f"{item.partition_key}: {exc}")
     return PurchaseEntry(partition=item.partition_key, at=attempted_at)
 
@@ -331,7 +333,7 @@ def _settle(
                 continue
             item.purchase, item.execution_created_at = Purchase.REUSE, now
         if item.purchase is Purchase.REUSE:
-            step.reused += 1
+            step.count("reused")
             item.advance(State.REUSED)
         elif item.state is State.RESOLVED:  # a retry of an execution another image of the step retried
             item.advance(State.RETRYING)

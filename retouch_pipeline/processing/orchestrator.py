@@ -7,12 +7,16 @@ established, so the caller records it at once.
 Why creates go batch by batch as uploads finish: AutoRetouch should start working seconds after the step
 starts, not after its last upload, while the purchase records are still read and written once per batch, not
 once per image. Until the step has sent `CREATE_BATCH` images (about one round of the service's workers),
-whatever is uploaded is bought as soon as the previous batch is done: the service's workers get their first
-images as early as the uploads allow, since every batch costs a few round trips (event log, ledger and
-sidecars, claims) however small it is. After that a batch is flushed when it holds `CREATE_BATCH` images,
-when its first image has waited `FLUSH_AFTER_SECONDS`, or when the uploads are done: the service's queue is
-full by then, and larger batches cost fewer round trips.
-That needs the budget to fit before anything is known about the images: the worst case (every image a new
+whatever is uploaded is bought as soon as a buyer is free: the service's workers get their first images as
+early as the uploads allow. After that a batch goes when it holds `CREATE_BATCH` images, when its first image
+has waited `FLUSH_AFTER_SECONDS`, or when the uploads are done: the service's queue is full by then, and
+larger batches cost fewer round trips.
+Why up to `BUYING_AT_ONCE` batches are bought at once: each purchase is a few round trips (event log, ledger
+and sidecars, claims, creates, records), and one at a time the images uploaded meanwhile waited behind it.
+Two batches holding the same content are kept from buying it twice by the ledger's claims, exactly as two
+runs are (docs/durability.md). A purchase that fails stops the next batches; the purchases in flight are
+awaited and reported first, so what they bought is recorded.
+Buying as uploads finish needs the budget to fit before anything is known about the images: the worst case (every image a new
 execution) is checked once up front. When it does not fit, every image is uploaded first and one exact
 projection (re-used executions cost nothing) decides, before any create.
 """
@@ -20,9 +24,11 @@ projection (re-used executions cost nothing) decides, before any create.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from retouch_pipeline.processing.adopt import deliver_adopted
 from retouch_pipeline.processing.budget import worst_case_fits
@@ -44,6 +50,10 @@ from retouch_pipeline.processing.wait import wait_and_deliver
 
 CREATE_BATCH = 16
 FLUSH_AFTER_SECONDS = 0.5
+BUYING_AT_ONCE = 4
+"""Batches being bought at once (decided, claimed, created, recorded). Each purchase is a few round trips;
+one at a time, the images uploaded meanwhile waited for it, and AutoRetouch's first round filled seconds
+after the first create."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +117,13 @@ def upload_and_create(
     ready = sum(1 for i in items if not i.failed)
     streaming = stages.create and ready > 0 and worst_case_fits(step, ready)
     deferred: list[WorkItem] = []  # re-used or retried: settled after the uploads, in one status pass
-    with ThreadPoolExecutor(step.settings.concurrency, thread_name_prefix="upload") as uploads:
-        for batch in _uploaded_batches(step, items, uploads):
-            settled: list[Settled] = []
-            if streaming:
-                resolve(step, batch)
-                deferred += [i for i in batch if not i.failed and i.purchase is not Purchase.CREATE]
-                creates = [i for i in batch if not i.failed and i.purchase is Purchase.CREATE]
-                settled = list(create(step, creates, pool, budget_checked=True))
+    buy = partial(_buy_new, step, pool) if streaming else _buy_nothing
+    with (
+        ThreadPoolExecutor(step.settings.concurrency, thread_name_prefix="upload") as uploads,
+        ThreadPoolExecutor(BUYING_AT_ONCE, thread_name_prefix="buy") as buyers,
+    ):
+        for batch, settled in _bought_batches(step, items, uploads, buyers, buy):
+            deferred += [i for i in batch if not i.failed and i.purchase not in (None, Purchase.CREATE)]
             if stages.upload:
                 yield from (Uploaded(i) for i in batch)
             yield from (ExecutionSettled(i, e) for i, e in settled)
@@ -126,32 +135,78 @@ def upload_and_create(
     yield from (ExecutionSettled(i, e) for i, e in rest)
 
 
-def _uploaded_batches(
-    step: Step, items: Sequence[WorkItem], uploads: ThreadPoolExecutor
-) -> Iterator[list[WorkItem]]:
-    """The uploaded images in batches: at once until `CREATE_BATCH` images went out, then by size, by age, and
-    the rest at the end."""
-    pending = {uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed}
+def _buy_new(step: Step, pool: ThreadPoolExecutor, batch: list[WorkItem]) -> list[Settled]:
+    """One batch's decisions, then its new executions (claims, creates, records); the rest is deferred."""
+    resolve(step, batch)
+    creates = [i for i in batch if not i.failed and i.purchase is Purchase.CREATE]
+    return list(create(step, creates, pool, budget_checked=True))
+
+
+def _buy_nothing(batch: list[WorkItem]) -> list[Settled]:
+    return []
+
+
+def _bought_batches(
+    step: Step,
+    items: Sequence[WorkItem],
+    uploads: ThreadPoolExecutor,
+    buyers: ThreadPoolExecutor,
+    buy: Callable[[list[WorkItem]], list[Settled]],
+) -> Iterator[tuple[list[WorkItem], list[Settled]]]:
+    """Each batch of uploaded images with what `buy` settled for it, as its purchase ends.
+
+    A batch goes to `buy` when a buyer is free: at once until `CREATE_BATCH` images went out, then by size,
+    by age, and the rest at the end. A purchase that raises stops further batches; the purchases in flight
+    are awaited and reported before its error is raised (what they bought is recorded, not forgotten).
+    """
+    uploading: dict[Future[None], WorkItem] = {
+        uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed
+    }
+    buying: dict[Future[list[Settled]], list[WorkItem]] = {}
     batch: list[WorkItem] = []
-    batch_since = 0.0
-    flushed = 0
-    while pending:
-        done, _ = wait(list(pending), timeout=0.25, return_when=FIRST_COMPLETED)
+    batch_since, sent = 0.0, 0
+    error: Exception | None = None
+    while uploading or buying or (batch and error is None):
+        futures: list[Future[Any]] = [*uploading, *buying]
+        done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
         for future in done:
-            item = pending.pop(future)
-            _settle_upload(item, future)
-            if not item.failed:
-                batch_since = batch_since if batch else time.monotonic()
-                batch.append(item)
-        if batch and (
-            not pending
-            or flushed < CREATE_BATCH  # the service's first round: every image ready goes at once
-            or len(batch) >= CREATE_BATCH
-            or time.monotonic() - batch_since >= FLUSH_AFTER_SECONDS
+            if future in uploading:
+                item = uploading.pop(future)
+                _settle_upload(item, future)
+                if not item.failed:
+                    batch_since = batch_since if batch else time.monotonic()
+                    batch.append(item)
+                continue
+            bought = buying.pop(future)
+            try:
+                settled = future.result()
+            except Exception as exc:
+                error = error or exc
+                uploading = {f: i for f, i in uploading.items() if not f.cancel()}
+                continue
+            yield bought, settled
+        if (
+            error is None
+            and batch
+            and len(buying) < BUYING_AT_ONCE
+            and _due(batch, batch_since, sent, uploading)
         ):
-            flushed += len(batch)
-            yield batch
+            sent += len(batch)
+            buying[buyers.submit(buy, batch)] = batch
             batch = []
+    if error is not None:
+        raise error
+
+
+def _due(batch: Sized, since: float, sent: int, uploading: Sized) -> bool:
+    """Whether a batch goes now: every image ready until the service's first round went out, then when
+    full, when its first image waited long enough, or when nothing is uploading any more."""
+    return (
+        not uploading
+        or sent < CREATE_BATCH
+        or len(batch) >= CREATE_BATCH
+        or time.monotonic() - since >= FLUSH_AFTER_SECONDS
+    )
 
 
 def _settle_upload(item: WorkItem, future: Future[None]) -> None:

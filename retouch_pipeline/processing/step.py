@@ -6,9 +6,10 @@ domain reads only what it names here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, Workflow
 from retouch_pipeline.processing.records import PurchaseRecords
@@ -84,6 +85,12 @@ class Step:
     retried: int = 0
     unconfirmed: int = 0
     """Creates whose answer was lost and whose execution is not listed yet (left to the pending sensor)."""
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, what: Literal["created", "reused", "retried", "unconfirmed"]) -> None:
+        """One more of `what`; batches are bought on several threads at once."""
+        with self._counting:
+            setattr(self, what, getattr(self, what) + 1)
 
     def summary(self) -> str:
         summary = f"{self.created} created, {self.reused} reused, {self.retried} retried"

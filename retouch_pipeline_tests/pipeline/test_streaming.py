@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import time
+from collections.abc import Callable, Mapping
 
 import dagster as dg
+import pytest
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
+from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
+from retouch_pipeline.processing.ledger import S3Ledger
+from retouch_pipeline.processing.records import PurchaseEntry
 
 
 def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:
@@ -84,3 +90,71 @@ def test_results_are_read_soon_after_the_queue_drains(
     assert delivered - finished.timestamp() < 10.0
     calls = stack.sandbox.state.accounting.calls
     assert calls.get("E3", 0) <= 12  # bounded: at most 10 quick passes per wait
+
+
+def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first batch's claim takes 3 s (a slow ledger write): the images uploaded meanwhile are bought by
+    # other purchases at once instead of waiting behind it, and nothing is bought twice.
+    stack = make_stack(processing_seconds=0.2)
+    keys = [stack.put(f"slow/{i}.png", make_image(width=50 + i)) for i in range(6)]
+    stack.register(keys)
+    real_claim = S3Ledger.claim
+    claimed: list[set[str]] = []
+
+    def slow_first_claim(
+        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
+    ) -> dict[str, PurchaseEntry]:
+        claimed.append(set(intents))
+        if len(claimed) == 1:
+            time.sleep(3.0)
+        return real_claim(ledger, intents, owner_ended)
+
+    monkeypatch.setattr(S3Ledger, "claim", slow_first_claim)
+    result = stack.run(keys, concurrency=6)
+    assert result.success
+    created = {e.labels[IDEMPOTENCY_LABEL]: e.created_at for e in stack.executions()}
+    assert len(created) == 6 and stack.charged() == 6 * stack.workflow["executionPrice"]
+    slow = max(created[k] for k in claimed[0] if created[k])
+    others = [at for key, at in created.items() if key not in claimed[0] and at]
+    assert others and min(others) < slow, "every other image waited for the slow purchase"
+
+
+def test_a_failed_purchase_still_records_what_the_others_bought(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second batch's claim fails (the ledger unreachable) while the first batch is still being bought:
+    # the step fails, and the execution the first batch bought is recorded in the event log and the ledger,
+    # so a re-run reuses it instead of paying again.
+    stack = make_stack(processing_seconds=0.2)
+    keys = [stack.put(f"fail/{i}.png", make_image(width=60 + i)) for i in range(4)]
+    stack.register(keys)
+    real_claim = S3Ledger.claim
+    claimed: list[set[str]] = []
+
+    def failing_second_claim(
+        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
+    ) -> dict[str, PurchaseEntry]:
+        claimed.append(set(intents))
+        if len(claimed) == 1:
+            time.sleep(1.5)
+        elif len(claimed) == 2:
+            raise RuntimeError("the ledger is unreachable")
+        return real_claim(ledger, intents, owner_ended)
+
+    monkeypatch.setattr(S3Ledger, "claim", failing_second_claim)
+    result = stack.run(keys, selection=[UPLOADED, EXECUTION], concurrency=4)
+    assert not result.success
+    first = claimed[0]
+    recorded = stack.materializations(EXECUTION, result)
+    assert {v["idempotency_key"] for v in recorded.values()} >= first
+    ledger = {
+        key.rsplit("/", 1)[-1].removesuffix(".json"): json.loads(stack.get(key))
+        for key in stack.keys("")
+        if "/ledger/" in key
+    }
+    assert all(ledger[k].get("execution_id") for k in first), "the first batch's purchase is in the ledger"
+    monkeypatch.setattr(S3Ledger, "claim", real_claim)
+    assert stack.run(keys).success
+    assert stack.charged() == 4 * stack.workflow["executionPrice"], "an image was bought twice"
