@@ -15,14 +15,17 @@ Why up to `BUYING_AT_ONCE` batches are bought at once: each purchase is a few ro
 and sidecars, claims, creates, records), and one at a time the images uploaded meanwhile waited behind it.
 Two batches holding the same content are kept from buying it twice by the ledger's claims, exactly as two
 runs are (docs/durability.md). A purchase that fails stops the next batches; the purchases in flight are
-awaited and reported first, so what they bought is recorded.
-Buying as uploads finish needs the budget to fit before anything is known about the images: the worst case (every image a new
-execution) is checked once up front. When it does not fit, every image is uploaded first and one exact
-projection (re-used executions cost nothing) decides, before any create.
+awaited and reported first, so what they bought is recorded. The uploads and purchases are driven from a
+thread of their own: recording a batch's events (database writes) never holds up the next purchase.
+Buying as uploads finish needs the budget to fit before anything is known about the images: the worst case
+(every image a new execution) is checked once up front. When it does not fit, every image is uploaded first
+and one exact projection (re-used executions cost nothing) decides, before any create.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -146,56 +149,94 @@ def _buy_nothing(batch: list[WorkItem]) -> list[Settled]:
     return []
 
 
+Bought = tuple[list[WorkItem], list[Settled]]
+
+
 def _bought_batches(
     step: Step,
     items: Sequence[WorkItem],
     uploads: ThreadPoolExecutor,
     buyers: ThreadPoolExecutor,
     buy: Callable[[list[WorkItem]], list[Settled]],
-) -> Iterator[tuple[list[WorkItem], list[Settled]]]:
+) -> Iterator[Bought]:
     """Each batch of uploaded images with what `buy` settled for it, as its purchase ends.
 
-    A batch goes to `buy` when a buyer is free: at once until `CREATE_BATCH` images went out, then by size,
-    by age, and the rest at the end. A purchase that raises stops further batches; the purchases in flight
-    are awaited and reported before its error is raised (what they bought is recorded, not forgotten).
+    The uploads and purchases are driven from a thread of their own (`_drive`): the caller records each
+    batch's events (database writes, slow on a loaded machine) while the next batches are being bought.
+    A caller that stops early stops the driving too (no new purchase; those in flight end).
     """
-    uploading: dict[Future[None], WorkItem] = {
-        uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed
-    }
+    reports: queue.SimpleQueue[Bought | Exception | None] = queue.SimpleQueue()
+    stop = threading.Event()
+    driver = threading.Thread(
+        target=_drive, args=(step, items, uploads, buyers, buy, reports.put, stop), name="purchases"
+    )
+    driver.start()
+    try:
+        while (report := reports.get()) is not None:
+            if isinstance(report, Exception):
+                raise report
+            yield report
+    finally:
+        stop.set()
+        driver.join()
+
+
+def _drive(
+    step: Step,
+    items: Sequence[WorkItem],
+    uploads: ThreadPoolExecutor,
+    buyers: ThreadPoolExecutor,
+    buy: Callable[[list[WorkItem]], list[Settled]],
+    report: Callable[[Bought | Exception | None], None],
+    stop: threading.Event,
+) -> None:
+    """Uploads, then purchases as `_due` says, each bought batch reported; then an error if one, then None.
+
+    A batch goes to `buy` when a buyer is free: at once until `CREATE_BATCH` images went out, then by size,
+    by age, and the rest at the end. A purchase that raises (or `stop`) ends further batches; the purchases in
+    flight are awaited and reported before the error (what they bought is recorded, not forgotten).
+    """
+    uploading: dict[Future[None], WorkItem] = {}
     buying: dict[Future[list[Settled]], list[WorkItem]] = {}
     batch: list[WorkItem] = []
     batch_since, sent = 0.0, 0
     error: Exception | None = None
-    while uploading or buying or (batch and error is None):
-        futures: list[Future[Any]] = [*uploading, *buying]
-        done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
-        for future in done:
-            if future in uploading:
-                item = uploading.pop(future)
-                _settle_upload(item, future)
-                if not item.failed:
-                    batch_since = batch_since if batch else time.monotonic()
-                    batch.append(item)
-                continue
-            bought = buying.pop(future)
-            try:
-                settled = future.result()
-            except Exception as exc:
-                error = error or exc
+    try:
+        uploading = {uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed}
+        while uploading or buying or (batch and error is None and not stop.is_set()):
+            if stop.is_set():
                 uploading = {f: i for f, i in uploading.items() if not f.cancel()}
-                continue
-            yield bought, settled
-        if (
-            error is None
-            and batch
-            and len(buying) < BUYING_AT_ONCE
-            and _due(batch, batch_since, sent, uploading)
-        ):
-            sent += len(batch)
-            buying[buyers.submit(buy, batch)] = batch
-            batch = []
-    if error is not None:
-        raise error
+            futures: list[Future[Any]] = [*uploading, *buying]
+            done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future in uploading:
+                    item = uploading.pop(future)
+                    _settle_upload(item, future)
+                    if not item.failed:
+                        batch_since = batch_since if batch else time.monotonic()
+                        batch.append(item)
+                    continue
+                bought = buying.pop(future)
+                try:
+                    report((bought, future.result()))
+                except Exception as exc:
+                    error = error or exc
+                    stop.set()
+            if (
+                not stop.is_set()
+                and batch
+                and len(buying) < BUYING_AT_ONCE
+                and _due(batch, batch_since, sent, uploading)
+            ):
+                sent += len(batch)
+                buying[buyers.submit(buy, batch)] = batch
+                batch = []
+    except Exception as exc:  # a bug here must reach the step, not end a thread silently
+        error = error or exc
+    finally:
+        if error is not None:
+            report(error)
+        report(None)
 
 
 def _due(batch: Sized, since: float, sent: int, uploading: Sized) -> bool:
