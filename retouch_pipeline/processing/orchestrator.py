@@ -203,7 +203,7 @@ def _drive(
     error: Exception | None = None
     try:
         uploading = {uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed}
-        while uploading or buying or (batch and error is None and not stop.is_set()):
+        while uploading or buying or (batch and not stop.is_set()):  # an error sets `stop`
             if stop.is_set():
                 uploading = {f: i for f, i in uploading.items() if not f.cancel()}
             futures: list[Future[Any]] = [*uploading, *buying]

@@ -92,6 +92,22 @@ def test_results_are_read_soon_after_the_queue_drains(
     assert calls.get("E3", 0) <= 12  # bounded: at most 10 quick passes per wait
 
 
+def _hook_claims(monkeypatch: pytest.MonkeyPatch, before: Callable[[int], None]) -> list[set[str]]:
+    """The ledger's claims with `before(n)` run ahead of the n-th one (from 1); returns each claim's keys."""
+    real_claim = S3Ledger.claim
+    claimed: list[set[str]] = []
+
+    def claim(
+        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
+    ) -> dict[str, PurchaseEntry]:
+        claimed.append(set(intents))
+        before(len(claimed))
+        return real_claim(ledger, intents, owner_ended)
+
+    monkeypatch.setattr(S3Ledger, "claim", claim)
+    return claimed
+
+
 def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
     make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,25 +116,21 @@ def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"slow/{i}.png", make_image(width=50 + i)) for i in range(6)]
     stack.register(keys)
-    real_claim = S3Ledger.claim
-    claimed: list[set[str]] = []
-
-    def slow_first_claim(
-        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
-    ) -> dict[str, PurchaseEntry]:
-        claimed.append(set(intents))
-        if len(claimed) == 1:
-            time.sleep(3.0)
-        return real_claim(ledger, intents, owner_ended)
-
-    monkeypatch.setattr(S3Ledger, "claim", slow_first_claim)
+    claimed = _hook_claims(monkeypatch, lambda n: time.sleep(3.0) if n == 1 else None)
     result = stack.run(keys, concurrency=6)
     assert result.success
-    created = {e.labels[IDEMPOTENCY_LABEL]: e.created_at for e in stack.executions()}
+    created = {e.labels[IDEMPOTENCY_LABEL]: e.created_at for e in stack.executions() if e.created_at}
     assert len(created) == 6 and stack.charged() == 6 * stack.workflow["executionPrice"]
-    slow = max(created[k] for k in claimed[0] if created[k])
-    others = [at for key, at in created.items() if key not in claimed[0] and at]
+    slow = max(created[k] for k in claimed[0])
+    others = [at for key, at in created.items() if key not in claimed[0]]
     assert others and min(others) < slow, "every other image waited for the slow purchase"
+
+
+def _slow_first_failing_second(n: int) -> None:
+    if n == 1:
+        time.sleep(1.5)
+    elif n == 2:
+        raise RuntimeError("the ledger is unreachable")
 
 
 def test_a_failed_purchase_still_records_what_the_others_bought(
@@ -126,24 +138,11 @@ def test_a_failed_purchase_still_records_what_the_others_bought(
 ) -> None:
     # The second batch's claim fails (the ledger unreachable) while the first batch is still being bought:
     # the step fails, and the execution the first batch bought is recorded in the event log and the ledger,
-    # so a re-run reuses it instead of paying again.
+    # so a re-run (claims 3 and on, unhindered) reuses it instead of paying again.
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"fail/{i}.png", make_image(width=60 + i)) for i in range(4)]
     stack.register(keys)
-    real_claim = S3Ledger.claim
-    claimed: list[set[str]] = []
-
-    def failing_second_claim(
-        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
-    ) -> dict[str, PurchaseEntry]:
-        claimed.append(set(intents))
-        if len(claimed) == 1:
-            time.sleep(1.5)
-        elif len(claimed) == 2:
-            raise RuntimeError("the ledger is unreachable")
-        return real_claim(ledger, intents, owner_ended)
-
-    monkeypatch.setattr(S3Ledger, "claim", failing_second_claim)
+    claimed = _hook_claims(monkeypatch, _slow_first_failing_second)
     result = stack.run(keys, selection=[UPLOADED, EXECUTION], concurrency=4)
     assert not result.success
     first = claimed[0]
@@ -155,6 +154,5 @@ def test_a_failed_purchase_still_records_what_the_others_bought(
         if "/ledger/" in key
     }
     assert all(ledger[k].get("execution_id") for k in first), "the first batch's purchase is in the ledger"
-    monkeypatch.setattr(S3Ledger, "claim", real_claim)
     assert stack.run(keys).success
     assert stack.charged() == 4 * stack.workflow["executionPrice"], "an image was bought twice"
