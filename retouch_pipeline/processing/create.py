@@ -219,22 +219,33 @@ def _refuse(step: Step, items: Sequence[WorkItem], refused: BudgetRefused) -> No
 
 
 def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: str) -> dict[str, str]:
-    """Claims first, then the creates and retries in parallel; returns idempotency key -> execution id."""
+    """Claims first; then the keys won are bought; then the keys held elsewhere are waited for.
+
+    Returns idempotency key -> execution id. In that order, and each purchase recorded as soon as it lands,
+    because two deployments can each hold a key the other wants: waiting before buying would make each wait
+    for the other until the claim wait runs out (and both images fail as "claimed elsewhere").
+    """
     intents = {
         i.idempotency_key: PurchaseEntry(partition=i.partition_key, at=now)
         for i in buying
         if i.purchase is Purchase.CREATE and i.idempotency_key
     }
     held = step.records.claim(intents)
-    bought = _adopt_held(step, [i for i in buying if i.idempotency_key in held], held)
-    futures = {pool.submit(_spend, step, item): item for item in buying if item.idempotency_key not in held}
-    unconfirmed: dict[str, PurchaseEntry] = {}
+    bought = _spend_won(step, [i for i in buying if i.idempotency_key not in held], pool, now)
+    bought.update(_adopt_held(step, [i for i in buying if i.idempotency_key in held], held))
+    return bought
+
+
+def _spend_won(step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor, now: str) -> dict[str, str]:
+    """Create or retry each item in parallel (each recorded by its worker); idempotency key -> id."""
+    futures = {pool.submit(_spend_and_record, step, item, now): item for item in items}
+    bought: dict[str, str] = {}
     for future in as_completed(futures):
         item = futures[future]
         try:
             execution_id = future.result()
         except CreateUnconfirmedError as exc:
-            unconfirmed[item.idempotency_key or ""] = _leave_unconfirmed(step, item, exc)
+            step.records.record({item.idempotency_key or "": _leave_unconfirmed(step, item, exc)})
             continue
         except Exception as exc:
             item.fail(UnexpectedError(exc, stage=item.purchase.value if item.purchase else "create"))
@@ -250,13 +261,19 @@ def _buy(step: Step, buying: Sequence[WorkItem], pool: ThreadPoolExecutor, now: 
             step.count("retried")
             item.advance(State.RETRYING)
         bought[item.idempotency_key or ""] = execution_id or ""
-    entries = {
-        k: PurchaseEntry(execution_id=v, at=now, created_at=now)
-        for k, v in bought.items()
-        if k and v and k not in held
-    }
-    step.records.record({**entries, **unconfirmed})
     return bought
+
+
+def _spend_and_record(step: Step, item: WorkItem, now: str) -> str | None:
+    """`_spend`, then its execution id in the ledger at once: another deployment may be waiting for it."""
+    execution_id = _spend(step, item)
+    if item.idempotency_key and execution_id:
+        entry = PurchaseEntry(execution_id=execution_id, at=now, created_at=now)
+        try:
+            step.records.record({item.idempotency_key: entry})
+        except Exception as exc:  # bought all the same: the event log keeps it, a label lookup finds it
+            step.log.warning(f"{item.partition_key}: {execution_id} not in the purchase ledger: {exc}")
+    return execution_id
 
 
 def _leave_unconfirmed(step: Step, item: WorkItem, exc: CreateUnconfirmedError) -> PurchaseEntry:

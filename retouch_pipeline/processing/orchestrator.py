@@ -119,14 +119,16 @@ def upload_and_create(
         return
     ready = sum(1 for i in items if not i.failed)
     streaming = stages.create and ready > 0 and worst_case_fits(step, ready)
-    deferred: list[WorkItem] = []  # re-used or retried: settled after the uploads, in one status pass
+    deferred: list[WorkItem] = []  # to re-use or retry: settled after the uploads, in one status pass
     buy = partial(_buy_new, step, pool) if streaming else _buy_nothing
     with (
         ThreadPoolExecutor(step.settings.concurrency, thread_name_prefix="upload") as uploads,
         ThreadPoolExecutor(BUYING_AT_ONCE, thread_name_prefix="buy") as buyers,
     ):
         for batch, settled in _bought_batches(step, items, uploads, buyers, buy):
-            deferred += [i for i in batch if not i.failed and i.purchase not in (None, Purchase.CREATE)]
+            # decided (re-use or retry) but not settled by the purchase; an image the purchase adopted from
+            # another deployment's claim is settled (REUSED) although its purchase is now REUSE as well
+            deferred += [i for i in batch if not i.failed and i.state is State.RESOLVED]
             if stages.upload:
                 yield from (Uploaded(i) for i in batch)
             yield from (ExecutionSettled(i, e) for i, e in settled)

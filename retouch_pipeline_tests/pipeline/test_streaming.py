@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import dagster as dg
 import pytest
@@ -12,8 +12,8 @@ import pytest
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
-from retouch_pipeline.processing.ledger import S3Ledger
-from retouch_pipeline.processing.records import PurchaseEntry
+
+from .ledger_hooks import hook_claims
 
 
 def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:
@@ -92,22 +92,6 @@ def test_results_are_read_soon_after_the_queue_drains(
     assert calls.get("E3", 0) <= 12  # bounded: at most 10 quick passes per wait
 
 
-def _hook_claims(monkeypatch: pytest.MonkeyPatch, before: Callable[[int], None]) -> list[set[str]]:
-    """The ledger's claims with `before(n)` run ahead of the n-th one (from 1); returns each claim's keys."""
-    real_claim = S3Ledger.claim
-    claimed: list[set[str]] = []
-
-    def claim(
-        ledger: S3Ledger, intents: Mapping[str, PurchaseEntry], owner_ended: Callable[[str], bool]
-    ) -> dict[str, PurchaseEntry]:
-        claimed.append(set(intents))
-        before(len(claimed))
-        return real_claim(ledger, intents, owner_ended)
-
-    monkeypatch.setattr(S3Ledger, "claim", claim)
-    return claimed
-
-
 def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
     make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,7 +100,7 @@ def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"slow/{i}.png", make_image(width=50 + i)) for i in range(6)]
     stack.register(keys)
-    claimed = _hook_claims(monkeypatch, lambda n: time.sleep(3.0) if n == 1 else None)
+    claimed = hook_claims(monkeypatch, lambda n, _: time.sleep(3.0) if n == 1 else None)
     result = stack.run(keys, concurrency=6)
     assert result.success
     created = {e.labels[IDEMPOTENCY_LABEL]: e.created_at for e in stack.executions() if e.created_at}
@@ -126,7 +110,7 @@ def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
     assert others and min(others) < slow, "every other image waited for the slow purchase"
 
 
-def _slow_first_failing_second(n: int) -> None:
+def _slow_first_failing_second(n: int, _: set[str]) -> None:
     if n == 1:
         time.sleep(1.5)
     elif n == 2:
@@ -142,7 +126,7 @@ def test_a_failed_purchase_still_records_what_the_others_bought(
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"fail/{i}.png", make_image(width=60 + i)) for i in range(4)]
     stack.register(keys)
-    claimed = _hook_claims(monkeypatch, _slow_first_failing_second)
+    claimed = hook_claims(monkeypatch, _slow_first_failing_second)
     result = stack.run(keys, selection=[UPLOADED, EXECUTION], concurrency=4)
     assert not result.success
     first = claimed[0]

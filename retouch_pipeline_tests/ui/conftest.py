@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, Route, ViewportSize, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Route, ViewportSize, expect, sync_playwright
 
 from retouch_devtools.stack.dev import SAMPLE_COUNT, DevProcess, start_dev_process
 
@@ -39,10 +39,15 @@ CHROMIUM_FLAGS = [
 ]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
+# How long a page action or an assertion waits. Playwright's assertions default to 5 s, its actions to 30 s;
+# on two busy cores the asset graph's partition counts have taken longer than 5 s to load (CI of 079d52c), so
+# both wait as long: what a user waiting for the UI would still accept.
+UI_WAIT_MS = 30_000
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"ui: browser test against make dev's stack; needs {ENABLE_ENV}=1")
+    expect.set_options(timeout=UI_WAIT_MS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -133,7 +138,7 @@ def browser_context(artifacts: Path) -> Iterator[BrowserContext]:
 def page(browser_context: BrowserContext, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Page]:
     """A fresh tab per test; its last view is saved as FAILED-<test>.png when the test fails."""
     tab = browser_context.new_page()
-    tab.set_default_timeout(30_000)
+    tab.set_default_timeout(UI_WAIT_MS)
     yield tab
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:

@@ -143,7 +143,7 @@ def test_collection_backfill_by_clicks_lands_in_s3(
     assert stack.sandbox_state()["creditsCharged"] == credits_before + NEW_IMAGES * PRICE
 
     open_ui(page, stack.ui, f"/runs/b/{backfill_id}")
-    expect(page.get_by_text("Succeeded", exact=True).first).to_be_visible(timeout=20_000)
+    expect(page.get_by_text("Succeeded", exact=True).first).to_be_visible()
     for key in keys:
         expect(page.get_by_text(key, exact=True).first).to_be_visible()
     save(page, artifacts, "backfill-done")
@@ -166,7 +166,7 @@ def test_cost_asset_shows_its_figures(page: Page, stack: DevProcess, artifacts: 
 
     page.reload()  # the overview does not re-query the latest materialization on its own
     total = metadata_row(page, "total_charged_credits")
-    expect(total).to_contain_text(str(charged), timeout=30_000)  # a reload on two busy cores
+    expect(total).to_contain_text(str(charged))  # UI_WAIT_MS: a reload on two busy cores
     by_collection = metadata_row(page, "by_collection")
     # a table (MetadataValue.table): its header cells, then one row per collection with its credits
     table = by_collection.get_by_role("table")
