@@ -47,8 +47,6 @@ from retouch_pipeline.processing.ledger import S3Ledger, is_ledger_key
 from retouch_pipeline.processing.records import PurchaseEntry
 from retouch_pipeline.state_objects import is_reserved_key
 
-from .ledger_hooks import hook_claims
-
 IMAGES = 12
 
 
@@ -233,6 +231,7 @@ def test_crossed_claims_do_not_wait_for_each_other(
     make_stack: Callable[..., InProcessStack],
     make_image: Callable[..., bytes],
     monkeypatch: pytest.MonkeyPatch,
+    hook_claims: Callable[..., list[set[str]]],
 ) -> None:
     """Two deployments each hold a key the other wants (both claimed after both decided to buy): this run buys
     what it won before it waits for the other's purchase, so the other side, which buys its own only once it
@@ -273,7 +272,7 @@ def test_crossed_claims_do_not_wait_for_each_other(
             assert claim(ledger, {theirs: intent}, lambda owner: False) == {}
             other.start()
 
-    claimed = hook_claims(monkeypatch, claim_theirs_first)
+    claimed = hook_claims(claim_theirs_first)
     started = time.monotonic()
     result = stack.run(keys)
     waited = time.monotonic() - started

@@ -7,13 +7,10 @@ import time
 from collections.abc import Callable
 
 import dagster as dg
-import pytest
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
 from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
-
-from .ledger_hooks import hook_claims
 
 
 def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:
@@ -93,14 +90,16 @@ def test_results_are_read_soon_after_the_queue_drains(
 
 
 def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
-    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+    make_stack: Callable[..., Stack],
+    make_image: Callable[..., bytes],
+    hook_claims: Callable[..., list[set[str]]],
 ) -> None:
     # The first batch's claim takes 3 s (a slow ledger write): the images uploaded meanwhile are bought by
     # other purchases at once instead of waiting behind it, and nothing is bought twice.
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"slow/{i}.png", make_image(width=50 + i)) for i in range(6)]
     stack.register(keys)
-    claimed = hook_claims(monkeypatch, lambda n, _: time.sleep(3.0) if n == 1 else None)
+    claimed = hook_claims(lambda n, _: time.sleep(3.0) if n == 1 else None)
     result = stack.run(keys, concurrency=6)
     assert result.success
     created = {e.labels[IDEMPOTENCY_LABEL]: e.created_at for e in stack.executions() if e.created_at}
@@ -118,7 +117,9 @@ def _slow_first_failing_second(n: int, _: set[str]) -> None:
 
 
 def test_a_failed_purchase_still_records_what_the_others_bought(
-    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+    make_stack: Callable[..., Stack],
+    make_image: Callable[..., bytes],
+    hook_claims: Callable[..., list[set[str]]],
 ) -> None:
     # The second batch's claim fails (the ledger unreachable) while the first batch is still being bought:
     # the step fails, and the execution the first batch bought is recorded in the event log and the ledger,
@@ -126,7 +127,7 @@ def test_a_failed_purchase_still_records_what_the_others_bought(
     stack = make_stack(processing_seconds=0.2)
     keys = [stack.put(f"fail/{i}.png", make_image(width=60 + i)) for i in range(4)]
     stack.register(keys)
-    claimed = hook_claims(monkeypatch, _slow_first_failing_second)
+    claimed = hook_claims(_slow_first_failing_second)
     result = stack.run(keys, selection=[UPLOADED, EXECUTION], concurrency=4)
     assert not result.success
     first = claimed[0]
