@@ -21,7 +21,7 @@ from __future__ import annotations
 import gzip
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import BaseModel, Field, ValidationError
@@ -34,6 +34,9 @@ from retouch_pipeline.assets.common import (
     metadata_value,
 )
 from retouch_pipeline.state_objects import state_prefix
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 INDEX_NAME = "refresh-index"
 STREAMS = ("uploaded", "retouched", "notes")
@@ -66,7 +69,7 @@ def index_key(output_prefix: str) -> str:
     return f"{state_prefix(output_prefix, INDEX_NAME)}index.json.gz"
 
 
-def load_index(s3: Any, bucket: str, key: str) -> RefreshIndex:
+def load_index(s3: S3Client, bucket: str, key: str) -> RefreshIndex:
     """The saved index, or an empty one (read from the start of the log) when missing or unreadable."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -77,7 +80,7 @@ def load_index(s3: Any, bucket: str, key: str) -> RefreshIndex:
         return RefreshIndex()
 
 
-def save_index(s3: Any, bucket: str, key: str, index: RefreshIndex) -> None:
+def save_index(s3: S3Client, bucket: str, key: str, index: RefreshIndex) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(index.model_dump_json().encode(), 5))
 
 

@@ -25,7 +25,7 @@ from retouch_pipeline.settings import DEFAULT_APP_URL
 __all__ = ["DEFAULT_APP_URL", "AutoRetouchResource", "CatalogResource"]
 
 
-class AutoRetouchResource(dg.ConfigurableResource):
+class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # pyproject [tool.mypy]
     """Where AutoRetouch is, which workflow to run, and how patient and how thrifty to be."""
 
     api_url: str = Field(default=DEFAULT_API_URL, description="AutoRetouch API base URL.")
@@ -117,7 +117,7 @@ class AutoRetouchResource(dg.ConfigurableResource):
         )
 
 
-class CatalogResource(dg.ConfigurableResource):
+class CatalogResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # pyproject [tool.mypy]
     """Where the catalog lives in S3 and where results go."""
 
     source_bucket: str = Field(description="Bucket holding the source images.")

@@ -7,6 +7,7 @@ The product package (`retouch_pipeline`) is what the production image installs; 
 from __future__ import annotations
 
 import ast
+import re
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -103,6 +104,30 @@ def test_no_product_function_is_longer_than_a_screen() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "split these:\n" + "\n".join(long)
+
+
+S3_OR_SQS_NAME = re.compile(r"^(\w+_)?(s3|sqs)(_client)?$")
+
+
+def test_every_s3_and_sqs_client_of_the_product_is_typed() -> None:
+    """Issue 14: an S3 or SQS client (or resource) in the product has a real type, never `Any` or none."""
+    untyped = []
+    for path in sorted((REPO / "retouch_pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                named = [(a.arg, a.annotation) for a in [*node.args.args, *node.args.kwonlyargs]]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name | ast.Attribute):
+                target = node.target
+                named = [(target.id if isinstance(target, ast.Name) else target.attr, node.annotation)]
+            else:
+                continue
+            for name, annotation in named:
+                shown = ast.unparse(annotation) if annotation is not None else "no annotation"
+                if S3_OR_SQS_NAME.match(name) and (annotation is None or "Any" in shown):
+                    untyped.append(f"{path.relative_to(REPO)}:{node.lineno} {name}: {shown}")
+    assert not untyped, "type these (mypy_boto3_s3.S3Client, mypy_boto3_sqs.SQSClient):\n" + "\n".join(
+        untyped
+    )
 
 
 def test_tests_and_benchmarks_import_no_test_module() -> None:

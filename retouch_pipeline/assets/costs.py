@@ -179,7 +179,7 @@ def autoretouch_costs(
     autoretouch: AutoRetouchResource,
     catalog: CatalogResource,
     s3: S3Resource,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     """Fold new events into the stored totals, read the balance, report."""
     state, store = _load_state(context, catalog, s3)
     counted = store.load(state.counted)

@@ -128,7 +128,7 @@ def make_scanner(
     if config.mode == "listing":
         return listing
     if not config.sqs_queue_url:
-        raise dg.DagsterInvalidConfigError("mode 'sqs' needs sqs_queue_url", [], config)
+        raise ValueError(f"catalog scan mode 'sqs' needs sqs_queue_url (set CATALOG_SQS_QUEUE_URL): {config}")
     sqs = (
         sqs_client_factory()
         if sqs_client_factory

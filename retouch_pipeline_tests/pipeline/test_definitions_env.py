@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -85,6 +86,35 @@ def test_production_definitions_load_offline_without_workflow_id() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["None", "AUTORETOUCH_WORKFLOW_ID"]
+
+
+def test_dg_list_defs_lists_every_kind_of_definition() -> None:
+    """Issue 14: `dg list defs` (the README's command) on this dg project, offline, only the bucket set."""
+    env = {**SHOP, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "HOME": str(REPO)}
+    dg_cli = Path(sys.executable).with_name("dg")
+    out = subprocess.run(
+        [str(dg_cli), "list", "defs", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    names = {
+        kind: {str(d.get("name") or d.get("key") or d.get("asset_key")) for d in listed.get(kind, [])}
+        for kind in ("assets", "asset_checks", "jobs", "schedules", "sensors", "resources")
+    }
+    assert names["assets"] >= {k.to_user_string() for k in PIPELINE_KEYS} | {"autoretouch_costs"}
+    assert {n.rsplit(":", 1)[-1] for n in names["asset_checks"]} == {
+        "output_exists_and_decodes",
+        "charged_credits_match_price",
+    }
+    assert names["sensors"] == {"catalog_sensor", "partition_status_sensor", "pending_executions_sensor"}
+    assert names["schedules"] == {"daily_catalog_refresh", "autoretouch_costs_hourly"}
+    assert names["resources"] == {"autoretouch", "catalog", "s3"}
+    assert "catalog_refresh_job" in names["jobs"]
 
 
 def test_catalog_scan_mode_from_env() -> None:

@@ -22,9 +22,10 @@ from retouch_devtools.chaos.invariants import Outcome, evaluate
 from retouch_devtools.chaos.observer import OutputObserver
 from retouch_devtools.chaos.profile import Profile, ProfileRun
 from retouch_devtools.chaos.profiles import PROFILES
-from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_devtools.chaos.stack import ProfileStack
 from retouch_devtools.sandbox import FaultConfig, SandboxConfig
 from retouch_devtools.sandbox.realism import Realism
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_devtools.stack.s3 import running_moto
 
 

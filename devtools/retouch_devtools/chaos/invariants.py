@@ -25,7 +25,8 @@ import dagster as dg
 from PIL import Image
 
 from retouch_devtools.chaos.catalog import SourceImage
-from retouch_devtools.chaos.stack import OUTPUT_PREFIX, SOURCE_PREFIX, ProfileStack
+from retouch_devtools.chaos.stack import ProfileStack
+from retouch_devtools.stack.env import OUTPUT_PREFIX, SOURCE_PREFIX
 from retouch_pipeline.assets import RETOUCHED
 from retouch_pipeline.assets.common import latest_materializations, materialization_metadata, metadata_value
 from retouch_pipeline.catalog.keys import partition_key_for

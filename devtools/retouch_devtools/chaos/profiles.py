@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from retouch_devtools.chaos.killer import STAGES, fail_orphaned_runs, run_and_kill
 from retouch_devtools.chaos.profile import Hook, Profile, ProfileRun
-from retouch_devtools.chaos.stack import SOURCE_PREFIX
 from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
+from retouch_devtools.stack.env import SOURCE_PREFIX
 from retouch_devtools.stack.inprocess import range_tags
 from retouch_devtools.stack.net import WaitAborted, wait_until
 

@@ -110,7 +110,8 @@ class Realism:
 def organization_json(org_id: str) -> dict[str, Any]:
     """O2 body of any organization: the catalog's two, or an extra one of the sandbox user."""
     if org_id in ORGANIZATIONS:
-        return json.loads(json.dumps(ORGANIZATIONS[org_id]))  # a deep copy
+        copied: dict[str, Any] = json.loads(json.dumps(ORGANIZATIONS[org_id]))  # a deep copy
+        return copied
     number = next(
         (n for n in range(2, 100) if stable_uuid(f"organization:Sandbox Organization {n}") == org_id), 0
     )

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,15 +59,16 @@ def running_moto(port: int = 0, host: str = "127.0.0.1", *, paged_listing: bool 
     bucket per page (`_paged_list_objects_v2`), and its timestamps are rendered without a dateutil parse
     each (`_fast_timestamps`): 100,000 objects list in seconds rather than minutes. Same answers."""
     import moto.core.serialize
+    from botocore.utils import parse_to_aware_datetime
     from moto.s3.models import S3Backend
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     original = S3Backend.list_objects_v2
-    parse = moto.core.serialize.parse_to_aware_datetime
+    parse = parse_to_aware_datetime  # what moto.core.serialize imports and calls
     if paged_listing:
         S3Backend.list_objects_v2 = _paged_list_objects_v2(original)  # type: ignore[method-assign]
-        moto.core.serialize.parse_to_aware_datetime = _fast_timestamps(parse)
+        moto.core.serialize.parse_to_aware_datetime = _fast_timestamps(parse)  # type: ignore[attr-defined]
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     bound_host, bound = server.get_host_and_port()
@@ -76,7 +77,7 @@ def running_moto(port: int = 0, host: str = "127.0.0.1", *, paged_listing: bool 
     finally:
         server.stop()
         S3Backend.list_objects_v2 = original  # type: ignore[method-assign]
-        moto.core.serialize.parse_to_aware_datetime = parse
+        moto.core.serialize.parse_to_aware_datetime = parse  # type: ignore[attr-defined]
 
 
 def _fast_timestamps(parse: Any) -> Any:
@@ -96,7 +97,7 @@ def _fast_timestamps(parse: Any) -> Any:
     return parse_to_aware_datetime
 
 
-def _paged_list_objects_v2(original: Any) -> Any:
+def _paged_list_objects_v2(original: Callable[..., tuple[Any, bool, str | None]]) -> Any:
     """moto's `list_objects_v2` with a listing's sorted key names taken once, at its first page, and each
     following page cut from them by bisection (same answers and tokens; delimiter listings unchanged).
     Keys written during a listing after its first page are not in it; keys deleted meanwhile are skipped."""
@@ -114,7 +115,7 @@ def _paged_list_objects_v2(original: Any) -> Any:
         continuation_token: str | None,
         start_after: str | None,
         max_keys: int,
-    ) -> tuple[list[Any], bool, str | None]:
+    ) -> tuple[Any, bool, str | None]:
         names = snapshots.pop(continuation_token, None) if continuation_token else None
         if delimiter or max_keys <= 0 or (continuation_token and names is None):
             return original(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys)
@@ -211,7 +212,7 @@ def backend_objects(bucket: str, prefix: str) -> dict[str, bytes]:
 
 def _backend() -> Any:
     from moto.backends import get_backend
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
 
     return get_backend("s3")[DEFAULT_ACCOUNT_ID]["global"]
 
