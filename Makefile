@@ -1,7 +1,8 @@
 # Every target runs from the repository root with the locked environment in .venv/.
 SHELL := /bin/bash
 # A pinned uv comes with the repository's own files: a fresh machine needs only Python >= 3.11 and make.
-# It is installed into .tools/uv (pip --target, no venv module needed) the first time a target needs it.
+# It is installed into .tools/uv the first time a target needs it (tools/install_uv.py: pip --target where
+# pip exists, else the wheel straight from the package index; no venv module needed either way).
 UV_VERSION := 0.9.30
 UV_HOME := .tools/uv
 UV ?= $(UV_HOME)/bin/uv
@@ -13,7 +14,7 @@ OFFICIAL_VENV := .venv-official
 
 $(UV_HOME)/bin/uv:
 	@echo "Installing uv $(UV_VERSION) into $(UV_HOME) (once)"
-	python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME) uv==$(UV_VERSION)
+	python3 tools/install_uv.py $(UV_VERSION) $(UV_HOME)
 
 # The product, the development tools (devtools/, a uv workspace member) and the test tools: the `dev` dependency
 # group of pyproject.toml. The production image installs the product alone (`uv sync --no-dev`).
@@ -37,8 +38,8 @@ $(OFFICIAL_VENV)/.installed: official-client/pyproject.toml official-client/uv.l
 install: $(VENV)/.installed $(OFFICIAL_VENV)/.installed
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check retouch_pipeline devtools retouch_pipeline_tests benchmarks
-	$(VENV)/bin/ruff format --check retouch_pipeline devtools retouch_pipeline_tests benchmarks
+	$(VENV)/bin/ruff check retouch_pipeline devtools retouch_pipeline_tests benchmarks tools
+	$(VENV)/bin/ruff format --check retouch_pipeline devtools retouch_pipeline_tests benchmarks tools
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
