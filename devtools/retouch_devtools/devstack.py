@@ -1,10 +1,10 @@
 """The embedded default stack behind `make dev` and `retouch-pipeline dev`.
 
 One foreground process owns everything: the sandbox AutoRetouch and moto's S3 server run as threads in it,
-`dagster dev` runs as a child in its own process group. Why this shape:
+Dagster (`dg dev`) runs as a child in its own process group. Why this shape:
 
 - Threads for the sandbox and S3 cannot outlive the process, so the only thing that could leak is Dagster.
-  `dagster dev` and everything it starts share one process group, stopped as a whole (`procgroup`).
+  `dg dev` and everything it starts share one process group, stopped as a whole (`procgroup`).
 - Because Dagster is not in the terminal's foreground group, a Ctrl-C reaches only us, and we decide the
   order: Dagster first (its runs may still talk to S3 and the sandbox), then S3, then the sandbox.
 - S3 and the sandbox are in memory, so they start empty every time. Dagster's instance storage in
@@ -225,7 +225,7 @@ def prepare_dagster_home(path: Path, *, keep_state: bool) -> Path:
 def pipeline_environment(
     settings: DevSettings, sandbox: Any, dagster_home: Path | None, base: Mapping[str, str]
 ) -> dict[str, str]:
-    """The environment of `dagster dev`: the pipeline's variables pointed at the embedded services."""
+    """The environment of `dg dev`: the pipeline's variables pointed at the embedded services."""
     announced = {
         name: getattr(sandbox, name)
         for name in ("api_url", "auth_url", "organization_id", "refresh_token", "workflows")
@@ -378,7 +378,7 @@ def run_dev(
         echo(environment_block(settings, sandbox, home if process is not None else None))
         while not stop_event.wait(0.5):
             if process is not None and process.poll() is not None:
-                echo(f"dagster dev exited on its own (status {process.returncode}); stopping the rest.")
+                echo(f"dg dev exited on its own (status {process.returncode}); stopping the rest.")
                 return 1
         echo("Stopping: Dagster first, then S3, then the sandbox...")
     return 0

@@ -1,7 +1,8 @@
 """Where the refresh token lives between runs.
 
 Lookup order: the `AUTORETOUCH_REFRESH_TOKEN` environment variable (servers, CI, Dagster `EnvVar`), then a
-JSON file at `RETOUCH_PIPELINE_CREDENTIALS` or `~/.config/retouch-pipeline/credentials.json`:
+JSON file at `RETOUCH_PIPELINE_CREDENTIALS` or `credentials.json` in the platform's config folder
+(`config_directory`: `$XDG_CONFIG_HOME/retouch-pipeline/` on Linux; a file at the old fixed path is moved):
 
     {"version": 1, "refresh_token": "...", "api_url": "...", "auth_url": "...",
      "organization_id": "..." | null, "client_id": "...", "saved_at": "2024-01-01T00:00:00+00:00"}
