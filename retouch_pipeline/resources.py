@@ -25,6 +25,14 @@ from retouch_pipeline.settings import DEFAULT_APP_URL
 __all__ = ["DEFAULT_APP_URL", "AutoRetouchResource", "CatalogResource"]
 
 
+DAGSTER_SOURCES = {
+    "api_url": "resource `autoretouch`, from $AUTORETOUCH_API_URL",
+    "auth_url": "resource `autoretouch`, from $AUTORETOUCH_AUTH_URL",
+    "refresh_token": "$AUTORETOUCH_REFRESH_TOKEN of the Dagster deployment",
+}
+"""Where a run's or a tick's settings come from, named in its errors (what to fix, and where)."""
+
+
 class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # pyproject [tool.mypy]
     """Where AutoRetouch is, which workflow to run, and how patient and how thrifty to be."""
 
@@ -114,6 +122,7 @@ class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  #
             pool_size=max(8, self.concurrency * 2),
             page_size=100,
             create_settle_seconds=self.create_settle_seconds,
+            sources=DAGSTER_SOURCES,
         )
 
 

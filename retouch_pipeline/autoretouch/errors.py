@@ -236,7 +236,14 @@ class InvalidGrantError(OAuthError):
         super().__init__(error, description, **kw)
         self.source = source
         # The exact sentence callers (and the CLI) show; the server's description stays on `.description`.
-        if source and source.startswith("$"):
+        if source and source.startswith("$") and "Dagster" in source:
+            # Dagster reads the variable only: no credentials file, and `login` there would change nothing.
+            variable = source.split()[0]
+            sentence = (
+                f"the refresh token from {variable} was revoked or is invalid: set a valid one in {variable}"
+                " where Dagster runs (code location, run workers, daemon), then reload the code location"
+            )
+        elif source and source.startswith("$"):
             # A variable overrides the credentials file: logging in again would not change what is used.
             sentence = (
                 f"the refresh token from {source} was revoked or is invalid: set a valid one in {source}"

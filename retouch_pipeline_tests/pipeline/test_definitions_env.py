@@ -14,9 +14,11 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from retouch_devtools.sandbox import SandboxServer
 from retouch_devtools.stack.s3 import CREDENTIALS, notify_queue, put_many
 from retouch_pipeline.assets import PIPELINE_KEYS, catalog_pipeline
 from retouch_pipeline.assets.costs import autoretouch_costs
+from retouch_pipeline.autoretouch import APIConnectionError, InvalidGrantError
 from retouch_pipeline.catalog.keys import partition_key_for
 from retouch_pipeline.catalog.requests import requested_partition_keys
 from retouch_pipeline.definitions import (
@@ -276,3 +278,27 @@ def test_every_asset_links_to_its_source_and_the_costs_have_a_freshness_policy()
     costs = graph.get(dg.AssetKey("autoretouch_costs"))
     assert costs.freshness_policy == COSTS_FRESHNESS
     assert COSTS_FRESHNESS.fail_window.to_timedelta() > timedelta(hours=1)  # the schedule is hourly
+
+
+def test_a_runs_auth_and_url_errors_name_dagsters_variables(sandbox: SandboxServer) -> None:
+    """Issue 11 (8): in Dagster the token comes from AUTORETOUCH_REFRESH_TOKEN only, so an invalid one must
+    say to fix that variable where Dagster runs (not to run `login`); an unreachable API names its own."""
+    resource = AutoRetouchResource(
+        api_url=sandbox.api_url, auth_url=sandbox.auth_url, workflow_id="wf", refresh_token="not-a-token"
+    )
+    with resource.get_client() as client, pytest.raises(InvalidGrantError) as invalid:
+        client.get_balance()
+    message = str(invalid.value)
+    assert "$AUTORETOUCH_REFRESH_TOKEN" in message and "where Dagster runs" in message, message
+    assert "login" not in message and "not-a-token" not in message, message
+
+    unreachable = AutoRetouchResource(
+        api_url="http://127.0.0.1:9",
+        auth_url=sandbox.auth_url,
+        workflow_id="wf",
+        refresh_token=sandbox.refresh_token,
+        max_retries=0,
+    )
+    with unreachable.get_client() as client, pytest.raises(APIConnectionError) as down:
+        client.get_balance()
+    assert "http://127.0.0.1:9" in str(down.value) and "$AUTORETOUCH_API_URL" in str(down.value), down.value
