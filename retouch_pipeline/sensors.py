@@ -144,8 +144,8 @@ def _finished_runs(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
     """The runs of `run_ids` that have ended."""
     ids, finished = sorted(run_ids), set[str]()
     for start in range(0, len(ids), 100):
-        runs = instance.get_runs(filters=dg.RunsFilter(run_ids=ids[start : start + 100]))
-        finished.update(r.run_id for r in runs if r.status in FINISHED_STATUSES)
+        records = instance.get_run_records(filters=dg.RunsFilter(run_ids=ids[start : start + 100]))
+        finished.update(r.dagster_run.run_id for r in records if r.dagster_run.status in FINISHED_STATUSES)
     return finished
 
 

@@ -66,26 +66,34 @@ def build_step(
     workflow = client.get_workflow(autoretouch.workflow_id)
     instance = context.instance
     backfill_id = context.run.tags.get(BACKFILL_TAG)
-    created_at: datetime | None = None
-    if backfill_id:
-        backfill = instance.get_backfill(backfill_id)
-        if backfill is not None:
-            created_at = datetime.fromtimestamp(backfill.backfill_timestamp, UTC)
-    if created_at is None:
-        record = instance.get_run_record_by_id(context.run_id)
-        created_at = record.create_timestamp if record is not None else datetime.now(UTC)
     return Step(
         client=client,
         s3=s3,
         workflow=workflow,
         version=autoretouch.workflow_version or workflow.version,
         batch_scope=backfill_id or context.run_id,
-        batch_created_at=created_at,
+        batch_created_at=batch_created_at(instance, backfill_id, context.run_id),
         settings=autoretouch,
         catalog=catalog,
         records=EventLogRecords(instance, ledger_of(catalog, s3), context.run_id),
         log=context.log,
     )
+
+
+def batch_created_at(instance: dg.DagsterInstance, backfill_id: str | None, run_id: str) -> datetime:
+    """When the step's batch began: its backfill's first run, else its run (public run-record queries only).
+
+    Every run of one backfill reads the same first run, so they all label one AutoRetouch batch with one
+    name and time (the first run is created when the backfill daemon starts it, seconds after the backfill).
+    """
+    if backfill_id:
+        first = instance.get_run_records(
+            filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}), limit=1, ascending=True
+        )
+        if first:
+            return first[0].create_timestamp
+    record = instance.get_run_record_by_id(run_id)
+    return record.create_timestamp if record is not None else datetime.now(UTC)
 
 
 def links(autoretouch: AutoRetouchResource, step: Step, item: WorkItem) -> dict[str, str]:

@@ -59,7 +59,7 @@ class Secret:
         return MASK
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        return isinstance(other, Secret) and other.get_secret_value() == self._value
 
     def __hash__(self) -> int:
         return hash(self._value)
