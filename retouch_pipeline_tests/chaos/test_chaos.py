@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from retouch_devtools.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
-from retouch_devtools.chaos.harness import run_profile
+from retouch_devtools.chaos.harness import run_profile, sandbox_config_for
+from retouch_devtools.chaos.invariants import evaluate
 from retouch_devtools.chaos.profiles import PROFILES
+from retouch_devtools.chaos.stack import ProfileStack
 from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
 
@@ -52,6 +54,26 @@ def test_profile_keeps_every_invariant(name: str, moto_url: str) -> None:
         assert notes["IN_QA approved after the runs ended"] == SMALL_N
     if name == "balance-exhausted":
         assert notes["PAYMENT_REQUIRED before top-up"] > 0
+    if name == "instance-loss":  # never a baseline in disguise: wiped mid-run, then the restart had work
+        assert notes["instance wiped"] == "during the first pass", notes
+        assert notes["images not completed at the wipe"] > 0, notes
+        assert notes["after the wipe: adopted"] + notes["after the wipe: bought"] > 0, notes
+
+
+def test_a_secret_stored_by_a_lost_instance_counts_as_leaked(moto_url: str) -> None:
+    """The wiped instance's storage is scanned too, not only the DAGSTER_HOME in use at the end."""
+    profile = PROFILES["instance-loss"]
+    config = sandbox_config_for(profile, 0, None)
+    stack = ProfileStack(moto_url, config, profile.autoretouch, profile.workflow)
+    try:
+        lost_home = stack.home
+        stack.lose_instance()
+        (lost_home / "planted.log").write_text(f"refresh_token={stack.token}\n")
+        outcome = evaluate(stack, {}, None, [], [])
+        assert outcome.leaked_secrets == 1, outcome.problems
+        assert any(str(lost_home / "planted.log") in p for p in outcome.problems), outcome.problems
+    finally:
+        stack.close()
 
 
 @pytest.mark.parametrize("key", ODD_KEYS_UNSTORABLE_IN_MOTO)
