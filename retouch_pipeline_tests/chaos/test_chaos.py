@@ -6,7 +6,11 @@ One moto server for the module; each profile builds its own sandbox, S3 proxy, b
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +19,13 @@ from retouch_devtools.chaos.harness import run_profile, sandbox_config_for
 from retouch_devtools.chaos.invariants import evaluate
 from retouch_devtools.chaos.profiles import PROFILES
 from retouch_devtools.chaos.stack import ProfileStack
+from retouch_devtools.stack.inprocess import on_terminal
 from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
 
 SMALL_N = 6
 CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}
+CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +90,23 @@ def test_keys_moto_cannot_store_map_reversibly_and_stay_below_the_prefix(key: st
     assert s3_key_from_partition_key(partition) == key
     out = output_key("retouched", key, ".png")
     assert out.startswith("retouched/") and "/../" not in out and "\n" not in out
+
+
+def test_the_command_shows_progress_on_a_terminal_only() -> None:
+    """Piped (CI, a script): the same lines as ever and no bar; stderr on a terminal: the profile's phase."""
+    command = [CLI, "chaos", "--images", "1", "--profile", "wrong-workflow"]
+    summary = (
+        "images=1 processed=0 failed_explained=1 lost=0 double_charged=0 partial_objects=0 leaked_secrets=0 "
+        "wrong_org_credits=0"
+    )
+    piped = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "chaos: 1 profile(s) x 1 images: wrong-workflow" and lines[-1] == summary
+    assert "\x1b[" not in piped.stdout + piped.stderr  # no bar, no cursor movement, no colour
+    assert "wrong-workflow: first pass" not in piped.stderr
+
+    status, stdout, terminal = on_terminal(command, dict(os.environ), timeout=300)
+    assert status == 0, terminal[-2000:]
+    assert stdout.splitlines()[-1] == summary and "\x1b[" not in stdout  # stdout stays what a script reads
+    assert "wrong-workflow: first pass" in terminal
