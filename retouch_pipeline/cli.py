@@ -184,17 +184,19 @@ def emit(rows: list[dict[str, Any]], as_json: bool, columns: list[str]) -> None:
 class ProgressLine:
     """One progress line on stderr: a spinner, what is being done, a bar once the total is known, the time.
 
-    Shown only when `enabled` (stderr is a terminal and the output is not JSON); a context manager.
+    Shown only when `enabled` (stderr is a terminal and the output is not JSON); a context manager. `console`
+    replaces stderr's for a command whose work redirects descriptor 2 (Dagster's compute-log capture while a
+    step runs in process) and must keep its bar out of what it captures.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, console: Console | None = None) -> None:
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
+            console=console or Console(stderr=True),
             transient=True,
             disable=not enabled,
             redirect_stdout=False,  # stdout is the command's output, whatever stderr shows
@@ -212,6 +214,15 @@ class ProgressLine:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def echo(self, line: str, plain: Callable[[str], None] = click.echo) -> None:
+        """One line of the command's output: above the bar while the bar is drawn and stdout is a terminal
+        too (a line written under the live bar is drawn over by its next refresh); through `plain` otherwise,
+        so a piped stdout gets exactly the line."""
+        if self.progress.live.is_started and sys.stdout.isatty():
+            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            plain(line)
 
     def stage(self, description: str, total: int | None = None, done: int = 0) -> None:
         if self._task is None:

@@ -6,18 +6,26 @@ One moto server for the module; each profile builds its own sandbox, S3 proxy, b
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from retouch_devtools.chaos.catalog import ODD_KEYS_UNSTORABLE_IN_MOTO
-from retouch_devtools.chaos.harness import run_profile
+from retouch_devtools.chaos.harness import run_profile, sandbox_config_for
+from retouch_devtools.chaos.invariants import evaluate
 from retouch_devtools.chaos.profiles import PROFILES
+from retouch_devtools.chaos.stack import ProfileStack
+from retouch_devtools.stack.inprocess import on_terminal
 from retouch_devtools.stack.s3 import running_moto
 from retouch_pipeline.catalog.keys import output_key, partition_key_for, s3_key_from_partition_key
 
 SMALL_N = 6
 CONFIG_PROFILES = {n for n, p in PROFILES.items() if p.expect_all}
+CLI = str(Path(sys.executable).with_name("retouch-pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +60,26 @@ def test_profile_keeps_every_invariant(name: str, moto_url: str) -> None:
         assert notes["IN_QA approved after the runs ended"] == SMALL_N
     if name == "balance-exhausted":
         assert notes["PAYMENT_REQUIRED before top-up"] > 0
+    if name == "instance-loss":  # never a baseline in disguise: wiped mid-run, then the restart had work
+        assert notes["instance wiped"] == "during the first pass", notes
+        assert notes["images not completed at the wipe"] > 0, notes
+        assert notes["after the wipe: adopted"] + notes["after the wipe: bought"] > 0, notes
+
+
+def test_a_secret_stored_by_a_lost_instance_counts_as_leaked(moto_url: str) -> None:
+    """The wiped instance's storage is scanned too, not only the DAGSTER_HOME in use at the end."""
+    profile = PROFILES["instance-loss"]
+    config = sandbox_config_for(profile, 0, None)
+    stack = ProfileStack(moto_url, config, profile.autoretouch, profile.workflow)
+    try:
+        lost_home = stack.home
+        stack.lose_instance()
+        (lost_home / "planted.log").write_text(f"refresh_token={stack.token}\n")
+        outcome = evaluate(stack, {}, None, [], [])
+        assert outcome.leaked_secrets == 1, outcome.problems
+        assert any(str(lost_home / "planted.log") in p for p in outcome.problems), outcome.problems
+    finally:
+        stack.close()
 
 
 @pytest.mark.parametrize("key", ODD_KEYS_UNSTORABLE_IN_MOTO)
@@ -62,3 +90,23 @@ def test_keys_moto_cannot_store_map_reversibly_and_stay_below_the_prefix(key: st
     assert s3_key_from_partition_key(partition) == key
     out = output_key("retouched", key, ".png")
     assert out.startswith("retouched/") and "/../" not in out and "\n" not in out
+
+
+def test_the_command_shows_progress_on_a_terminal_only() -> None:
+    """Piped (CI, a script): the same lines as ever and no bar; stderr on a terminal: the profile's phase."""
+    command = [CLI, "chaos", "--images", "1", "--profile", "wrong-workflow"]
+    summary = (
+        "images=1 processed=0 failed_explained=1 lost=0 double_charged=0 partial_objects=0 leaked_secrets=0 "
+        "wrong_org_credits=0"
+    )
+    piped = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "chaos: 1 profile(s) x 1 images: wrong-workflow" and lines[-1] == summary
+    assert "\x1b[" not in piped.stdout + piped.stderr  # no bar, no cursor movement, no colour
+    assert "wrong-workflow: first pass" not in piped.stderr
+
+    status, stdout, terminal = on_terminal(command, dict(os.environ), timeout=300)
+    assert status == 0, terminal[-2000:]
+    assert stdout.splitlines()[-1] == summary and "\x1b[" not in stdout  # stdout stays what a script reads
+    assert "wrong-workflow: first pass" in terminal

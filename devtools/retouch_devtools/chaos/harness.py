@@ -4,7 +4,8 @@ One profile = a fresh world (`stack.ProfileStack`), the catalog loaded, an obser
 the whole time, a first pass under the fault, the operator's recovery, then resume passes (catalog sensor
 tick, pending sensor tick, re-run of every registered partition without a result) until a pass changes
 nothing, and finally the invariants (`invariants.evaluate`). Every profile prints one detail line and one
-summary line; with several profiles, the last line sums them.
+summary line; with several profiles, the last line sums them. `run_profiles` reports which profile and
+which of these phases it is in to an optional progress callback (the command's bar on a terminal).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from retouch_devtools.chaos.catalog import SourceImage, bad_inputs, good_catalog
@@ -63,10 +64,23 @@ def sandbox_config_for(profile: Profile, seed: int, realism: Realism | None) -> 
     return SandboxConfig(seed=seed, faults=FaultConfig(retry_after_seconds=1.0), **settings)
 
 
+Progress = Callable[[str, int | None, int], None]
+"""(description, total, done): the signature of the product CLI's `ProgressLine.stage`."""
+
+
 def run_profile(
-    profile: Profile, images: int, moto_url: str, seed: int = 0, realism: Realism | None = None
+    profile: Profile,
+    images: int,
+    moto_url: str,
+    seed: int = 0,
+    realism: Realism | None = None,
+    phase: Callable[[str], None] = lambda _: None,
 ) -> tuple[Outcome, dict[str, Any]]:
-    """One profile from an empty world to its verdict; (outcome, figures for the table)."""
+    """One profile from an empty world to its verdict; (outcome, figures for the table).
+
+    `phase(name)` is called as each phase starts (world, first pass, recovery, resume passes, invariants).
+    """
+    phase("starting its world")
     # Runs in two threads at once (instance-loss) interleave Dagster's stdout/stderr capture, which can leave
     # fd 1/2 pointing at a compute log: they are put back when the profile ends.
     saved_fds = (os.dup(1), os.dup(2))
@@ -88,13 +102,18 @@ def run_profile(
         during = threading.Thread(target=profile.during, args=(run,), daemon=True) if profile.during else None
         if during:
             during.start()
+        phase("first pass")
         (profile.first_pass or ProfileRun.default_first_pass)(run)
         run.stop_during.set()
         if during:
             during.join(timeout=30)
         if profile.recover:
+            phase("recovery")
             profile.recover(run)
+        if not profile.expect_all:
+            phase("resume passes")
         passes = 0 if profile.expect_all else run.resume()
+        phase("invariants")
         seen = observer.stop()
         state = stack.sandbox.state.accounting.snapshot()
         texts = [*run.texts, *seen.sidecar_bodies, *seen.ledger_bodies, "\n".join(capture.lines).encode()]
@@ -140,14 +159,26 @@ def describe(figures: dict[str, Any]) -> str:
 
 
 def run_profiles(
-    names: Sequence[str], images: int, echo: Any = print, realism: Realism | None = None
+    names: Sequence[str],
+    images: int,
+    echo: Any = print,
+    realism: Realism | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
-    """Every named profile on one moto server; the summed outcome and each profile's figures."""
+    """Every named profile on one moto server; the summed outcome and each profile's figures.
+
+    `progress(description, profiles in all, profiles done)` as each profile and each of its phases starts.
+    """
     total = Outcome()
     table = []
     with running_moto() as moto_url:
-        for name in names:
-            outcome, figures = run_profile(PROFILES[name], images, moto_url, realism=realism)
+        for done, name in enumerate(names):
+
+            def phase(what: str, name: str = name, done: int = done) -> None:
+                if progress is not None:
+                    progress(f"{name}: {what}", len(names), done)
+
+            outcome, figures = run_profile(PROFILES[name], images, moto_url, realism=realism, phase=phase)
             table.append(figures)
             echo(describe(figures))
             for problem in outcome.problems[:20]:
@@ -165,4 +196,6 @@ def run_profiles(
             total.leaked_secrets += outcome.leaked_secrets
             total.wrong_org_credits += outcome.wrong_org_credits
             total.problems += [f"{name}: {p}" for p in outcome.problems]
+        if progress is not None:
+            progress("every profile checked", len(names), len(names))
     return total, table

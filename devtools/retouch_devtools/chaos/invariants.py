@@ -7,7 +7,8 @@
   version), and charged credits = distinct pairs x executionPrice;
 - no partial objects: the concurrent reader (`observer`) never saw a broken output or an orphan sidecar;
 - no secret leaked: no refresh or access token appears in any byte Dagster stored (run and event-log
-  storage, key-value store, compute logs), in the captured logs, or in a sidecar.
+  storage, key-value store, compute logs) under any DAGSTER_HOME the profile used, the wiped ones of
+  `instance-loss` included, in the captured logs, or in a sidecar.
 """
 
 from __future__ import annotations
@@ -161,11 +162,15 @@ def check_charges(stack: ProfileStack, outcome: Outcome) -> None:
         outcome.problems.append(f"charged {outcome.credits_charged} != expected {outcome.credits_expected}")
 
 
-def count_leaks(secrets: Iterable[str], home: Path, texts: Iterable[bytes]) -> tuple[int, list[str]]:
-    """Occurrences of any secret in every file under the Dagster home and in the given texts."""
+def count_leaks(
+    secrets: Iterable[str], homes: Iterable[Path], texts: Iterable[bytes]
+) -> tuple[int, list[str]]:
+    """Occurrences of any secret in every file under each Dagster home and in the given texts."""
     needles = [s.encode() for s in secrets if s]
     found: list[str] = []
-    blobs: list[tuple[str, bytes]] = [(str(p), p.read_bytes()) for p in home.rglob("*") if p.is_file()]
+    blobs: list[tuple[str, bytes]] = [
+        (str(p), p.read_bytes()) for home in homes for p in home.rglob("*") if p.is_file()
+    ]
     blobs += [(f"captured text #{i}", t) for i, t in enumerate(texts)]
     for where, data in blobs:
         for needle in needles:
@@ -225,6 +230,6 @@ def evaluate(
     check_charges(stack, outcome)
     outcome.partial_objects = len(partial)
     outcome.problems += partial
-    outcome.leaked_secrets, leaks = count_leaks(stack.secrets, stack.home, texts)
+    outcome.leaked_secrets, leaks = count_leaks(stack.secrets, stack.homes, texts)
     outcome.problems += leaks
     return outcome

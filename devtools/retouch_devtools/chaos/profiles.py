@@ -10,17 +10,26 @@ work through them, not after them.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from retouch_devtools.chaos.killer import STAGES, fail_orphaned_runs, run_and_kill
 from retouch_devtools.chaos.profile import Hook, Profile, ProfileRun
 from retouch_devtools.sandbox.catalog import FOREIGN_ORGANIZATION_ID
+from retouch_devtools.sandbox.executions import Execution
 from retouch_devtools.stack.env import SOURCE_PREFIX
 from retouch_devtools.stack.inprocess import range_tags
 from retouch_devtools.stack.net import WaitAborted, wait_until
+from retouch_pipeline.assets.common import (
+    EXECUTION,
+    iter_materializations,
+    materialization_metadata,
+    metadata_value,
+)
 
 
 def _reached(condition: Callable[[], bool], stop: threading.Event, timeout: float = 120) -> bool:
@@ -117,18 +126,60 @@ def _restart_sandbox(run: ProfileRun) -> None:
 
 
 def _lose_instance(run: ProfileRun) -> None:
-    """At a random number of finished executions: Dagster's storage wiped, the pipeline restarted on an
-    empty instance at once (sensor tick, runs) while the old instance's run is still in flight."""
-    import random
+    """First pass of `instance-loss`: Dagster's storage wiped once a random number of executions (1 to N-1)
+    has completed, and the pipeline restarted at once on the empty instance (sensor tick, runs) while the old
+    instance's run is still in flight.
 
+    The wipe happens inside the sandbox's completion of that execution, so it never depends on a poller
+    seeing the moment before the first pass ends, and at least one image of the old run is still without
+    its completed execution when it happens. A first pass that never reaches the moment (a 1-image
+    catalog, an unexpected fault) gets its wipe right after it: the profile can never pass as a baseline.
+    The notes say when the wipe happened, what was left to do, and what the restarted pipeline then
+    adopted or bought.
+    """
     stack = run.stack
     engine = stack.sandbox.state.engine
     moment = random.randint(1, max(1, run.images - 1))
-    if _reached(lambda: engine.counts_by_status()["COMPLETED"] >= moment, run.stop_during):
-        stack.lose_instance()
-        run.notes["Dagster storage wiped after executions completed"] = engine.counts_by_status()["COMPLETED"]
+    guard = threading.Lock()
+    restarts: list[threading.Thread] = []
+
+    def restart() -> None:
         for selection, keys in stack.tick_catalog():
             stack.run(keys, selection)
+
+    def wipe(when: str) -> bool:
+        counts = engine.counts_by_status()  # before the guard: a sandbox worker holds the engine's lock here
+        with guard:
+            if "instance wiped" in run.notes:
+                return False
+            stack.lose_instance()
+            run.notes["instance wiped"] = when
+            run.notes["executions completed at the wipe"] = counts["COMPLETED"]
+            run.notes["images not completed at the wipe"] = run.images - counts["COMPLETED"]
+            return True
+
+    def on_finish(execution: Execution) -> None:
+        if execution.status != "COMPLETED" or engine.counts_by_status()["COMPLETED"] < moment:
+            return
+        if wipe("during the first pass"):
+            restarts.append(threading.Thread(target=restart, name="instance-loss-restart", daemon=True))
+            restarts[-1].start()
+
+    engine.on_finish.append(on_finish)
+    try:
+        run.default_first_pass()
+    finally:
+        engine.on_finish.remove(on_finish)
+    if wipe("after the first pass"):
+        restart()
+    for thread in restarts:
+        thread.join(timeout=600)
+    provenance = Counter(
+        str(metadata_value(materialization_metadata(record), "provenance"))
+        for record in iter_materializations(stack.instance, EXECUTION)
+    )
+    run.notes["after the wipe: adopted"] = provenance["adopted"]
+    run.notes["after the wipe: bought"] = provenance["bought"]
 
 
 def _with_token(run: ProfileRun, token: str) -> None:
@@ -223,7 +274,7 @@ _PROFILES = [
         "instance-loss",
         "Dagster's storage wiped at a random moment of the run; the pipeline restarted on an empty instance",
         sandbox={"processing_seconds": 0.3},
-        during=_lose_instance,
+        first_pass=_lose_instance,
     ),
     Profile("bad-input", "the bad-input set (named failures, converted formats, odd keys)", catalog="bad"),
     Profile(

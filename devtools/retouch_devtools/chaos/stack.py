@@ -87,6 +87,8 @@ class ProfileStack:
         self.bucket = new_bucket(self.s3, "chaos")
         self.instance = dg.DagsterInstance.local_temp(str(self.home))
         self.lost_instances: list[dg.DagsterInstance] = []
+        self.homes: list[Path] = [self.home]
+        """Every DAGSTER_HOME this stack used, lost ones included: the leak scan reads them all."""
         self.workflow = workflow_named(self.sandbox.workflows, workflow_name)
         self.autoretouch = {
             "api_url": self.sandbox.api_url,
@@ -172,9 +174,12 @@ class ProfileStack:
 
         The sandbox, the bucket and the runs already in flight (on the old instance) keep going, as they do
         when a database is lost under a running deployment and the pipeline is restarted on a fresh one.
+        The old home stays on disk (its run still writes there) until `close`, so the leak scan still reads
+        what the lost instance stored: a secret there leaked as surely as one in the live instance.
         """
         self.lost_instances.append(self.instance)
         self.home = Path(tempfile.mkdtemp(prefix="dagster_home-", dir=self.root))
+        self.homes.append(self.home)
         self.instance = dg.DagsterInstance.local_temp(str(self.home))
         self._catalog_cursor = self._pending_cursor = None
 
@@ -184,6 +189,7 @@ class ProfileStack:
         other = copy.copy(self)
         other.lost_instances = []
         other.home = Path(tempfile.mkdtemp(prefix="dagster_home-twin-", dir=self.root))
+        other.homes = [other.home]
         other.instance = dg.DagsterInstance.local_temp(str(other.home))
         other._catalog_cursor = other._pending_cursor = None
         other.run_partitions, other.launch_failures = {}, {}

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,6 +127,10 @@ class ExecutionEngine:
             for i in range(max(1, config.workers))
         ]
         self._timers: list[threading.Timer] = []
+        self.on_finish: list[Callable[[Execution], None]] = []
+        """Called with the lock held after each end of an execution (or its stop in IN_QA): a fault placed at
+        an exact point of the lifecycle (chaos `instance-loss`) happens before any caller can see the new
+        status, so no polling race decides whether it happened."""
 
     def start(self) -> None:
         for thread in self._threads:
@@ -275,6 +280,8 @@ class ExecutionEngine:
         execution.status = status
         execution.finished_at = now_iso() if status != "IN_QA" else None
         self.webhooks.emit(status, execution.to_json(), execution.webhooks)
+        for hook in list(self.on_finish):
+            hook(execution)
 
     def _complete(self, execution: Execution) -> None:
         """Charge (once) and publish the result, or end PAYMENT_REQUIRED if the balance is short."""

@@ -15,7 +15,7 @@ import pty
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,30 @@ from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+
+
+def on_terminal(
+    command: Sequence[str], env: Mapping[str, str], typed: bytes = b"", timeout: float = 120
+) -> tuple[int, str, str]:
+    """`command` with stdin and stderr on a pseudo-terminal (a person at a terminal) and stdout a pipe (what a
+    script reads), `typed` typed ahead; (exit status, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, env=dict(env), stdin=slave, stderr=slave, stdout=subprocess.PIPE)
+    os.close(slave)
+    shown = bytearray()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+            while chunk := os.read(master, 4096):
+                shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    os.write(master, typed)
+    stdout, _ = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    os.close(master)
+    return proc.returncode, stdout.decode(), shown.decode(errors="replace")
 
 
 def range_tags(registered: Sequence[str], keys: Sequence[str]) -> list[dict[str, str]]:
@@ -161,26 +185,8 @@ class InProcessStack:
     def cli_on_terminal(self, args: Sequence[str], typed: bytes = b"") -> tuple[int, str, str]:
         """`cli` with stdin and stderr on a pseudo-terminal (a person at a terminal), `typed` typed ahead;
         (exit status, stdout, what the terminal showed)."""
-        master, slave = pty.openpty()
         command = [sys.executable, "-m", "retouch_pipeline.cli", *args]
-        proc = subprocess.Popen(
-            command, env=self.cli_env(), stdin=slave, stderr=slave, stdout=subprocess.PIPE
-        )
-        os.close(slave)
-        shown = bytearray()
-
-        def drain() -> None:
-            with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
-                while chunk := os.read(master, 4096):
-                    shown.extend(chunk)
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
-        os.write(master, typed)
-        stdout, _ = proc.communicate(timeout=120)
-        reader.join(timeout=10)
-        os.close(master)
-        return proc.returncode, stdout.decode(), shown.decode(errors="replace")
+        return on_terminal(command, self.cli_env(), typed)
 
     def cli_env(self, **env: str) -> dict[str, str]:
         """The environment of `cli`: the pipeline's variables pointing at this stack, then `env`."""
