@@ -18,7 +18,13 @@ from urllib.parse import quote
 import dagster as dg
 from pydantic import Field
 
-from retouch_pipeline.autoretouch import DEFAULT_API_URL, DEFAULT_AUTH_URL, AutoRetouchClient, RetryConfig
+from retouch_pipeline.autoretouch import (
+    DEFAULT_API_URL,
+    DEFAULT_AUTH_URL,
+    ENV_REFRESH_TOKEN,
+    AutoRetouchClient,
+    RetryConfig,
+)
 from retouch_pipeline.catalog.scanner import normalize_prefix
 from retouch_pipeline.settings import DEFAULT_APP_URL
 
@@ -114,6 +120,9 @@ class AutoRetouchResource(dg.ConfigurableResource):  # type: ignore[type-arg]  #
             pool_size=max(8, self.concurrency * 2),
             page_size=100,
             create_settle_seconds=self.create_settle_seconds,
+            # What `refresh_token` is meant to be (definitions.py): an invalid or rotated-away token is then
+            # reported as the variable's, with what to do about it.
+            sources={"refresh_token": f"${ENV_REFRESH_TOKEN}"},
         )
 
 

@@ -99,6 +99,11 @@ class IntegrityError(AutoRetouchError):
     """Downloaded bytes do not hash to the content hash the server announced."""
 
 
+class NoResultError(AutoRetouchError):
+    """E6 answered, but E4 shows no result to keep: the execution is not COMPLETED (FAILED, say) or its
+    result is not the bytes E6 sent. Nothing was written."""
+
+
 class APIStatusError(AutoRetouchError):
     """The server answered with a non-success HTTP status."""
 
@@ -239,8 +244,10 @@ class InvalidGrantError(OAuthError):
         if source and source.startswith("$"):
             # A variable overrides the credentials file: logging in again would not change what is used.
             sentence = (
-                f"the refresh token from {source} was revoked or is invalid: set a valid one in {source}"
-                " (it overrides the credentials file), or unset it and run `retouch-pipeline login`"
+                f"the refresh token from {source} was revoked or is invalid (or already used: an auth server"
+                f" that rotates refresh tokens revokes each one once used, and a variable cannot follow): set"
+                f" a valid one in {source} (it overrides the credentials file), or unset it and run"
+                " `retouch-pipeline login` (the credentials file keeps rotated tokens)"
             )
         else:
             origin = f" from {source}" if source else ""
