@@ -18,7 +18,12 @@ from urllib.parse import quote
 import dagster as dg
 from pydantic import Field
 
-from retouch_pipeline.autoretouch import DEFAULT_API_URL, DEFAULT_AUTH_URL, AutoRetouchClient, RetryConfig
+from retouch_pipeline.autoretouch import (
+    DEFAULT_API_URL,
+    DEFAULT_AUTH_URL,
+    AutoRetouchClient,
+    RetryConfig,
+)
 from retouch_pipeline.catalog.scanner import normalize_prefix
 from retouch_pipeline.settings import DEFAULT_APP_URL
 

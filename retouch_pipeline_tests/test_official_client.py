@@ -103,7 +103,10 @@ def test_official_client_full_workflow(
     assert out["hash_file"] == out["hash_bytes"] == out["hash_stream"]
     assert out["started"]["status"] in ("CREATED", "ACTIVE")
     assert out["started"]["labels"] == {"myLabel": "myValue"}
-    assert '"status": "COMPLETED"' in out["status_stream"]
+    if sandbox.state.config.realism.stream_format == "simple":
+        assert '"status": "COMPLETED"' in out["status_stream"]
+    else:  # messy (strict) E5 closes after the first status; the official client returns the raw text
+        assert '"status": ' in out["status_stream"] and "event: heartbeat" in out["status_stream"]
     assert out["completed"]["status"] == "COMPLETED" and out["completed"]["chargedCredits"] == 10
     assert out["completed"]["resultPath"].startswith("/image/")
     assert out["completed"]["resultFileName"] == "product.png"

@@ -4,6 +4,7 @@ adversarial way, and the client holding up against it where the convenient answe
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +21,19 @@ from retouch_pipeline.autoretouch import (
     IDEMPOTENCY_LABEL,
     APIConnectionError,
     AutoRetouchClient,
+    CredentialStore,
     DeviceFlow,
     ExecutionStatus,
     ImageRef,
+    InvalidGrantError,
+    NoResultError,
+    NotFoundError,
     OAuthError,
     OrganizationRequiredError,
     RetryConfig,
 )
 from retouch_pipeline.processing.statuses import read_statuses
+from retouch_pipeline.resources import AutoRetouchResource
 
 FAST_RETRY = RetryConfig(max_retries=3, initial_delay=0.01, max_delay=0.05, total_timeout=60)
 Factory = Callable[..., SandboxServer]
@@ -328,3 +334,199 @@ def test_unreachable_servers_fail_within_20_s_naming_the_url() -> None:
     message = str(info.value)
     assert message.startswith("OAuth server POST http://127.0.0.1:9/oauth/token: could not connect")
     assert "\n" not in message and secret not in message
+
+
+# -- --max-page-size --------------------------------------------------------------------------------------
+
+
+def test_max_page_size_lists_are_capped_and_the_client_pages_by_what_arrived(
+    sandbox_factory: Factory, make_image: Callable[..., bytes]
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", max_page_size=20, list_order="oldest"))
+    with client_for(server) as client:  # asks for 50 a page
+        wf, _ = workflow(server)
+        image = ImageRef("p.png", client.upload_image(make_image(), filename="p.png").content_hash)
+        ids = [client.create_execution(wf, image=image, idempotency_key=f"k{n}") for n in range(47)]
+        raw = client.executions_page(wf, 0)
+        assert len(raw.entries) == 20 and raw.total == 47  # capped, whatever `limit` asked
+        assert len(list(client.iter_executions(wf))) == 47
+        for n in (0, 25, 46):  # the lookup reads every page of 20
+            found = client.find_execution_by_idempotency_key(wf, f"k{n}")
+            assert found is not None and found.id == ids[n]
+        # Oldest first: the status pass steps back from the list's end by what a page brought (20), not by
+        # the 50 it asked for, so the newest are not skipped (the old step read 20-40 and missed 40-46).
+        newest = read_statuses(client, wf, ids[-5:], max_single_reads=0)
+        assert set(newest) == set(ids[-5:])
+        spread = ids[:2] + ids[21:23] + ids[-2:]
+        assert set(read_statuses(client, wf, spread, max_single_reads=0)) == set(spread)
+
+
+# -- --ignore-list-filters --------------------------------------------------------------------------------
+
+
+def test_ignore_list_filters_the_client_never_confuses_two_workflows(
+    sandbox_factory: Factory, make_image: Callable[..., bytes]
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", ignore_list_filters=True))
+    with client_for(server) as client:
+        first, _ = workflow(server)
+        second, _ = workflow(server, "Background Removal")
+        image = ImageRef("p.png", client.upload_image(make_image(), filename="p.png").content_hash)
+        mine = client.create_execution(first, image=image, idempotency_key="same")
+        other = client.create_execution(second, image=image, idempotency_key="same")
+        only_other = client.create_execution(second, image=image, idempotency_key="only-second")
+        raw = client.executions_page(first, 0)
+        assert {e.workflow for e in raw.entries} == {first, second}  # the filter was ignored
+        assert {e.id for e in client.iter_executions(first)} == {mine}
+        found = client.find_execution_by_idempotency_key(first, "same")
+        assert found is not None and found.id == mine
+        assert client.find_execution_by_idempotency_key(second, "same").id == other  # type: ignore[union-attr]
+        assert client.find_execution_by_idempotency_key(first, "only-second") is None
+        statuses = read_statuses(client, first, [mine], max_single_reads=0)
+        assert list(statuses) == [mine] and statuses[mine].workflow == first
+        both = read_statuses(client, first, [mine, only_other], max_single_reads=0)  # ids are global
+        assert both[mine].workflow == first and both[only_other].workflow == second
+
+
+# -- --upload-retention -----------------------------------------------------------------------------------
+
+
+def test_upload_retention_an_expired_upload_is_sent_again_before_the_create(
+    sandbox_factory: Factory, make_image: Callable[..., bytes]
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", upload_retention=1.0))
+    data = make_image()
+    with client_for(server) as client:
+        wf, price = workflow(server)
+        first = client.upload_image(data, filename="p.png")
+        assert first.uploaded and client.image_exists(first.content_hash)
+        assert not client.upload_image(data, filename="p.png").uploaded  # HEAD: still there
+        time.sleep(1.2)
+        assert not client.image_exists(first.content_hash)  # HEAD turned 404
+        with pytest.raises(NotFoundError, match="Image not found"):  # a create referencing it fails
+            client.create_execution(wf, image=ImageRef("p.png", first.content_hash))
+        again = client.upload_image(data, filename="p.png")  # what the pipeline's upload stage does
+        assert again.uploaded and again.content_hash == first.content_hash
+        done = client.wait_for_status(
+            client.create_execution(wf, image=ImageRef("p.png", again.content_hash)), timeout=20
+        )
+        assert done.status is ExecutionStatus.COMPLETED
+    wait_charged(server, 1)
+    assert server.state.accounting.calls["I1"] == 2 and server.state.accounting.total_charged == price
+
+
+# -- --failed-results -------------------------------------------------------------------------------------
+
+
+def test_failed_results_e6_of_a_failed_execution_writes_nothing(
+    sandbox_factory: Factory, api_for: Any, make_image: Callable[..., bytes], tmp_path: Path
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", failed_results="empty"))
+    with client_for(server) as client:
+        wf, _ = workflow(server)
+        image = ImageRef("p.png", client.upload_image(make_image(), filename="p.png").content_hash)
+        server.state.faults.execution_failure_rate = 1.0
+        failed = client.create_execution(wf, image=image)
+        assert client.wait_for_status(failed, timeout=20).status is ExecutionStatus.FAILED
+        server.state.faults.execution_failure_rate = 0.0
+        raw = api_for(server).get(f"/v1/workflow/execution/{failed}/result/default")
+        assert raw.status_code == 200 and raw.content == b""  # the switch: "done", with nothing in it
+        with pytest.raises(NoResultError, match="FAILED"):
+            client.download_blocking_result(failed, tmp_path / "failed.png")
+        assert list(tmp_path.iterdir()) == []  # no result, no leftover
+        sink = io.BytesIO()
+        with pytest.raises(NoResultError):
+            client.download_blocking_result(failed, sink)
+        assert sink.getvalue() == b""
+        done = client.create_execution(wf, image=image)
+        got = client.download_blocking_result(done, tmp_path / "done.png")  # a COMPLETED one still works
+        assert got.content_hash == client.get_execution(done).result_content_hash
+        assert (tmp_path / "done.png").stat().st_size == got.size > 0
+        assert [p.name for p in tmp_path.iterdir()] == ["done.png"]
+
+
+# -- --stream-format --------------------------------------------------------------------------------------
+
+
+def test_stream_format_messy_e5_and_e4_decides(
+    sandbox_factory: Factory, api_for: Any, make_image: Callable[..., bytes]
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", stream_format="messy"), processing_seconds=0.5)
+    with client_for(server) as client:
+        wf, _ = workflow(server)
+        image = ImageRef("p.png", client.upload_image(make_image(), filename="p.png").content_hash)
+        execution_id = client.create_execution(wf, image=image)
+        raw = api_for(server).get(f"/v1/workflow/execution/{execution_id}/status").text
+        assert raw.startswith(": ") and "event: heartbeat" in raw and "retry: " in raw
+        assert '\ndata:  "status": ' in raw  # the JSON split over several data lines
+        assert "COMPLETED" not in raw  # closed after the first status
+        done = client.wait_for_status(execution_id, timeout=20, poll_interval=0.2)
+        assert done.status is ExecutionStatus.COMPLETED
+        # The stream of a finished execution: its one status event is split, among unknown events. The
+        # parser joins the data lines (one line at a time it took the fragment `{` for a status, UNKNOWN).
+        finished = requests.Response()
+        finished.raw = io.BytesIO(
+            api_for(server).get(f"/v1/workflow/execution/{execution_id}/status").content
+        )
+        finished.headers["Content-Type"], finished.encoding = "text/event-stream", "utf-8"
+        assert client._consume_status_stream(finished) is ExecutionStatus.COMPLETED
+        server.state.faults.execution_failure_rate = 1.0
+        failed = client.create_execution(wf, image=image)
+        assert client.wait_for_status(failed, timeout=20, poll_interval=0.2).status is ExecutionStatus.FAILED
+
+
+# -- --rotate-refresh-tokens ------------------------------------------------------------------------------
+
+
+def test_rotate_refresh_tokens_the_client_follows_and_the_old_one_still_works(
+    sandbox_factory: Factory,
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", rotate_refresh_tokens="rotate"))
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": server.refresh_token,
+        "client_id": DEFAULT_CLIENT_ID,
+    }
+    answer = requests.post(f"{server.auth_url}/oauth/token", data=form, timeout=10).json()
+    assert answer["refresh_token"] != server.refresh_token  # rotated
+    with client_for(server) as client:
+        assert client.get_balance() == server.state.balance
+        assert client.tokens is not None and client.tokens.refresh_token != server.refresh_token
+    assert requests.post(f"{server.auth_url}/oauth/token", data=form, timeout=10).status_code == 200
+
+
+def test_rotate_and_revoke_the_credentials_file_follows_the_variable_cannot(
+    sandbox_factory: Factory, tmp_path: Path
+) -> None:
+    server = sandbox_factory(realism=Realism.named("lenient", rotate_refresh_tokens="rotate-and-revoke"))
+    store = CredentialStore(tmp_path / "credentials.json", environ={})
+    store.save(
+        server.refresh_token,
+        api_url=server.api_url,
+        auth_url=server.auth_url,
+        organization_id=server.organization_id,
+    )
+    for _ in range(3):  # the CLI's path: each run reads the file, refreshes, and the file keeps the new token
+        with AutoRetouchClient.from_credentials(store, retry=FAST_RETRY) as client:
+            assert client.get_balance() == server.state.balance
+    saved = store.load()
+    assert saved is not None and saved.refresh_token.get_secret_value() != server.refresh_token
+    # Dagster's path: the token comes from AUTORETOUCH_REFRESH_TOKEN and cannot be rewritten. The used token
+    # is revoked, so the next run fails, with one line naming the variable and what to do.
+    fresh = server.state.auth.mint_refresh_token()
+    resource = AutoRetouchResource(
+        api_url=server.api_url,
+        auth_url=server.auth_url,
+        refresh_token=fresh,
+        organization_id=server.organization_id,
+        workflow_id=workflow(server)[0],
+        max_retries=1,
+    )
+    with resource.get_client() as first_run:
+        assert first_run.get_balance() == server.state.balance
+    with resource.get_client() as second_run, pytest.raises(InvalidGrantError) as info:
+        second_run.get_balance()
+    message = str(info.value)
+    assert "\n" not in message and fresh not in message
+    assert "$AUTORETOUCH_REFRESH_TOKEN" in message and "rotates refresh tokens" in message
+    assert "retouch-pipeline login" in message

@@ -49,6 +49,41 @@ REALISM_OPTIONS = [
     click.option(
         "--strict-file-names/--any-file-name", default=None, help="I4/E7 need the file name the API gave."
     ),
+    click.option(
+        "--max-page-size",
+        type=click.IntRange(1),
+        default=None,
+        help="Most entries per list page (strict: 20).",
+    ),
+    click.option(
+        "--ignore-list-filters/--honour-list-filters",
+        default=None,
+        help="E3 ignores its workflow filter (strict: on).",
+    ),
+    click.option(
+        "--upload-retention",
+        type=click.FloatRange(0),
+        default=None,
+        help="Seconds an upload is kept, 0 = forever (strict: 60).",
+    ),
+    click.option(
+        "--failed-results",
+        type=click.Choice(["conflict", "not-found", "empty"]),
+        default=None,
+        help="E6 on a FAILED execution: 409, 404 or a 200 with no body (strict: empty).",
+    ),
+    click.option(
+        "--stream-format",
+        type=click.Choice(["simple", "messy"]),
+        default=None,
+        help="E5 events: simple, or comments, unknown events, split data and an early close (strict: messy).",
+    ),
+    click.option(
+        "--rotate-refresh-tokens",
+        type=click.Choice(["off", "rotate", "rotate-and-revoke"]),
+        default=None,
+        help="A3 returns a new refresh token; rotate-and-revoke also revokes the used one (strict: off).",
+    ),
 ]
 
 

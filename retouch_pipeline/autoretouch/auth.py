@@ -269,6 +269,12 @@ class TokenManager:
             self._refresh_token = tokens.refresh_token
             if self.on_refresh_token_rotated is not None:
                 self.on_refresh_token_rotated(tokens.refresh_token)
+            elif self.source and self.source.startswith("$"):
+                log.warning(
+                    "the auth server rotated the refresh token: %s holds the old one, which may stop working"
+                    " (use the credentials file of `retouch-pipeline login`, which keeps rotated tokens)",
+                    self.source,
+                )
         self._store(tokens.access_token, float(tokens.expires_in))
         log.debug("access token refreshed; valid for %d s", tokens.expires_in)
         return tokens.access_token

@@ -13,6 +13,7 @@ its rationale) in `executions.py`; HTTP plumbing in `_base.py` and `transport.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -20,10 +21,10 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from .constants import DEFAULT_API_URL, DEFAULT_AUTH_URL, DEFAULT_CLIENT_ID
-from .credentials import CredentialStore
+from .credentials import CredentialStore, StoredCredentials
 from .errors import APIConnectionError, APIStatusError, NotFoundError
 from .executions import ExecutionsMixin, multipart_factory
-from .models import Batch, Organization, UploadResult, Workflow
+from .models import Batch, Organization, Secret, UploadResult, Workflow
 from .streams import DownloadResult, UploadSource
 
 __all__ = ["AutoRetouchClient"]
@@ -66,7 +67,7 @@ class AutoRetouchClient(ExecutionsMixin):
             "auth_url": source("auth_url", auth_url, creds.auth_url),
             "refresh_token": creds.source,
         }
-        return cls(
+        client = cls(
             api_url or creds.api_url or DEFAULT_API_URL,
             auth_url or creds.auth_url or DEFAULT_AUTH_URL,
             refresh_token=creds.refresh_token,
@@ -75,6 +76,11 @@ class AutoRetouchClient(ExecutionsMixin):
             sources=sources,
             **kwargs,
         )
+        if client.tokens is not None and not creds.source.startswith("$"):
+            # A server rotating refresh tokens may revoke the used one: keep the new one in the file.
+            saving = store or CredentialStore()
+            client.tokens.on_refresh_token_rotated = lambda token: _keep_rotated(saving, creds, token)
+        return client
 
     # -- health, organizations, workflows ------------------------------------------------------------------
 
@@ -181,3 +187,9 @@ class AutoRetouchClient(ExecutionsMixin):
     def iter_batches(self, batch_id: str | None = None) -> Iterator[Batch]:
         """B1: batches ("orders"), optionally just one."""
         return self._paginate(Batch, "/v1/batch", [("batchId", batch_id)] if batch_id else [])
+
+
+def _keep_rotated(store: CredentialStore, creds: StoredCredentials, token: Secret) -> None:
+    """Save a rotated refresh token over the one read from the credentials file (same other fields)."""
+    store.save(dataclasses.replace(creds, refresh_token=token))
+    log.info("the auth server rotated the refresh token: saved the new one to %s", creds.source)

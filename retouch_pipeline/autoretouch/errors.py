@@ -99,6 +99,11 @@ class IntegrityError(AutoRetouchError):
     """Downloaded bytes do not hash to the content hash the server announced."""
 
 
+class NoResultError(AutoRetouchError):
+    """E6 answered, but E4 shows no result to keep: the execution is not COMPLETED (FAILED, say) or its
+    result is not the bytes E6 sent. Nothing was written."""
+
+
 class APIStatusError(AutoRetouchError):
     """The server answered with a non-success HTTP status."""
 
@@ -240,14 +245,19 @@ class InvalidGrantError(OAuthError):
             # Dagster reads the variable only: no credentials file, and `login` there would change nothing.
             variable = source.split()[0]
             sentence = (
-                f"the refresh token from {variable} was revoked or is invalid: set a valid one in {variable}"
-                " where Dagster runs (code location, run workers, daemon), then reload the code location"
+                f"the refresh token from {variable} was revoked or is invalid (or already used: an auth"
+                " server that rotates refresh tokens revokes each one once used, and a variable cannot"
+                f" follow): set a valid one in {variable} where Dagster runs (code location, run workers,"
+                " daemon), then reload the code location; `retouch-pipeline login` or the web app's API page"
+                " gives a new one"
             )
         elif source and source.startswith("$"):
             # A variable overrides the credentials file: logging in again would not change what is used.
             sentence = (
-                f"the refresh token from {source} was revoked or is invalid: set a valid one in {source}"
-                " (it overrides the credentials file), or unset it and run `retouch-pipeline login`"
+                f"the refresh token from {source} was revoked or is invalid (or already used: an auth server"
+                f" that rotates refresh tokens revokes each one once used, and a variable cannot follow): set"
+                f" a valid one in {source} (it overrides the credentials file), or unset it and run"
+                " `retouch-pipeline login` (the credentials file keeps rotated tokens)"
             )
         else:
             origin = f" from {source}" if source else ""

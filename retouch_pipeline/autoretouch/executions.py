@@ -27,9 +27,12 @@ import json
 import logging
 import mimetypes
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -42,6 +45,7 @@ from .errors import (
     APITimeoutError,
     AutoRetouchError,
     CreateUnconfirmedError,
+    NoResultError,
     RateLimitError,
     ServerError,
 )
@@ -83,15 +87,52 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _status_of(payload: Any) -> ExecutionStatus | None:
-    """Lenient SSE `data:` parsing: an execution object, `{"status": ...}`, or a bare status string."""
+    """Lenient SSE `data` parsing: an execution object, `{"status": ...}`, `{"content": {...}}` or a bare
+    status string; anything else (an unknown status too, or a fragment of a JSON split over several `data:`
+    lines) is None, never an error."""
+    value: Any = payload
     if isinstance(payload, dict):
         value = payload.get("status")
         if value is None and isinstance(payload.get("content"), dict):
             value = payload["content"].get("status")
-        return ExecutionStatus(value) if isinstance(value, str) else None
-    if isinstance(payload, str) and payload.strip():
-        return ExecutionStatus(payload.strip().strip('"').upper())
+    if not isinstance(value, str) or not value.strip():
+        return None
+    status = ExecutionStatus(value.strip().strip('"').upper())
+    return None if status is ExecutionStatus.UNKNOWN else status
+
+
+def _status_of_data(data: str) -> ExecutionStatus | None:
+    """The status in one event's data: the whole as JSON or text, else its last line that is one."""
+    lines = data.splitlines()
+    for candidate in [data, *reversed(lines)] if len(lines) > 1 else [data]:
+        try:
+            status = _status_of(json.loads(candidate))
+        except ValueError:
+            status = _status_of(candidate)
+        if status is not None:
+            return status
     return None
+
+
+def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event type, data) of each server-sent event: `data:` lines joined by newlines until a blank line;
+    comments (`:`), `id:`, `retry:` and unknown fields skipped; a last event without its blank line counts."""
+    kind, data = "message", list[str]()
+    for raw in lines:
+        line = raw.rstrip("\r")
+        if not line:
+            if data:
+                yield kind, "\n".join(data)
+            kind, data = "message", []
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            kind = value.strip() or "message"
+    if data:
+        yield kind, "\n".join(data)
 
 
 class ExecutionsMixin(ClientBase):
@@ -235,9 +276,9 @@ class ExecutionsMixin(ClientBase):
             waited, attempt = waited + delay, attempt + 1
 
     def _scan_for_key(self, workflow_id: str, key: str) -> WorkflowExecution | None:
-        """One pass over every page of the workflow's executions (E3), in whatever order they come."""
-        params: Params = [("workflow", workflow_id)]
-        for execution in self._paginate(WorkflowExecution, EXECUTIONS_PATH, params):
+        """One pass over every page of the workflow's executions (E3), in whatever order they come. The
+        `workflow` filter is asked for but not relied upon: an execution of another workflow never matches."""
+        for execution in self.iter_executions(workflow_id):
             if execution.labels.get(IDEMPOTENCY_LABEL) == key:
                 return execution
         return None
@@ -245,12 +286,19 @@ class ExecutionsMixin(ClientBase):
     # -- read -----------------------------------------------------------------------------------------------
 
     def iter_executions(self, workflow_id: str | None = None) -> Iterator[WorkflowExecution]:
-        """E3: every execution (of one workflow), across all pages, in the order the API lists them."""
+        """E3: every execution (of one workflow), across all pages, in the order the API lists them.
+
+        The `workflow` filter is sent and checked too: a service that ignores it lists every workflow's."""
         params: Params = [("workflow", workflow_id)] if workflow_id else []
-        return self._paginate(WorkflowExecution, EXECUTIONS_PATH, params)
+        listed = self._paginate(WorkflowExecution, EXECUTIONS_PATH, params)
+        if workflow_id is None:
+            return listed
+        wanted = workflow_id.lower()
+        return (e for e in listed if e.workflow.lower() == wanted)
 
     def executions_page(self, workflow_id: str | None = None, offset: int = 0) -> Page[WorkflowExecution]:
-        """E3, one page: `page_size` executions (of one workflow) from `offset`, and the list's `total`."""
+        """E3, one page: up to `page_size` executions from `offset` (the service may cap it lower), and the
+        list's `total`. Raw: a service ignoring the `workflow` filter lists other workflows' too."""
         params: Params = [("workflow", workflow_id)] if workflow_id else []
         return self._page(WorkflowExecution, EXECUTIONS_PATH, params, offset)
 
@@ -312,14 +360,10 @@ class ExecutionsMixin(ClientBase):
                 return _status_of(response.json())
             except ValueError:
                 return _status_of(response.text)
-        for line in response.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            try:
-                status = _status_of(json.loads(data))
-            except ValueError:
-                status = _status_of(data)
+        for kind, data in _sse_events(response.iter_lines(decode_unicode=True)):
+            if kind not in ("message", "status"):
+                continue  # heartbeats, progress and whatever else the stream carries
+            status = _status_of_data(data)
             if status is not None:
                 last = status
                 if not status.is_processing:
@@ -357,10 +401,36 @@ class ExecutionsMixin(ClientBase):
     def download_blocking_result(
         self, execution_id: str, dest: str | os.PathLike[str] | BinaryIO, *, timeout: float | None = None
     ) -> DownloadResult:
-        """E6: waits server-side until the result exists, then streams it (`timeout` caps the read wait)."""
+        """E6: waits server-side until the result exists, then streams it (`timeout` caps the read wait).
+
+        What E6 answers for a FAILED execution is undocumented (an error, or a 200 with an empty or unrelated
+        body), so its bytes are kept only when E4 then shows the execution COMPLETED with exactly these bytes
+        as its result; else `NoResultError` and `dest` is left untouched (nothing written)."""
         path = f"{EXECUTIONS_PATH}/{quote(execution_id, safe='')}/result/default"
         read = max(self.transport.timeout[1], timeout or 0.0)
-        return self._download(path, dest, timeout=(self.transport.timeout[0], read))
+        target = Path(dest) if isinstance(dest, str | os.PathLike) else None
+        staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.e6" if target else None
+        with contextlib.ExitStack() as stack:
+            spool = None if staging else stack.enter_context(tempfile.SpooledTemporaryFile(1 << 24))
+            if staging is not None:
+                stack.callback(staging.unlink, missing_ok=True)
+            got = self._download(path, staging or spool, timeout=(self.transport.timeout[0], read))  # type: ignore[arg-type]
+            execution = self.get_execution(execution_id)
+            if (
+                execution.status is not ExecutionStatus.COMPLETED
+                or execution.result_content_hash != got.content_hash
+            ):
+                raise NoResultError(
+                    f"execution {execution_id} is {execution.status.value}: E6 answered {got.size} bytes that"
+                    f" are not its result (result hash {execution.result_content_hash}); nothing written"
+                )
+            if staging is not None and target is not None:
+                os.replace(staging, target)
+                return DownloadResult(target, got.content_hash, got.size)
+            assert spool is not None and not isinstance(dest, str | os.PathLike)
+            spool.seek(0)
+            shutil.copyfileobj(spool, dest)
+            return got
 
     def download_result(
         self, execution_or_result_path: WorkflowExecution | str, dest: str | os.PathLike[str] | BinaryIO

@@ -74,8 +74,11 @@ def _newest_pages(
             yield page.entries, True
         return
     end = first.total
+    # The service may cap a page below `page_size` (what the first page brought is its real size): a step
+    # back by more than that would skip executions between two pages.
+    step = min(client.page_size, len(first.entries))
     for _ in range(max_pages - 1):
-        offset = max(len(first.entries), end - client.page_size)
+        offset = max(len(first.entries), end - step)
         page = client.executions_page(workflow_id, offset)
         if not page.entries:
             return

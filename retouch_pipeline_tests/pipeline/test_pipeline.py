@@ -15,6 +15,7 @@ import pytest
 import requests
 from dagster_aws.s3 import S3Resource
 
+from retouch_devtools.sandbox.realism import Realism
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_devtools.stack.inprocess import table_dict
 from retouch_devtools.stack.s3 import CREDENTIALS
@@ -276,3 +277,28 @@ def test_definitions_load_without_network() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 10
+
+
+def test_an_upload_expired_between_two_runs_is_sent_again_and_reused(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    """Strict sandbox with uploads kept 1 s: the second run's HEAD is a 404, so the bytes go up again before
+    the decision; the same bytes under another key reuse the first execution (no second charge)."""
+    stack = make_stack(realism=Realism.named("strict", upload_retention=1.0))
+    price = stack.workflow["executionPrice"]
+    data = make_image(width=77)
+    first = stack.put("c/first.png", data)
+    stack.register([first])
+    assert stack.run([first]).success
+    assert stack.charged() == price
+    time.sleep(1.3)  # the upload expired
+    with stack.client() as client:
+        assert not client.image_exists(stack.sandbox.state.engine.list_executions()[0].input_content_hash)
+    again = stack.put("c/again.png", data)
+    fresh = stack.put("c/fresh.png", make_image(width=78))
+    stack.register([again, fresh])
+    assert stack.run([again, fresh]).success
+    calls = stack.sandbox.state.accounting.calls
+    assert calls["I1"] == 3  # first, again (expired: uploaded once more), fresh
+    assert calls["E1"] == 2 and stack.charged() == 2 * price  # `again` reused the first execution
+    assert stack.instance.get_materialized_partitions(RETOUCHED) == {first, again, fresh}

@@ -38,8 +38,6 @@ from retouch_devtools.sandbox.realism import organization_json
 from retouch_devtools.sandbox.state import SandboxState
 from retouch_devtools.sandbox.webhooks import is_loopback_url
 
-MAX_PAGE_SIZE = 100
-"""Larger `limit` values are silently capped to this."""
 DEFAULT_PAGE_SIZE = 50
 POLL_SECONDS = 0.02
 SSE_KEEPALIVE_SECONDS = 10.0
@@ -88,10 +86,15 @@ def _int_param(request: Request, name: str, default: int) -> int:
     return value
 
 
+def _limit_offset(request: Request) -> tuple[int, int]:
+    """`limit` (default 50) silently capped at `realism.max_page_size`, and `offset`."""
+    cap = sandbox(request).config.realism.max_page_size
+    return min(_int_param(request, "limit", DEFAULT_PAGE_SIZE), cap), _int_param(request, "offset", 0)
+
+
 def page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
-    """A Page: exactly `{"entries", "total"}`; limit defaults to 50 and is capped at 100."""
-    limit = min(_int_param(request, "limit", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
-    offset = _int_param(request, "offset", 0)
+    """A Page: exactly `{"entries", "total"}`; limit defaults to 50 and is capped (`_limit_offset`)."""
+    limit, offset = _limit_offset(request)
     return JSONResponse({"entries": items[offset : offset + limit], "total": len(items)})
 
 
@@ -280,8 +283,9 @@ async def create_execution(request: Request) -> Response:
 async def list_executions(request: Request) -> Response:
     state, org = context(request)
     workflow_id = request.query_params.get("workflow")
-    limit = min(_int_param(request, "limit", DEFAULT_PAGE_SIZE), MAX_PAGE_SIZE)
-    offset = _int_param(request, "offset", 0)
+    if state.config.realism.ignore_list_filters:  # the adversarial answer: every workflow's executions
+        workflow_id = None
+    limit, offset = _limit_offset(request)
     with state.engine.lock:  # consistent snapshots while workers move executions along
         found = state.engine.list_executions(workflow_id.lower() if workflow_id else None)
         mine = [e for e in found if e.organization_id == org]
@@ -300,21 +304,35 @@ async def get_execution(request: Request) -> Response:
 async def execution_status(request: Request) -> Response:
     """E5 as server-sent events: `data: {"id": ..., "status": ...}` per status change.
 
-    The stream starts with the current status and ends after a terminal status or IN_QA;
-    `: keep-alive` comments are sent every 10 s meanwhile.
+    `simple`: the stream starts with the current status and ends after a terminal status or IN_QA;
+    `: keep-alive` comments are sent every 10 s meanwhile. `messy` (`realism.stream_format`): a comment, a
+    `retry:` field and an unknown event type first, every JSON split over two `data:` lines, an unknown event
+    after each status, and the stream closed after the first status whatever it was.
     """
     state, org = context(request)
     execution_id = _execution(state, request.path_params["execution_id"], org).id
+    messy = state.config.realism.stream_format == "messy"
+
+    def event(status: Any) -> str:
+        data = json.dumps({"id": execution_id, "status": status}, indent=1)
+        if not messy:
+            return f"data: {json.dumps({'id': execution_id, 'status': status})}\n\n"
+        lines = "".join(f"data: {line}\n" for line in data.splitlines())
+        return f"id: {time.monotonic_ns()}\nevent: status\n{lines}\nevent: progress\ndata: 42\n\n"
 
     async def events() -> Any:
+        if messy:
+            yield ': sandbox stream\nretry: 1000\n\nevent: heartbeat\ndata: {"ping": true}\n\n'
         last = None
         quiet_since = time.monotonic()
         while True:
             snapshot = state.engine.snapshot(execution_id) or {}
             status = snapshot.get("status")
             if status != last:
-                yield f"data: {json.dumps({'id': execution_id, 'status': status})}\n\n"
+                yield event(status)
                 last, quiet_since = status, time.monotonic()
+                if messy:
+                    return  # closed early: the client must ask E4
             if status in TERMINAL or status == "IN_QA":
                 return
             if time.monotonic() - quiet_since > SSE_KEEPALIVE_SECONDS:
@@ -326,7 +344,8 @@ async def execution_status(request: Request) -> Response:
 
 
 async def execution_result(request: Request) -> Response:
-    """E6: block until COMPLETED and answer the bytes; 409 for FAILED/PAYMENT_REQUIRED.
+    """E6: block until COMPLETED and answer the bytes; for FAILED/PAYMENT_REQUIRED what
+    `realism.failed_results` says (409, 404, or a 200 with an empty body).
 
     Waiting longer than `blocking_timeout_seconds` (IN_QA can take hours) answers 503 with
     `Retry-After`, so clients retry instead of holding a connection forever.
@@ -340,11 +359,16 @@ async def execution_result(request: Request) -> Response:
         with state.engine.lock:
             status, result = execution.status, execution.result
         if status == "COMPLETED" and result is not None:
-            stored = state.store.get(result.content_hash)
+            stored = state.store.get(result.content_hash, expired_too=True)
             if stored is None:
                 raise ApiError(404, "Image not found")
             return FileResponse(stored.path, media_type=stored.content_type)
         if status in TERMINAL:
+            answer = state.config.realism.failed_results
+            if answer == "empty":  # the adversarial answer: "done", with nothing in it
+                return Response(b"", media_type="application/octet-stream")
+            if answer == "not-found":
+                raise ApiError(404, "Image not found")
             raise ApiError(409, f"Workflow execution is {status}: there is no result (retry it first)")
         if time.monotonic() >= deadline:
             raise ApiError(503, "Result not ready yet", {"Retry-After": "1"})

@@ -3,7 +3,7 @@
 It mirrors what the Auth0 tenant of AutoRetouch answers, in particular the exact key sets of the
 token responses the official client parses strictly (an extra key crashes it): the device grant
 returns `access_token, refresh_token, scope, expires_in, token_type`; the refresh grant the same
-without `refresh_token` (no rotation: a refresh token stays valid until revoked).
+without `refresh_token` unless `realism.rotate_refresh_tokens` rotates (the official client then crashes).
 """
 
 from __future__ import annotations
@@ -175,14 +175,18 @@ class AuthService:
         return form.get("scope", "")
 
     def refresh_grant(self, refresh_token: str | None) -> dict[str, Any]:
-        """A3: a new access token; the response carries no refresh token (no rotation)."""
+        """A3: a new access token. `realism.rotate_refresh_tokens`: `off` no refresh token in the answer;
+        `rotate` a new one (the used one stays valid); `rotate-and-revoke` a new one, the used one revoked."""
         if not refresh_token:
             raise OAuthError(400, "invalid_request", "Missing required parameter: refresh_token")
+        rotation = self.config.realism.rotate_refresh_tokens
         with self._lock:
             revoked = self._refresh_tokens.get(refresh_token)
-        if revoked is None or revoked:
-            raise OAuthError(403, "invalid_grant", "Unknown or invalid refresh token.")
-        return self._token_response(None)
+            if revoked is None or revoked:
+                raise OAuthError(403, "invalid_grant", "Unknown or invalid refresh token.")
+            if rotation == "rotate-and-revoke":
+                self._refresh_tokens[refresh_token] = True
+        return self._token_response(self.mint_refresh_token() if rotation != "off" else None)
 
     def start_device_authorization(
         self, verification_uri: str, scope: str = "offline_access"

@@ -11,7 +11,8 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,13 +28,19 @@ class StoredContent:
     size: int
     path: Path
     origin: str  # "upload" or "result", whichever stored the bytes first
+    uploaded_at: float = 0.0
+    """Wall-clock time of the last upload of these bytes (the retention clock of an upload)."""
 
 
 class ContentStore:
-    """Thread-safe store; writes go to a temp file first and are renamed into place."""
+    """Thread-safe store; writes go to a temp file first and are renamed into place.
 
-    def __init__(self, root: Path) -> None:
+    `retention` (seconds, 0 = forever): an upload older than that is gone for `get` (the service's retention
+    removed it); uploading the bytes again restarts its clock. Results never expire."""
+
+    def __init__(self, root: Path, retention: float = 0.0) -> None:
         self.root = root
+        self.retention = retention
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._meta: dict[str, StoredContent] = {}
@@ -48,8 +55,10 @@ class ContentStore:
         final.parent.mkdir(exist_ok=True)
         with self._lock:
             os.replace(tmp, final)
-            fresh = StoredContent(content_hash, content_type, size, final, origin)
+            fresh = StoredContent(content_hash, content_type, size, final, origin, time.time())
             stored = self._meta.setdefault(content_hash, fresh)
+            if origin == "upload" and stored is not fresh:  # uploaded again: its retention starts over
+                stored = self._meta[content_hash] = replace(stored, uploaded_at=fresh.uploaded_at)
         return stored
 
     def put_image_stream(self, stream: BinaryIO) -> tuple[StoredContent, ImageInfo]:
@@ -81,9 +90,14 @@ class ContentStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def get(self, content_hash: str) -> StoredContent | None:
+    def get(self, content_hash: str, *, expired_too: bool = False) -> StoredContent | None:
+        """The content, or None; an upload past its retention counts as gone unless `expired_too` (the
+        worker of an execution created in time still reads its input)."""
         with self._lock:
-            return self._meta.get(content_hash.lower())
+            stored = self._meta.get(content_hash.lower())
+        if stored is None or expired_too or not self.retention or stored.origin != "upload":
+            return stored
+        return stored if time.time() - stored.uploaded_at < self.retention else None
 
     def delete(self, content_hash: str) -> bool:
         """Forget content (simulates the service's retention removing an upload)."""

@@ -330,7 +330,7 @@ class ExecutionEngine:
         started = time.monotonic()
         failed = self.faults.hit("execution_failure", self.faults.config.execution_failure_rate)
         result: Result | None = None
-        stored_input = self.store.get(input_hash)
+        stored_input = self.store.get(input_hash, expired_too=True)
         if not failed and stored_input is not None:
             try:
                 produced = imaging.process(

@@ -28,6 +28,12 @@ from retouch_devtools.sandbox.catalog import (
 
 ListOrder = Literal["newest", "oldest", "unordered"]
 LIST_ORDERS: tuple[ListOrder, ...] = ("newest", "oldest", "unordered")
+FailedResults = Literal["conflict", "not-found", "empty"]
+FAILED_RESULTS: tuple[FailedResults, ...] = ("conflict", "not-found", "empty")
+StreamFormat = Literal["simple", "messy"]
+STREAM_FORMATS: tuple[StreamFormat, ...] = ("simple", "messy")
+Rotation = Literal["off", "rotate", "rotate-and-revoke"]
+ROTATIONS: tuple[Rotation, ...] = ("off", "rotate", "rotate-and-revoke")
 LEVELS = ("lenient", "strict")
 T = TypeVar("T")
 
@@ -52,6 +58,29 @@ class Realism:
     `offline_access` in the scope."""
     strict_file_names: bool = False
     """I4/E7 answer 404 unless the file name is the one the API gave for that content."""
+    max_page_size: int = 100
+    """Most entries any list (E3, O1, W1, B1) answers, whatever `limit` asks."""
+    ignore_list_filters: bool = False
+    """E3 ignores its `workflow` filter: the executions of every workflow come back."""
+    upload_retention: float = 0.0
+    """Seconds an upload is kept (0: forever): then I3 HEAD answers 404, I4 too, and E1 referencing it 404
+    "Image not found". Re-uploading the bytes restarts the clock; results and executions under way keep
+    theirs."""
+    failed_results: FailedResults = "conflict"
+    """E6 on a FAILED/PAYMENT_REQUIRED execution: `conflict` 409 JSON error, `not-found` 404, `empty` a 200
+    with an empty body (a client trusting the status code writes an empty result)."""
+    stream_format: StreamFormat = "simple"
+    """E5: `simple` one `data: {json}` line per status change until a final status; `messy` adds comments,
+    `retry:` and unknown `event:` types, splits each JSON over several `data:` lines and closes the stream
+    after the first status (a proxy cutting it), so only E4 says how the execution ended."""
+    rotate_refresh_tokens: Rotation = "off"
+    """A3: `off` no refresh token in the answer; `rotate` a new one in every answer, the old one still valid;
+    `rotate-and-revoke` a new one and the used one revoked (reuse detection; a reuse is `invalid_grant`).
+    Off even in `strict`: the official client 0.3.0 crashes on any A3 answer carrying a refresh token
+    (`Credentials(refresh_token=..., **answer)`: a TypeError), so the vendor's own client is evidence that the
+    service does not rotate, and the official client must pass every flow against `strict`. Our client
+    follows `rotate`; only the credentials file (CLI) follows `rotate-and-revoke`, Dagster's variable cannot
+    (docs/api-assumptions.md)."""
 
     @classmethod
     def lenient(cls) -> Realism:
@@ -59,7 +88,21 @@ class Realism:
 
     @classmethod
     def strict(cls) -> Realism:
-        return cls(2, True, "oldest", 10.0, True, True, True)
+        return cls(
+            organizations=2,
+            separate_auth_port=True,
+            list_order="oldest",
+            list_lag=10.0,
+            retry_recharges=True,
+            strict_oauth=True,
+            strict_file_names=True,
+            max_page_size=20,
+            ignore_list_filters=True,
+            upload_retention=60.0,
+            failed_results="empty",
+            stream_format="messy",
+            rotate_refresh_tokens="off",  # not "rotate": the official client crashes on it (see the field)
+        )
 
     @classmethod
     def named(cls, level: str, **overrides: Any) -> Realism:
@@ -68,8 +111,16 @@ class Realism:
             raise ValueError(f"realism must be one of {', '.join(LEVELS)}, not {level!r}")
         base = cls.strict() if level == "strict" else cls.lenient()
         changes = {k: v for k, v in overrides.items() if v is not None}
-        if changes.get("list_order", "newest") not in LIST_ORDERS:
-            raise ValueError(f"list_order must be one of {', '.join(LIST_ORDERS)}")
+        for name, allowed in (
+            ("list_order", LIST_ORDERS),
+            ("failed_results", FAILED_RESULTS),
+            ("stream_format", STREAM_FORMATS),
+            ("rotate_refresh_tokens", ROTATIONS),
+        ):
+            if name in changes and changes[name] not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
+        if changes.get("max_page_size", 1) < 1 or changes.get("upload_retention", 0.0) < 0:
+            raise ValueError("max_page_size must be at least 1 and upload_retention not negative")
         if changes.get("organizations", 1) < 1 or changes.get("list_lag", 0.0) < 0:
             raise ValueError("organizations must be at least 1 and list_lag not negative")
         return replace(base, **changes)

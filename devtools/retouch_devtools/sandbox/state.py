@@ -35,7 +35,7 @@ class SandboxState:
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.data_dir, True) if self._own_dir else None
         self.accounting = Accounting(config.balance, config.realism.member_organizations()[1:])
         self.injector = FaultInjector(config.faults, config.seed, self.accounting)
-        self.store = ContentStore(self.data_dir / "content")
+        self.store = ContentStore(self.data_dir / "content", config.realism.upload_retention)
         self.webhooks = WebhookDispatcher(config.allow_remote_fetch)
         self.engine = ExecutionEngine(config, self.store, self.accounting, self.injector, self.webhooks)
         self.auth = AuthService(config)
