@@ -7,12 +7,19 @@ live here, apart from the registry and the engine, so that neither of those impo
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+import dagster as dg
 
 from retouch_devtools.chaos.catalog import SourceImage
 from retouch_devtools.chaos.stack import ProfileStack
+from retouch_pipeline.assets import EXECUTION
+from retouch_pipeline.assets.common import metadata_value, observation_metadata
+from retouch_pipeline.assets.presentation import UNCONFIRMED
 
 MAX_RESUME_PASSES = 6
 
@@ -71,7 +78,33 @@ class ProfileRun:
             if leftover:
                 stack.run(leftover)
             after = (len(stack.retouched_partitions()), stack.sandbox.state.accounting.total_charged)
-            if after == before:
+            if after != before:
+                productive += 1
+                continue
+            settling = settle_wait(stack.instance, leftover)
+            if settling <= 0:
                 break
-            productive += 1
+            time.sleep(settling)  # quiet only because a create's fate is not settled yet: as the daemon would
         return productive
+
+
+def settle_wait(instance: dg.DagsterInstance, partitions: Sequence[str]) -> float:
+    """Seconds until the last settle window of these partitions' unconfirmed creates ends (0: none open).
+
+    A resume pass that changed nothing is not quiet while an image waits as "create unconfirmed": the pending
+    sensor settles it only once its window is over, so the harness waits for that, as a deployment would.
+    """
+    if not partitions:
+        return 0.0
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=EXECUTION, asset_partitions=list(partitions)), limit=10_000
+    ).records
+    latest: dict[str, dg.EventLogRecord] = {}
+    for record in records:  # newest first
+        latest.setdefault(record.partition_key or "", record)
+    ends = [
+        datetime.fromisoformat(str(metadata_value(observation_metadata(r), "settle_until")))
+        for r in latest.values()
+        if metadata_value(observation_metadata(r), "status") == UNCONFIRMED
+    ]
+    return max([0.0, *((end - datetime.now(UTC)).total_seconds() + 1.0 for end in ends)])
