@@ -28,6 +28,7 @@ from retouch_devtools.devstack import (
     prepare_dagster_home,
     seed_catalog,
 )
+from retouch_devtools.sandbox.realism import Realism
 from retouch_devtools.stack.dev import CLI, DevProcess, start_dev_process
 from retouch_devtools.stack.env import PIPELINE_ENV
 from retouch_devtools.stack.process import descendants, live_processes, process_stat
@@ -148,6 +149,9 @@ def test_sample_catalog_is_retouched_without_a_click(start_dev: Callable[..., De
         assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0, "background removed"
     state = requests.get(f"http://127.0.0.1:{stack.settings.sandbox_port}/_sandbox/state", timeout=5).json()
     assert state["creditsCharged"] == SAMPLE_COUNT * 10, "Background Removal: 10 credits each, bought once"
+    assert state["realism"] == Realism.named("strict").to_dict(), "make dev runs the strict sandbox"
+    billed = {org: o["creditsCharged"] for org, o in state["organizations"].items() if o["creditsCharged"]}
+    assert billed == {state["organizationId"]: SAMPLE_COUNT * 10}, "all of it to the configured organization"
 
     children = descendants({stack.proc.pid})
     assert stack.send(signal.SIGINT, timeout=60) == 0

@@ -8,11 +8,13 @@ import io
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 
+from retouch_devtools.chaos.invariants import Outcome, check_charges
 from retouch_devtools.sandbox import SandboxServer
 from retouch_devtools.sandbox.realism import Realism
 from retouch_pipeline.autoretouch import (
@@ -65,6 +67,14 @@ def wait_charged(server: SandboxServer, count: int, timeout: float = 20) -> None
 # -- --organizations ---------------------------------------------------------------------------------------
 
 
+def wrong_org_credits(server: SandboxServer) -> int:
+    """The chaos harness's `wrong_org_credits` over this sandbox's real ledger (its stack reduced to the
+    two things `check_charges` reads: the sandbox and the workflow's price)."""
+    outcome = Outcome()
+    check_charges(SimpleNamespace(sandbox=server, workflow={"executionPrice": 10}), outcome)  # type: ignore[arg-type]
+    return outcome.wrong_org_credits
+
+
 def test_organizations_client_bills_the_configured_one_or_refuses_to_guess(
     sandbox_factory: Factory, make_image: Callable[..., bytes]
 ) -> None:
@@ -89,6 +99,7 @@ def test_organizations_client_bills_the_configured_one_or_refuses_to_guess(
         assert client.get_balance() == per_org(server)[configured]["balance"]
     assert per_org(server)[configured]["creditsCharged"] == price
     assert per_org(server)[selected]["creditsCharged"] == 0  # nothing billed to the token's selected one
+    assert wrong_org_credits(server) == 0  # the chaos invariant agrees
 
 
 def test_organizations_the_only_one_is_resolved_once_and_always_sent(sandbox_factory: Factory) -> None:
@@ -109,6 +120,7 @@ def test_organizations_a_call_without_organization_is_billed_to_the_selected_one
     token = api.token()
     headers = {"Authorization": f"Bearer {token}"}
     resp = requests.get(f"{server.api_url}/v1/organization/balance", headers=headers, timeout=10)
+    assert per_org(server)[selected]["balance"] != server.state.balance  # a wrong read cannot look right
     assert resp.status_code == 200 and int(resp.text) == per_org(server)[selected]["balance"]
     content_hash = api.upload(make_image())
     wf, price = workflow(server)
@@ -121,6 +133,8 @@ def test_organizations_a_call_without_organization_is_billed_to_the_selected_one
     assert created.status_code == 201
     wait_charged(server, 1)
     assert per_org(server)[selected]["creditsCharged"] == price
+    # the chaos invariant counts exactly this: credits billed to an organization other than the configured one
+    assert wrong_org_credits(server) == price
 
 
 # -- --separate-auth-port ---------------------------------------------------------------------------------
@@ -153,6 +167,9 @@ def test_separate_auth_port_serves_neither_routes_of_the_other(sandbox_factory: 
 # -- --list-order / --list-lag ----------------------------------------------------------------------------
 
 
+OLDER = 45  # executions created before the lost one: three strict list pages in all
+
+
 @pytest.mark.parametrize("order", ["oldest", "unordered", "newest"])
 def test_list_order_and_lag_a_lost_create_is_found_never_paid_twice(
     sandbox_factory: Factory, make_image: Callable[..., bytes], order: str
@@ -161,7 +178,9 @@ def test_list_order_and_lag_a_lost_create_is_found_never_paid_twice(
     with client_for(server, create_settle_seconds=4.0) as client:
         wf, price = workflow(server)
         content_hash = client.upload_image(make_image(), filename="p.png").content_hash
-        for n in range(3):  # older executions around the lost one, so that the order matters
+        # older executions around the lost one, so that the order matters: more than two strict pages (20),
+        # so that whole pages are older than the attempt and the lost one sits on a page of its own end
+        for n in range(OLDER):
             client.create_execution(wf, image=ImageRef("p.png", content_hash), idempotency_key=f"other-{n}")
         server.state.faults.lose_create_rate = 1.0
         execution_id = client.create_execution(
@@ -169,9 +188,9 @@ def test_list_order_and_lag_a_lost_create_is_found_never_paid_twice(
         )
         server.state.faults.lose_create_rate = 0.0
         assert client.get_execution(execution_id).labels[IDEMPOTENCY_LABEL] == "lost"
-    assert server.state.accounting.calls["E1"] == 4  # the lost create was never resent
-    wait_charged(server, 4)
-    assert sum(c["credits"] for c in server.state.accounting.ledger()) == 4 * price
+    assert server.state.accounting.calls["E1"] == OLDER + 1  # the lost create was never resent
+    wait_charged(server, OLDER + 1)
+    assert sum(c["credits"] for c in server.state.accounting.ledger()) == (OLDER + 1) * price
 
 
 @pytest.mark.parametrize(("order", "pages"), [("oldest", 2), ("newest", 1), ("unordered", None)])

@@ -32,8 +32,9 @@ class Accounting:
     def __init__(self, balance: int, other_organizations: list[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._balance = balance
-        #: Balances of the account's other organizations (`--organizations N`), each starting at `balance`.
-        self._others = dict.fromkeys(other_organizations or [], balance)
+        #: Balances of the account's other organizations (`--organizations N`): each starts 1,000 credits
+        #: apart from the others, so a balance read from the wrong organization can never look right.
+        self._others = {org: balance + 1000 * n for n, org in enumerate(other_organizations or [], 1)}
         self._ledger: list[Charge] = []
         self._charged_ids: set[str] = set()
         self.calls: Counter[str] = Counter()
