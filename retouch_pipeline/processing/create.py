@@ -19,10 +19,11 @@ the first create; then claim, create or retry on the step's pool.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -145,13 +146,57 @@ def _recover(step: Step, partition_key: str, key: str, intent: PurchaseEntry) ->
     return Decision(Purchase.REUSE, found.id, created_at, recovered=entry, adopted=True)
 
 
-def resolve(step: Step, items: Sequence[WorkItem]) -> None:
+class Lookahead:
+    """The decisions of a step's first images, looked up while those images validate and upload.
+
+    Why: until AutoRetouch's workers all have work, each of the first images is on the clock from its read
+    to its create, and the decision's lookups (event log, ledger, sidecar) cost as much as its upload. A
+    decision read a moment early is as safe as one read at purchase time: a CREATE is still claimed in the
+    ledger before anything is bought (the claim, not the lookup, keeps two buyers apart), and a REUSE stays
+    true. Only the first `limit` images: later batches are large, and one lookup per batch is cheaper.
+    """
+
+    def __init__(self, step: Step, lookups: ThreadPoolExecutor, limit: int) -> None:
+        self._step, self._lookups, self._left = step, lookups, limit
+        self._started: dict[str, tuple[str, Future[dict[str, Decision]]]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, item: WorkItem) -> None:
+        """Look up `item`'s decision now (its content hash is known); nothing once `limit` were started."""
+        with self._lock:
+            if self._left <= 0 or item.content_hash is None:
+                return
+            self._left -= 1
+            key = idempotency_key(item.content_hash, self._step.workflow.id, self._step.version)
+            future = self._lookups.submit(decide, self._step, {item.partition_key: key})
+            self._started[item.partition_key] = (key, future)
+
+    def take(self, keys: Mapping[str, str]) -> dict[str, Decision]:
+        """The decisions looked up for these partitions under the same key (a PNG conversion changes it);
+        a lookup that failed is left to the batch's own, where its error is raised."""
+        found: dict[str, Decision] = {}
+        for partition_key, key in keys.items():
+            with self._lock:
+                started = self._started.pop(partition_key, None)
+            if started is None or started[0] != key:
+                continue
+            try:
+                found[partition_key] = started[1].result()[partition_key]
+            except Exception:  # noqa: S112 (looked up again with the batch, which raises it)
+                continue
+        return found
+
+
+def resolve(step: Step, items: Sequence[WorkItem], lookahead: Lookahead | None = None) -> None:
     """Decide for every uploaded item (it becomes RESOLVED); recovered executions are recorded."""
     ready = [i for i in items if not i.failed]
     for item in ready:
         assert item.content_hash is not None
         item.idempotency_key = idempotency_key(item.content_hash, step.workflow.id, step.version)
-    decisions = decide(step, {i.partition_key: i.idempotency_key or "" for i in ready})
+    keys = {i.partition_key: i.idempotency_key or "" for i in ready}
+    decisions = lookahead.take(keys) if lookahead is not None else {}
+    if len(decisions) < len(keys):
+        decisions.update(decide(step, {pk: k for pk, k in keys.items() if pk not in decisions}))
     recovered: dict[str, PurchaseEntry] = {}
     for item in ready:
         decision = decisions[item.partition_key]

@@ -35,7 +35,7 @@ from typing import Any
 
 from retouch_pipeline.processing.adopt import deliver_adopted
 from retouch_pipeline.processing.budget import worst_case_fits
-from retouch_pipeline.processing.create import Settled, create, resolve
+from retouch_pipeline.processing.create import Lookahead, Settled, create, resolve
 from retouch_pipeline.processing.deliver import check_output_writable, from_records
 from retouch_pipeline.processing.events import (
     CreateUnconfirmed,
@@ -54,6 +54,8 @@ from retouch_pipeline.processing.wait import wait_and_deliver
 CREATE_BATCH = 16
 FLUSH_AFTER_SECONDS = 0.5
 BUYING_AT_ONCE = 4
+LOOKING_AHEAD_AT_ONCE = 4
+"""Decisions of the first images looked up at once while they upload (`create.Lookahead`)."""
 """Batches being bought at once (decided, claimed, created, recorded). Each purchase is a few round trips;
 one at a time, the images uploaded meanwhile waited for it, and AutoRetouch's first round filled seconds
 after the first create."""
@@ -120,12 +122,15 @@ def upload_and_create(
     ready = sum(1 for i in items if not i.failed)
     streaming = stages.create and ready > 0 and worst_case_fits(step, ready)
     deferred: list[WorkItem] = []  # to re-use or retry: settled after the uploads, in one status pass
-    buy = partial(_buy_new, step, pool) if streaming else _buy_nothing
     with (
         ThreadPoolExecutor(step.settings.concurrency, thread_name_prefix="upload") as uploads,
         ThreadPoolExecutor(BUYING_AT_ONCE, thread_name_prefix="buy") as buyers,
+        ThreadPoolExecutor(LOOKING_AHEAD_AT_ONCE, thread_name_prefix="lookahead") as lookups,
     ):
-        for batch, settled in _bought_batches(step, items, uploads, buyers, buy):
+        lookahead = Lookahead(step, lookups, CREATE_BATCH) if streaming else None
+        buy = partial(_buy_new, step, pool, lookahead) if streaming else _buy_nothing
+        upload = partial(validate_and_upload, hashed=lookahead.start if lookahead is not None else None)
+        for batch, settled in _bought_batches(step, items, upload, uploads, buyers, buy):
             # decided (re-use or retry) but not settled by the purchase; an image the purchase adopted from
             # another deployment's claim is settled (REUSED) although its purchase is now REUSE as well
             deferred += [i for i in batch if not i.failed and i.state is State.RESOLVED]
@@ -140,9 +145,11 @@ def upload_and_create(
     yield from (ExecutionSettled(i, e) for i, e in rest)
 
 
-def _buy_new(step: Step, pool: ThreadPoolExecutor, batch: list[WorkItem]) -> list[Settled]:
+def _buy_new(
+    step: Step, pool: ThreadPoolExecutor, lookahead: Lookahead | None, batch: list[WorkItem]
+) -> list[Settled]:
     """One batch's decisions, then its new executions (claims, creates, records); the rest is deferred."""
-    resolve(step, batch)
+    resolve(step, batch, lookahead)
     creates = [i for i in batch if not i.failed and i.purchase is Purchase.CREATE]
     return list(create(step, creates, pool, budget_checked=True))
 
@@ -157,6 +164,7 @@ Bought = tuple[list[WorkItem], list[Settled]]
 def _bought_batches(
     step: Step,
     items: Sequence[WorkItem],
+    upload: Callable[[Step, WorkItem], None],
     uploads: ThreadPoolExecutor,
     buyers: ThreadPoolExecutor,
     buy: Callable[[list[WorkItem]], list[Settled]],
@@ -170,7 +178,7 @@ def _bought_batches(
     reports: queue.SimpleQueue[Bought | Exception | None] = queue.SimpleQueue()
     stop = threading.Event()
     driver = threading.Thread(
-        target=_drive, args=(step, items, uploads, buyers, buy, reports.put, stop), name="purchases"
+        target=_drive, args=(step, items, upload, uploads, buyers, buy, reports.put, stop), name="purchases"
     )
     driver.start()
     try:
@@ -186,6 +194,7 @@ def _bought_batches(
 def _drive(
     step: Step,
     items: Sequence[WorkItem],
+    upload: Callable[[Step, WorkItem], None],
     uploads: ThreadPoolExecutor,
     buyers: ThreadPoolExecutor,
     buy: Callable[[list[WorkItem]], list[Settled]],
@@ -204,7 +213,7 @@ def _drive(
     batch_since, sent = 0.0, 0
     error: Exception | None = None
     try:
-        uploading = {uploads.submit(validate_and_upload, step, i): i for i in items if not i.failed}
+        uploading = {uploads.submit(upload, step, i): i for i in items if not i.failed}
         while uploading or buying or (batch and not stop.is_set()):  # an error sets `stop`
             if stop.is_set():
                 uploading = {f: i for f, i in uploading.items() if not f.cancel()}

@@ -6,6 +6,8 @@ Before the upload the item's output key is checked to belong to no other source
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from retouch_pipeline.autoretouch import InvalidImageError
 from retouch_pipeline.processing.deliver import check_no_collision
 from retouch_pipeline.processing.failures import HashMismatch, RejectedByAutoRetouch
@@ -14,9 +16,14 @@ from retouch_pipeline.processing.step import Step
 from retouch_pipeline.processing.validate import ACCEPTED_FORMATS, source_file, validate
 
 
-def validate_and_upload(step: Step, item: WorkItem) -> None:
-    """Read, validate and upload one image (one thread's job); raises a `Failure` for a named failure."""
+def validate_and_upload(step: Step, item: WorkItem, hashed: Callable[[WorkItem], None] | None = None) -> None:
+    """Read, validate and upload one image (one thread's job); raises a `Failure` for a named failure.
+
+    `hashed(item)` is called as soon as the bytes are read and hashed (the orchestrator starts the image's
+    purchase decision then, `create.Lookahead`)."""
     with source_file(step, item) as path:
+        if hashed is not None:
+            hashed(item)
         upload_path = validate(step, item, path)
         check_no_collision(step, item)
         upload(step, item, upload_path)

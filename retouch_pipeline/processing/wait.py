@@ -25,10 +25,11 @@ from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, re
 from retouch_pipeline.processing.step import Step
 
 # Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
-# results are seconds away, and a full pass interval would add up to that much to the end of every run. At
-# most MAX_FINAL_PASSES of them per wait, so a slow service does not turn into one read per second.
-FINAL_POLL_SECONDS = 1.0
-MAX_FINAL_PASSES = 10
+# results are seconds away, and a full pass interval would add up to that much to the end of every run (half
+# a pass on average: what the last image of a catalog waits after its result). At most MAX_FINAL_PASSES of
+# them per wait (10 s of them), so a slow service does not turn into two reads per second.
+FINAL_POLL_SECONDS = 0.5
+MAX_FINAL_PASSES = 20
 _ENDED = {ExecutionStatus.FAILED: ExecutionFailed, ExecutionStatus.PAYMENT_REQUIRED: ExecutionPaymentRequired}
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import dagster as dg
+import pytest
 
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
+from retouch_pipeline.autoretouch import AutoRetouchClient
 from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
+from retouch_pipeline.processing.ledger import S3Ledger
+from retouch_pipeline.processing.wait import MAX_FINAL_PASSES
 
 
 def _order(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, str]]:
@@ -86,7 +91,7 @@ def test_results_are_read_soon_after_the_queue_drains(
     # a generous margin: the old schedule delivered ~19 s after the last execution finished
     assert delivered - finished.timestamp() < 10.0
     calls = stack.sandbox.state.accounting.calls
-    assert calls.get("E3", 0) <= 12  # bounded: at most 10 quick passes per wait
+    assert calls.get("E3", 0) <= MAX_FINAL_PASSES + 2  # bounded: the quick passes of one wait, and 2 more
 
 
 def test_a_slow_purchase_does_not_hold_up_the_images_uploaded_meanwhile(
@@ -141,3 +146,39 @@ def test_a_failed_purchase_still_records_what_the_others_bought(
     assert all(ledger[k].get("execution_id") for k in first), "the first batch's purchase is in the ledger"
     assert stack.run(keys).success
     assert stack.charged() == 4 * stack.workflow["executionPrice"], "an image was bought twice"
+
+
+def test_the_first_images_decisions_are_looked_up_while_they_upload(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every upload and every ledger read takes 2 s. The first images' purchase decisions (event log, ledger,
+    # sidecar) are read while their bytes upload, so their executions are created about 2 s after the
+    # uploads began; looked up after the upload, they came 4 s after (upload, then ledger).
+    stack = make_stack(processing_seconds=0.2)
+    keys = [stack.put(f"ahead/{i}.png", make_image(width=40 + i)) for i in range(3)]
+    stack.register(keys)
+    began: list[float] = []
+    created: list[float] = []
+    upload, read, create = AutoRetouchClient.upload_image, S3Ledger.read, AutoRetouchClient.create_execution
+
+    def slow_upload(client: AutoRetouchClient, *args: Any, **kwargs: Any) -> Any:
+        began.append(time.monotonic())
+        time.sleep(2.0)
+        return upload(client, *args, **kwargs)
+
+    def slow_read(ledger: S3Ledger, idempotency_keys: Iterable[str]) -> Any:
+        time.sleep(2.0)
+        return read(ledger, idempotency_keys)
+
+    def timed_create(client: AutoRetouchClient, *args: Any, **kwargs: Any) -> Any:
+        execution = create(client, *args, **kwargs)
+        created.append(time.monotonic())
+        return execution
+
+    monkeypatch.setattr(AutoRetouchClient, "upload_image", slow_upload)
+    monkeypatch.setattr(S3Ledger, "read", slow_read)
+    monkeypatch.setattr(AutoRetouchClient, "create_execution", timed_create)
+    result = stack.run(keys, concurrency=3)
+    assert result.success and len(created) == 3
+    assert stack.charged() == 3 * stack.workflow["executionPrice"]
+    assert max(created) - min(began) < 3.3, "the decisions were looked up only after the uploads"
