@@ -17,6 +17,9 @@ Two batches holding the same content are kept from buying it twice by the ledger
 runs are (docs/durability.md). A purchase that fails stops the next batches; the purchases in flight are
 awaited and reported first, so what they bought is recorded. The uploads and purchases are driven from a
 thread of their own: recording a batch's events (database writes) never holds up the next purchase.
+The first `CREATE_BATCH` images' decisions (event log, ledger, sidecar) are looked up while those images
+validate and upload (`create.Lookahead`): until the service's workers all have work, a lookup after the
+upload put its round trips on the clock of every one of them.
 Buying as uploads finish needs the budget to fit before anything is known about the images: the worst case
 (every image a new execution) is checked once up front. When it does not fit, every image is uploaded first
 and one exact projection (re-used executions cost nothing) decides, before any create.

@@ -25,11 +25,15 @@ from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, re
 from retouch_pipeline.processing.step import Step
 
 # Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
-# results are seconds away, and a full pass interval would add up to that much to the end of every run (half
-# a pass on average: what the last image of a catalog waits after its result). At most MAX_FINAL_PASSES of
-# them per wait (10 s of them), so a slow service does not turn into two reads per second.
-FINAL_POLL_SECONDS = 0.5
-MAX_FINAL_PASSES = 20
+# results are seconds away, and a full pass interval would add up to that much to the end of every run. At
+# most MAX_FINAL_PASSES of them per wait, so a slow service does not turn into one read per second.
+FINAL_POLL_SECONDS = 1.0
+MAX_FINAL_PASSES = 10
+# A pass that finished nothing while every execution of the step still waits in AutoRetouch's queue (behind
+# other runs' executions) is followed by a longer pause: none of them can finish before it starts, and each
+# pass reads the executions list back to the step's oldest, which is many pages when other runs created
+# hundreds since (the service caps a page at 20 executions in the strict sandbox).
+QUEUED_PAUSE_FACTOR = 2.0
 _ENDED = {ExecutionStatus.FAILED: ExecutionFailed, ExecutionStatus.PAYMENT_REQUIRED: ExecutionPaymentRequired}
 
 
@@ -60,6 +64,7 @@ class _Wait:
         self.deliveries: dict[Future[OutputFacts], tuple[WorkItem, WorkflowExecution]] = {}
         self.last: dict[str, WorkflowExecution] = {}
         self.passes = self.fast_passes = 0
+        self.finished_last_pass = True
 
     def status_pass(self) -> None:
         """One batched read; completed executions go to delivery, failed ones fail their items."""
@@ -74,6 +79,7 @@ class _Wait:
             )
         except AutoRetouchError as exc:
             self.step.log.warning(f"Status pass {self.passes} failed ({exc}); trying again next pass.")
+        before = len(self.pending)
         for execution_id, execution in self.last.items():
             if execution_id not in self.pending:
                 continue
@@ -90,6 +96,7 @@ class _Wait:
                             "(E8, no new execution)"
                         )
                     )
+        self.finished_last_pass = len(self.pending) < before
 
     def processing(self) -> list[str]:
         """Pending executions AutoRetouch is still working on (IN_QA is a person's, not worth waiting for)."""
@@ -98,10 +105,11 @@ class _Wait:
 
     def pause(self) -> Iterator[Delivered]:
         """Until the next pass: deliveries drained as they finish. Short once nothing waits in the queue."""
-        queued = any(
-            e in self.last and self.last[e].status is ExecutionStatus.CREATED for e in self.processing()
-        )
+        processing = self.processing()
+        queued = [e for e in processing if e in self.last and self.last[e].status is ExecutionStatus.CREATED]
         pause = self.step.settings.poll_interval_seconds
+        if queued and len(queued) == len(processing) and not self.finished_last_pass:
+            pause *= QUEUED_PAUSE_FACTOR
         if not queued and self.fast_passes < MAX_FINAL_PASSES:  # all of them are being processed now
             pause, self.fast_passes = min(pause, FINAL_POLL_SECONDS), self.fast_passes + 1
         next_pass = time.monotonic() + min(pause, max(0.0, self.deadline - time.monotonic()))
