@@ -84,6 +84,12 @@ REALISM_OPTIONS = [
         default=None,
         help="A3 returns a new refresh token; rotate-and-revoke also revokes the used one (strict: off).",
     ),
+    click.option(
+        "--queue-order",
+        type=click.Choice(["oldest", "any"]),
+        default=None,
+        help="Which waiting execution a free worker starts: the oldest, or any (strict: any).",
+    ),
 ]
 
 

@@ -6,7 +6,7 @@ execution of a step; single reads (E4) only for the few not found in a bounded n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -25,13 +25,14 @@ def read_statuses(
     oldest: datetime | None = None,
     max_pages: int = 20,
     max_single_reads: int = 50,
+    created: Mapping[str, datetime | None] | None = None,
 ) -> dict[str, WorkflowExecution]:
     """Current state of many executions in one executions-list pass (E3) plus a few E4 reads.
 
     The list is read newest first (`_newest_pages`, whichever order the API lists in): paging stops when
     every id was found, when a whole page is older than `oldest` (minus a skew), or after `max_pages`. Ids
-    still unknown then are read one by one, at most `max_single_reads` of them (the rest are simply read on
-    the next pass).
+    still unknown then are read one by one (`_single_reads`), at most `max_single_reads` of them (the rest
+    are simply read on the next pass); with `created` (id -> when created), only those that can have moved.
     """
     wanted = set(execution_ids)
     found: dict[str, WorkflowExecution] = {}
@@ -45,11 +46,43 @@ def read_statuses(
                 wanted.discard(execution.id)
         if not wanted or (newer_came_first and _all_older(entries, cutoff)):
             break
-    for execution_id in list(wanted)[:max_single_reads]:
+    found.update(_single_reads(client, wanted, found, created, max_single_reads))
+    return found
+
+
+def _single_reads(
+    client: AutoRetouchClient,
+    unlisted: set[str],
+    listed: Mapping[str, WorkflowExecution],
+    created: Mapping[str, datetime | None] | None,
+    limit: int,
+) -> dict[str, WorkflowExecution]:
+    """E4 reads of executions the list did not show (too new for a lagging list, or beyond its pages).
+
+    With creation times they are read oldest first, and the reading stops at the first one still queued
+    (CREATED) or younger than a listed one still queued: the service starts its queue oldest first, so the
+    younger ones cannot have moved (docs/api-assumptions.md). Without that, a list that lags 10 s had a step
+    read each of its newest executions one by one on every pass while they waited behind other runs' work.
+    """
+    found: dict[str, WorkflowExecution] = {}
+    if created is None:
+        order = list(unlisted)
+        queued_since = None
+    else:
+        order = sorted(unlisted, key=lambda e: _utc(created.get(e) or datetime.min))
+        queued = [created.get(e.id) for e in listed.values() if e.status is ExecutionStatus.CREATED]
+        queued_since = min((_utc(t) for t in queued if t is not None), default=None)
+    for execution_id in order[:limit]:
+        at = created.get(execution_id) if created is not None else None
+        if queued_since is not None and at is not None and _utc(at) > queued_since:
+            break
         try:
-            found[execution_id] = client.get_execution(execution_id)
+            execution = client.get_execution(execution_id)
         except NotFoundError:
             continue
+        found[execution_id] = execution
+        if created is not None and execution.status is ExecutionStatus.CREATED:
+            break
     return found
 
 

@@ -21,7 +21,7 @@ from retouch_pipeline.processing.failures import (
     UnexpectedError,
 )
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
-from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, read_statuses
+from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, parse_time, read_statuses
 from retouch_pipeline.processing.step import Step
 
 # Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
@@ -60,6 +60,7 @@ class _Wait:
             if not item.failed and item.execution_id:
                 self.pending.setdefault(item.execution_id, []).append(item)
         self.oldest = oldest_of(i.execution_created_at for i in items)
+        self.created = {e: parse_time(group[0].execution_created_at) for e, group in self.pending.items()}
         self.deadline = time.monotonic() + step.settings.max_wait_seconds
         self.deliveries: dict[Future[OutputFacts], tuple[WorkItem, WorkflowExecution]] = {}
         self.last: dict[str, WorkflowExecution] = {}
@@ -76,6 +77,7 @@ class _Wait:
                 self.pending,
                 oldest=self.oldest,
                 max_pages=self.step.settings.max_status_pages,
+                created=self.created,
             )
         except AutoRetouchError as exc:
             self.step.log.warning(f"Status pass {self.passes} failed ({exc}); trying again next pass.")
@@ -105,10 +107,10 @@ class _Wait:
 
     def pause(self) -> Iterator[Delivered]:
         """Until the next pass: deliveries drained as they finish. Short once nothing waits in the queue."""
-        processing = self.processing()
-        queued = [e for e in processing if e in self.last and self.last[e].status is ExecutionStatus.CREATED]
+        known = {self.last[e].status for e in self.processing() if e in self.last}
+        queued = ExecutionStatus.CREATED in known
         pause = self.step.settings.poll_interval_seconds
-        if queued and len(queued) == len(processing) and not self.finished_last_pass:
+        if queued and ExecutionStatus.ACTIVE not in known and not self.finished_last_pass:
             pause *= QUEUED_PAUSE_FACTOR
         if not queued and self.fast_passes < MAX_FINAL_PASSES:  # all of them are being processed now
             pause, self.fast_passes = min(pause, FINAL_POLL_SECONDS), self.fast_passes + 1

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 import pytest
 
+from retouch_devtools.sandbox.realism import Realism
 from retouch_devtools.stack.inprocess import InProcessStack as Stack
 from retouch_pipeline.assets import EXECUTION, RETOUCHED, UPLOADED
-from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline.autoretouch import AutoRetouchClient, ImageRef
 from retouch_pipeline.autoretouch.constants import IDEMPOTENCY_LABEL
 from retouch_pipeline.processing.ledger import S3Ledger
 from retouch_pipeline.processing.wait import MAX_FINAL_PASSES
@@ -182,3 +185,63 @@ def test_the_first_images_decisions_are_looked_up_while_they_upload(
     assert result.success and len(created) == 3
     assert stack.charged() == 3 * stack.workflow["executionPrice"]
     assert max(created) - min(began) < 3.3, "the decisions were looked up only after the uploads"
+
+
+def test_a_step_queued_behind_other_work_reads_statuses_less_often(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    # Two AutoRetouch workers, busy 12 s with another client's 16 executions, started oldest first (the
+    # assumption under test, docs/api-assumptions.md row 18): the step's 4 executions wait in the queue behind
+    # them, unlisted for the strict list lag of 10 s (20 executions: one list page). A pass finding them all
+    # still queued (and nothing finished) is followed by twice the pause; an unlisted one is read by id only
+    # while nothing older of the step is still queued. Once processed, the step reads as often as before.
+    stack = make_stack(
+        processing_seconds=1.5, workers=2, realism=replace(Realism.strict(), queue_order="oldest")
+    )
+    with stack.client() as client:
+        workflow = client.get_workflow(stack.workflow["id"])
+        for i in range(16):
+            data = make_image(width=90 + i)
+            client.upload_image(data, filename=f"other-{i}.png", content_type="image/png")
+            ref = ImageRef(f"other-{i}.png", hashlib.sha256(data).hexdigest())
+            client.create_execution(workflow.id, image=ref, idempotency_key=f"other-{i}")
+    keys = [stack.put(f"queued/{i}.png", make_image(width=60 + i)) for i in range(4)]
+    stack.register(keys)
+    result = stack.run(keys, poll_interval_seconds=1.0)
+    calls = dict(stack.sandbox.state.accounting.calls)
+    assert result.success
+    assert set(stack.materializations(RETOUCHED, result)) == set(keys)
+    ours = [e for e in stack.executions() if not e.labels.get(IDEMPOTENCY_LABEL, "").startswith("other-")]
+    created = min(e.created_at for e in ours if e.created_at)
+    finished = max(e.finished_at for e in ours if e.finished_at)
+    span = (finished - created).total_seconds()
+    # a pass a second throughout would be about one per second of the span; with the longer pause while
+    # queued, about 0.7 of it
+    assert span > 9 and calls.get("E3", 0) < 0.85 * span, f"{calls.get('E3')} status passes in {span:.1f} s"
+    # reading every unlisted execution by id on each pass of the 10 s was 4 reads a pass
+    assert calls.get("E4", 0) <= 10, f"{calls.get('E4')} single reads"
+    delivered = max(
+        entry.timestamp
+        for entry in stack.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if entry.asset_materialization and entry.asset_materialization.asset_key == RETOUCHED
+    )
+    assert delivered - finished.timestamp() < 3.0
+
+
+def test_a_service_starting_its_queue_in_any_order_still_delivers_every_image(
+    make_stack: Callable[..., Stack], make_image: Callable[..., bytes]
+) -> None:
+    # The strict sandbox starts any waiting execution: the status passes' shortcuts (row 18) only assume an
+    # order for speed, so every image is still delivered, each bought once.
+    stack = make_stack(processing_seconds=0.5, workers=2)
+    assert stack.sandbox.state.config.realism.queue_order == "any"
+    keys = [stack.put(f"any/{i}.png", make_image(width=50 + i)) for i in range(10)]
+    stack.register(keys)
+    result = stack.run(keys, poll_interval_seconds=1.0)
+    assert result.success
+    assert set(stack.materializations(RETOUCHED, result)) == set(keys)
+    assert stack.charged() == 10 * stack.workflow["executionPrice"]
+    started = sorted(
+        (e.started_at, e.created_at) for e in stack.executions() if e.started_at and e.created_at
+    )
+    assert [c for _, c in started] != sorted(c for _, c in started), "the sandbox started them oldest first"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -36,6 +37,29 @@ BATCH_LABELS = ("autoretouch_batch_id", "autoretouch_batch_name", "autoretouch_b
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class _WaitingExecutions(queue.Queue[str | None]):
+    """Executions waiting for a worker: the oldest starts first, or any of them (`Realism.queue_order`).
+
+    Why `any`: the service's queue order is not documented, and the pipeline reads statuses faster when it
+    may assume oldest first (docs/api-assumptions.md, row 18); the strict sandbox does not let it.
+    """
+
+    def __init__(self, order: Callable[[], str]) -> None:
+        super().__init__()
+        self._order, self._random = order, random.Random()
+
+    def _get(self) -> str | None:
+        waiting = self.queue
+        if self._order() == "any":
+            executions = [i for i, e in enumerate(waiting) if e is not None]
+            if len(executions) > 1:
+                index = self._random.choice(executions)
+                picked: str | None = waiting[index]
+                del waiting[index]
+                return picked
+        return waiting.popleft()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -120,7 +144,7 @@ class ExecutionEngine:
         self.lock = threading.RLock()
         self._executions: dict[str, Execution] = {}
         self._seq = 0
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[str | None] = _WaitingExecutions(lambda: self.config.realism.queue_order)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, name=f"sandbox-worker-{i}", daemon=True)

@@ -32,6 +32,8 @@ FailedResults = Literal["conflict", "not-found", "empty"]
 FAILED_RESULTS: tuple[FailedResults, ...] = ("conflict", "not-found", "empty")
 StreamFormat = Literal["simple", "messy"]
 STREAM_FORMATS: tuple[StreamFormat, ...] = ("simple", "messy")
+QueueOrder = Literal["oldest", "any"]
+QUEUE_ORDERS: tuple[QueueOrder, ...] = ("oldest", "any")
 Rotation = Literal["off", "rotate", "rotate-and-revoke"]
 ROTATIONS: tuple[Rotation, ...] = ("off", "rotate", "rotate-and-revoke")
 LEVELS = ("lenient", "strict")
@@ -82,6 +84,9 @@ class Realism:
     follows `rotate`; only the credentials file (CLI) follows `rotate-and-revoke`, Dagster's variable cannot
     (docs/api-assumptions.md)."""
 
+    queue_order: QueueOrder = "oldest"
+    """Which waiting execution a free worker starts: the `oldest`, or `any` of them (picked at random)."""
+
     @classmethod
     def lenient(cls) -> Realism:
         return cls()
@@ -102,6 +107,7 @@ class Realism:
             failed_results="empty",
             stream_format="messy",
             rotate_refresh_tokens="off",  # not "rotate": the official client crashes on it (see the field)
+            queue_order="any",
         )
 
     @classmethod
@@ -116,6 +122,7 @@ class Realism:
             ("failed_results", FAILED_RESULTS),
             ("stream_format", STREAM_FORMATS),
             ("rotate_refresh_tokens", ROTATIONS),
+            ("queue_order", QUEUE_ORDERS),
         ):
             if name in changes and changes[name] not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
