@@ -57,11 +57,11 @@ from retouch_pipeline.processing.wait import wait_and_deliver
 CREATE_BATCH = 16
 FLUSH_AFTER_SECONDS = 0.5
 BUYING_AT_ONCE = 4
-LOOKING_AHEAD_AT_ONCE = 4
-"""Decisions of the first images looked up at once while they upload (`create.Lookahead`)."""
 """Batches being bought at once (decided, claimed, created, recorded). Each purchase is a few round trips;
 one at a time, the images uploaded meanwhile waited for it, and AutoRetouch's first round filled seconds
 after the first create."""
+LOOKING_AHEAD_AT_ONCE = 4
+"""Decisions of the first images looked up at once while they upload (`create.Lookahead`)."""
 
 
 @dataclass(frozen=True)
