@@ -166,7 +166,8 @@ def test_failed_then_retry(sandbox_factory: Any, api_for: Any, make_image: Any) 
 
 
 def test_status_stream_is_server_sent_events(sandbox_factory: Any, api_for: Any, make_image: Any) -> None:
-    simple = Realism.named("strict", stream_format="simple")  # the messy one: test_realism.py
+    # the messy stream format: test_realism.py; the blocker only holds the queue if it starts first
+    simple = Realism.named("strict", stream_format="simple", queue_order="oldest")
     api = api_for(sandbox_factory(processing_seconds=0.3, workers=1, realism=simple))
     content_hash = api.upload(make_image())
     blocker = api.create(content_hash)
