@@ -3,11 +3,12 @@ half alone, run by run.
 
 Why: `make bench` gives one timeline for the whole cold collection; tuning how it is cut into runs needs each
 run's own: created (the daemon submits runs one after another), planned events written, queued, started,
-first and last materialization. With `--py-spy PATH` (py-spy installed anywhere; not a project dependency) the
-code server and its run workers are profiled meanwhile into PATH (`--format raw`). Same stack and images as
-`make bench` (T = 5 s, W = 16); no official client, no targets. `--launch sensor` (default) is `make bench`'s
-cold path (the catalog sensor switched on over the new images), `--launch backfill` the UI's "Materialize
-selected" backfill over the same images, for comparison. docs/performance.md cites its figures.
+first and last materialization; then the API calls of the whole collection. With `--py-spy PATH` (py-spy
+installed anywhere; not a project dependency) the code server and its run workers are profiled meanwhile
+into PATH (`--format raw`). Same stack and images as `make bench` (T = 5 s, W = 16); no official client, no
+targets. `--launch sensor` (default) is `make bench`'s cold path (the catalog sensor switched on over the new
+images), `--launch backfill` the UI's "Materialize selected" backfill over the same images, for comparison.
+docs/performance.md cites its figures.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(2)
+        stack.sandbox.reset_calls()
         cold = bench.cold_launch(stack, args.launch, names, "cold")
+        calls = bench.api_calls(stack)
         launched_wall, total = cold.launched_wall, cold.seconds
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         stats = bench.run_stats(stack, cold.runs, launched_wall)
         print("creates left unconfirmed:", stats.unconfirmed_creates)
+        status = sum(calls.get(k, 0) for k in ("E3", "E4", "E5"))
+        print(f"API calls: {json.dumps(calls, sort_keys=True)}; status reads per image {status / n:.2f}")
         if args.launch == "sensor":
             print("sensor ticks (start, end, runs):", bench.sensor_ticks(stack, launched_wall))
         print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start, w)))

@@ -360,6 +360,7 @@ def _spend(step: Step, item: WorkItem) -> str | None:
         return item.execution_id
     labels = batch_labels(item.collection, step.batch_scope, step.batch_created_at)
     item.batch_id = labels["autoretouch_batch_id"]
+    step.list_positions.creating()
     return step.client.create_execution(
         step.workflow.id,
         image=ImageRef(item.relative_key.rsplit("/", 1)[-1], item.content_hash or ""),

@@ -130,6 +130,8 @@ def upload_and_create(
         ThreadPoolExecutor(BUYING_AT_ONCE, thread_name_prefix="buy") as buyers,
         ThreadPoolExecutor(LOOKING_AHEAD_AT_ONCE, thread_name_prefix="lookahead") as lookups,
     ):
+        if stages.create:  # before the first create: where the step's executions will be listed
+            buyers.submit(step.list_positions.measure_floor, step.client, step.workflow.id)
         lookahead = Lookahead(step, lookups, CREATE_BATCH) if streaming else None
         buy = partial(_buy_new, step, pool, lookahead) if streaming else _buy_nothing
         upload = partial(validate_and_upload, hashed=lookahead.start if lookahead is not None else None)

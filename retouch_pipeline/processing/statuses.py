@@ -1,7 +1,8 @@
 """Where executions stand at AutoRetouch, read for many at once: never one poll per image.
 
 One pass over the executions list (E3, read newest first whatever order the API lists in) answers for every
-execution of a step; single reads (E4) only for the few not found in a bounded number of pages.
+execution of a step; single reads (E4) only for the few not found in a bounded number of pages. A step that
+keeps `ListPositions` reads only the pages its executions were found on last time (`list_positions`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, ExecutionStatus, NotFoundError, WorkflowExecution
+from retouch_pipeline.processing.list_positions import ListPositions, as_utc
 
 PENDING_STATUSES = frozenset({ExecutionStatus.CREATED, ExecutionStatus.ACTIVE, ExecutionStatus.IN_QA})
 RETRYABLE_STATUSES = frozenset({ExecutionStatus.FAILED, ExecutionStatus.PAYMENT_REQUIRED})
@@ -26,6 +28,7 @@ def read_statuses(
     max_pages: int = 20,
     max_single_reads: int = 50,
     created: Mapping[str, datetime | None] | None = None,
+    positions: ListPositions | None = None,
 ) -> dict[str, WorkflowExecution]:
     """Current state of many executions in one executions-list pass (E3) plus a few E4 reads.
 
@@ -33,20 +36,42 @@ def read_statuses(
     every id was found, when a whole page is older than `oldest` (minus a skew), or after `max_pages`. Ids
     still unknown then are read one by one (`_single_reads`), at most `max_single_reads` of them (the rest
     are simply read on the next pass); with `created` (id -> when created), only those that can have moved.
+    With `positions` (and `created`), the remembered pages first; the list newest first only for the rest.
     """
     wanted = set(execution_ids)
     found: dict[str, WorkflowExecution] = {}
     if not wanted:
         return found
+    search = wanted
+    if positions is not None and created is not None:
+        found = positions.read(client, workflow_id, wanted, created, max_pages)
+        search = positions.to_search(wanted - found.keys(), created)
+    if search:
+        found.update(_search_newest_first(client, workflow_id, search, oldest, max_pages, positions))
+    unlisted = wanted - found.keys()
+    found.update(_single_reads(client, unlisted, found, created, max_single_reads))
+    return found
+
+
+def _search_newest_first(
+    client: AutoRetouchClient,
+    workflow_id: str,
+    wanted: set[str],
+    oldest: datetime | None,
+    max_pages: int,
+    positions: ListPositions | None,
+) -> dict[str, WorkflowExecution]:
+    """Pages newest first until every id was found, a page is older than `oldest` (minus a skew), or
+    `max_pages`; where a page's offset in an oldest-first list is known, `positions` remembers it."""
+    found: dict[str, WorkflowExecution] = {}
     cutoff = (oldest.astimezone(UTC) - LIST_SKEW) if oldest else None
-    for entries, newer_came_first in _newest_pages(client, workflow_id, max_pages):
-        for execution in entries:
-            if execution.id in wanted:
-                found[execution.id] = execution
-                wanted.discard(execution.id)
-        if not wanted or (newer_came_first and _all_older(entries, cutoff)):
+    for offset, entries, newer_came_first in _newest_pages(client, workflow_id, max_pages):
+        if positions is not None and offset is not None:
+            positions.note(offset, entries, wanted, found)  # found, and where
+        else:
+            found.update((e.id, e) for e in entries if e.id in wanted)
+        if not wanted - found.keys() or (newer_came_first and _all_older(entries, cutoff)):
             break
-    found.update(_single_reads(client, wanted, found, created, max_single_reads))
     return found
 
 
@@ -69,12 +94,12 @@ def _single_reads(
         order = list(unlisted)
         queued_since = None
     else:
-        order = sorted(unlisted, key=lambda e: _utc(created.get(e) or datetime.min))
+        order = sorted(unlisted, key=lambda e: as_utc(created.get(e) or datetime.min))
         queued = [created.get(e.id) for e in listed.values() if e.status is ExecutionStatus.CREATED]
-        queued_since = min((_utc(t) for t in queued if t is not None), default=None)
+        queued_since = min((as_utc(t) for t in queued if t is not None), default=None)
     for execution_id in order[:limit]:
         at = created.get(execution_id) if created is not None else None
-        if queued_since is not None and at is not None and _utc(at) > queued_since:
+        if queued_since is not None and at is not None and as_utc(at) > queued_since:
             break
         try:
             execution = client.get_execution(execution_id)
@@ -88,9 +113,10 @@ def _single_reads(
 
 def _newest_pages(
     client: AutoRetouchClient, workflow_id: str, max_pages: int
-) -> Iterator[tuple[list[WorkflowExecution], bool]]:
-    """Pages of the executions list, the newest executions first, at most `max_pages`; each with whether
-    every newer page came before it (only then does a page older than the cutoff end the search).
+) -> Iterator[tuple[int | None, list[WorkflowExecution], bool]]:
+    """Pages of the executions list, the newest executions first, at most `max_pages`; each with its offset
+    when the list is oldest first (else None) and whether every newer page came before it (only then does a
+    page older than the cutoff end the search).
 
     Why: a step waits for the executions it created last, and the list's order is not documented (docs/
     api-assumptions.md). When the first page is oldest first and the list is longer, the rest is read from
@@ -98,13 +124,14 @@ def _newest_pages(
     page; any other order is read forward, as listed.
     """
     first = client.executions_page(workflow_id, 0)
-    backwards = _oldest_first(first.entries) and len(first.entries) < first.total
-    yield first.entries, not backwards
+    oldest_first = _oldest_first(first.entries)
+    backwards = oldest_first and len(first.entries) < first.total
+    yield (0 if oldest_first else None), first.entries, not backwards
     if len(first.entries) >= first.total or not first.entries:
         return
     if not backwards:
         for page in islice(client.iter_execution_pages(workflow_id, len(first.entries)), max_pages - 1):
-            yield page.entries, True
+            yield None, page.entries, True
         return
     end = first.total
     # The service may cap a page below `page_size` (what the first page brought is its real size): a step
@@ -115,7 +142,7 @@ def _newest_pages(
         page = client.executions_page(workflow_id, offset)
         if not page.entries:
             return
-        yield page.entries, True
+        yield offset, page.entries, True
         if offset <= len(first.entries):
             return
         end = offset
@@ -123,18 +150,14 @@ def _newest_pages(
 
 def _oldest_first(entries: list[WorkflowExecution]) -> bool:
     times = [e.created_at for e in entries if e.created_at is not None]
-    return len(times) >= 2 and _utc(times[0]) < _utc(times[-1])
+    return len(times) >= 2 and as_utc(times[0]) < as_utc(times[-1])
 
 
 def _all_older(entries: list[WorkflowExecution], cutoff: datetime | None) -> bool:
     """Every execution of the page was created before `cutoff` (so every further page is older too)."""
     if cutoff is None or not entries:
         return False
-    return all(e.created_at is not None and _utc(e.created_at) < cutoff for e in entries)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return all(e.created_at is not None and as_utc(e.created_at) < cutoff for e in entries)
 
 
 def parse_time(value: str | None) -> datetime | None:

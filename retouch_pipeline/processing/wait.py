@@ -78,6 +78,7 @@ class _Wait:
                 oldest=self.oldest,
                 max_pages=self.step.settings.max_status_pages,
                 created=self.created,
+                positions=self.step.list_positions,
             )
         except AutoRetouchError as exc:
             self.step.log.warning(f"Status pass {self.passes} failed ({exc}); trying again next pass.")
