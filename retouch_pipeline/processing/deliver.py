@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -104,7 +105,10 @@ def move_output(s3: S3Client, bucket: str, old: str, new: str) -> None:
     s3.delete_object(Bucket=bucket, Key=old)
 
 
-WRITE_PROBE = f"{RESERVED_DIR}/write-check"  # inside the reserved folder: never taken for an output
+WRITE_PROBE = f"{RESERVED_DIR}/write-check"
+"""Where the probes go: inside the reserved folder, never taken for an output. Each step's probe has a name of
+its own (`-<random hex>`): with one shared name, a step deleting its probe let another step's `If-None-Match:
+*` PUT succeed, and that step failed every image as if the store ignored conditional writes."""
 
 
 def check_output_writable(step: Step) -> OutputBucketUnusable | None:
@@ -117,7 +121,8 @@ def check_output_writable(step: Step) -> OutputBucketUnusable | None:
     (`ConditionalWritesUnsupported`, docs/durability.md); any other error is left to the delivery (transient).
     """
     catalog = step.catalog
-    probe = "/".join(p for p in (catalog.output_prefix_normalized(), WRITE_PROBE) if p)
+    name = f"{WRITE_PROBE}-{uuid.uuid4().hex}"
+    probe = "/".join(p for p in (catalog.output_prefix_normalized(), name) if p)
     try:
         step.s3.put_object(Bucket=catalog.output_bucket, Key=probe, Body=b"")
         ignored = conditional_write_problem(step.s3, catalog.output_bucket, probe)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from retouch_devtools.stack.s3 import ignoring_conditional_writes, new_bucket, s3_client
+from retouch_pipeline.processing.deliver import check_output_writable
 from retouch_pipeline.processing.ledger import (
     STALE_INTENT_SECONDS,
     S3Ledger,
@@ -105,3 +107,34 @@ def test_the_probe_names_a_store_that_ignores_conditional_writes(moto_url: str) 
     ledger = S3Ledger(client, bucket, "retouched/")
     assert ledger.claim({KEY: intent("run-a")}, never_ended) == {}
     assert ledger.claim({KEY: intent("run-b")}, never_ended) == {}  # what the probe exists to prevent
+
+
+def test_two_steps_checking_the_store_at_once_do_not_see_each_others_probe(moto_url: str) -> None:
+    """Step B runs its whole check (PUT, two conditional PUTs, DELETE) between step A's PUT and A's first
+    conditional PUT, as two runs starting together can. With one probe name for every step, B's DELETE let
+    A's `If-None-Match: *` PUT succeed, and A failed every image with ConditionalWritesUnsupported."""
+    client: Any = s3_client(moto_url)
+    bucket = new_bucket(client, "probes")
+
+    def step(s3: Any) -> Any:
+        catalog = SimpleNamespace(output_bucket=bucket, output_prefix_normalized=lambda: "retouched/")
+        return SimpleNamespace(catalog=catalog, s3=s3, log=SimpleNamespace(warning=print))
+
+    class Interleaved:
+        """Step A's S3 client: B's check runs just before A's first conditional PUT."""
+
+        def __init__(self) -> None:
+            self.b_result: Any = "not run"
+
+        def put_object(self, **kwargs: Any) -> Any:
+            if "IfNoneMatch" in kwargs and self.b_result == "not run":
+                self.b_result = check_output_writable(step(client))
+            return client.put_object(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+    a_client = Interleaved()
+    assert check_output_writable(step(a_client)) is None
+    assert a_client.b_result is None
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # both probes deleted
