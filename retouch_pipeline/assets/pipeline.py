@@ -53,8 +53,8 @@ from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 # Images per run of a backfill (`BackfillPolicy.multi_run`). Why 100: the backfill daemon submits a backfill's
 # runs one after another and writes one planned event per asset and partition before each, so AutoRetouch
-# gets its first work only after the first run was submitted and started; with 4 runs in flight per backfill
-# (deploy/dagster.yaml) 400 images keep the service busy while the next runs start (figures:
+# gets its first work only after the first run was submitted and started; with 6 runs in flight per backfill
+# (deploy/dagster.yaml) 600 images keep the service busy while the next runs start (figures:
 # docs/performance.md). Also the catalog sensor's batch (CATALOG_BATCH_SIZE): one sensor batch, one run.
 MAX_PARTITIONS_PER_RUN = 100
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
