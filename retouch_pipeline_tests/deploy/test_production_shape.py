@@ -15,9 +15,11 @@ from typing import Any
 import dagster as dg
 import psycopg2
 import pytest
+import yaml
 
 from retouch_devtools.devstack import seed_catalog
 from retouch_devtools.stack.deploy import (
+    DEPLOY_DAGSTER_YAML,
     PG_HOST,
     PG_PASSWORD,
     PG_PORT,
@@ -204,8 +206,14 @@ def test_processes_share_the_postgres_instance(deploy_stack: DeployStack) -> Non
     assert {"runs", "event_logs", "jobs", "job_ticks", "bulk_actions", "concurrency_limits"} <= tables
     inst = instance(deploy_stack)
     assert inst.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
-    assert inst.get_concurrency_config().pool_config.default_pool_limit == 6
+    assert inst.get_concurrency_config().pool_config.default_pool_limit == pool_limit()
     assert daemons_healthy(deploy_stack, REQUIRED_DAEMONS)
+
+
+def pool_limit() -> int:
+    """`pools.default_limit` as deploy/dagster.yaml says it."""
+    limit: int = yaml.safe_load(DEPLOY_DAGSTER_YAML.read_text())["concurrency"]["pools"]["default_limit"]
+    return limit
 
 
 def register(stack: DeployStack, partition_keys: list[str]) -> None:
@@ -239,7 +247,7 @@ def test_collection_backfill_through_graphql(deploy_stack: DeployStack) -> None:
     assert table_dict(costs["by_collection"]) == {"spring-2026": 6 * price(deploy_stack)}
     # The catalog step's pool exists with the limit of deploy/dagster.yaml (pools.default_limit).
     pool = instance(deploy_stack).event_log_storage.get_concurrency_info(POOL)
-    assert pool.slot_count == 6
+    assert pool.slot_count == pool_limit()
 
 
 def test_daemon_killed_mid_backfill(deploy_stack: DeployStack) -> None:
