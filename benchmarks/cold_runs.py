@@ -21,16 +21,19 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from dagster._core.events import DagsterEventType
 
 from benchmarks import pipeline as bench
 from benchmarks.__main__ import SANDBOX_WORK_SIDE
 from benchmarks.images import catalog_jpeg
-from benchmarks.stack import running_stack
+from benchmarks.stack import Stack, running_stack
 from retouch_devtools.stack.env import SOURCE_PREFIX
+from retouch_pipeline.autoretouch import WorkflowExecution
 
 RUN_EVENTS = (
     DagsterEventType.RUN_ENQUEUED,
@@ -97,14 +100,48 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(f"{kind.value.lower()} {after(kind)}" for kind in RUN_EVENTS)
                 + f" materializations {after(mats)}-{after(mats, max)}"
             )
+            print("    " + _by_asset(inst.all_logs(run_id, of_type=mats), launched_wall))
         stats = bench.run_stats(stack, cold.runs, launched_wall)
         print("creates left unconfirmed:", stats.unconfirmed_creates)
         status = sum(calls.get(k, 0) for k in ("E3", "E4", "E5"))
         print(f"API calls: {json.dumps(calls, sort_keys=True)}; status reads per image {status / n:.2f}")
         if args.launch == "sensor":
             print("sensor ticks (start, end, runs):", bench.sensor_ticks(stack, launched_wall))
+        for line in _service_by_batch(stack, launched_wall):
+            print(line)
         print(json.dumps(bench.service_timeline(stack, launched_wall, stats.first_step_start, w)))
     return 0
+
+
+def _service_by_batch(stack: Stack, launched_wall: float) -> list[str]:
+    """Per AutoRetouch batch (one per run): its executions created, started and finished, seconds after
+    launch (sandbox timestamps), so a run that ends late shows whether the service or the run was slow."""
+    batches: dict[str, list[WorkflowExecution]] = {}
+    for e in bench.executions_since(stack, launched_wall):
+        batches.setdefault(e.labels.get("autoretouch_batch_id", "?"), []).append(e)
+
+    def span(values: list[datetime | None]) -> str:
+        stamps = [v.timestamp() - launched_wall for v in values if v is not None]
+        return f"{min(stamps):.1f}-{max(stamps):.1f}" if stamps else "-"
+
+    lines = []
+    for batch, execs in sorted(
+        batches.items(), key=lambda b: min(e.created_at for e in b[1] if e.created_at)
+    ):
+        lines.append(
+            f"batch {batch[:8]} {len(execs)}: created {span([e.created_at for e in execs])} started "
+            f"{span([e.started_at for e in execs])} finished {span([e.finished_at for e in execs])}"
+        )
+    return lines
+
+
+def _by_asset(entries: Sequence[Any], launched_wall: float) -> str:
+    """Per asset of a run: materializations, first-last seconds after launch (which stage took the time)."""
+    stamps: dict[str, list[float]] = {}
+    for entry in entries:
+        key = entry.dagster_event.asset_key if entry.dagster_event else None
+        stamps.setdefault(key.to_user_string() if key else "?", []).append(entry.timestamp - launched_wall)
+    return ", ".join(f"{k} {len(v)}: {min(v):.1f}-{max(v):.1f}" for k, v in sorted(stamps.items()))
 
 
 if __name__ == "__main__":

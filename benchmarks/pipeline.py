@@ -305,6 +305,22 @@ def _is_unconfirmed(entry: dg.EventLogEntry) -> bool:
     return status is not None and status.value == UNCONFIRMED
 
 
+def executions_since(stack: Stack, since_wall: float) -> list[WorkflowExecution]:
+    """The sandbox's executions created at or after `since_wall` (epoch seconds), read through the client."""
+    client = AutoRetouchClient(
+        stack.sandbox.url,
+        stack.sandbox.info["auth_url"],
+        refresh_token=stack.sandbox.info["refresh_token"],
+        organization_id=stack.sandbox.info["organization_id"],
+    )
+    with client:
+        return [
+            e
+            for e in client.iter_executions(stack.sandbox.workflow["id"])
+            if e.created_at and e.created_at.timestamp() >= since_wall
+        ]
+
+
 def service_timeline(
     stack: Stack, since_wall: float, step_start: float | None, workers: int = 16
 ) -> dict[str, Any]:
@@ -314,18 +330,7 @@ def service_timeline(
     first upload and create), gaps while it works (the service idle inside its own busy window) and what
     comes after its last result (status pass, download, S3 write). Read after the API-call count.
     """
-    client = AutoRetouchClient(
-        stack.sandbox.url,
-        stack.sandbox.info["auth_url"],
-        refresh_token=stack.sandbox.info["refresh_token"],
-        organization_id=stack.sandbox.info["organization_id"],
-    )
-    with client:
-        executions = [
-            e
-            for e in client.iter_executions(stack.sandbox.workflow["id"])
-            if e.created_at and e.created_at.timestamp() >= since_wall
-        ]
+    executions = executions_since(stack, since_wall)
     if not executions:
         return {}
 
