@@ -24,8 +24,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from benchmarks import pipeline as bench
@@ -135,7 +135,7 @@ def _service_by_batch(stack: Stack, launched_wall: float) -> list[str]:
     return lines
 
 
-def _by_asset(entries: Sequence[Any], launched_wall: float) -> str:
+def _by_asset(entries: Sequence[dg.EventLogEntry], launched_wall: float) -> str:
     """Per asset of a run: materializations, first-last seconds after launch (which stage took the time)."""
     stamps: dict[str, list[float]] = {}
     for entry in entries:

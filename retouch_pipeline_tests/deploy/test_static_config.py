@@ -64,7 +64,7 @@ def test_dagster_yaml_passes_dagsters_own_validation(tmp_path: Path) -> None:
     assert config["concurrency"]["pools"]["default_limit"] >= 1
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "dagster/backfill", "value": {"applyLimitPerUniqueValue": True}, "limit": 6} in limits
-    # the catalog sensor's runs (no backfill) are held to the same 4 per collection
+    # the catalog sensor's runs (no backfill) are held to the same 6 per collection
     assert {"key": "retouch/collection", "value": {"applyLimitPerUniqueValue": True}, "limit": 6} in limits
     assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
     assert config["run_monitoring"]["max_runtime_seconds"] > 0
