@@ -25,9 +25,11 @@ from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, pa
 from retouch_pipeline.processing.step import Step
 
 # Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
-# results are seconds away, and a full pass interval would add up to that much to the end of every run. At
-# most MAX_FINAL_PASSES of them per wait, so a slow service does not turn into one read per second.
-FINAL_POLL_SECONDS = 1.0
+# results are seconds away, and a full pass interval would add up to that much to the end of every run (half
+# a pass on average to the run's last delivery). At most MAX_FINAL_PASSES of them per wait, so a slow service
+# does not turn into two reads per second; a pass then reads only the pages its executions are on
+# (`ListPositions`), one or two for the few left.
+FINAL_POLL_SECONDS = 0.5
 MAX_FINAL_PASSES = 10
 # A pass that finished nothing while every execution of the step still waits in AutoRetouch's queue (behind
 # other runs' executions) is followed by a longer pause: none of them can finish before it starts, and each
