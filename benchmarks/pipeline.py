@@ -128,10 +128,10 @@ def wait_outputs(stack: Stack, collection: str, names: list[str], timeout: float
     """Until the output image of every source in `names` is in S3: a listing every second, then, once the
     last round of the service is due (`LAST_ROUND` missing), a HEAD of each missing key every 0.05 s.
 
-    Why: the clock stops here, and the official client's stops when `process_folder` returns. A listing
-    (with a new client each time) took 0.2-0.5 s of this process on the loaded machine and moto's, so the
-    clock had stopped up to ~0.8 s after the last output was written; one client and a read of the few
-    missing keys put the stop within ~0.1 s of it."""
+    Why: the clock stops here, and the official client's stops when `process_folder` returns, with no
+    polling of the benchmark's own in it. A listing with a new client every 0.2 s put a polling delay of its
+    own on the pipeline's clock (docs/performance.md, session 14); one client and a read of the few missing
+    keys stop it within one short poll of the last output."""
     s3 = stack.s3()
     missing = {output_key(OUTPUT_PREFIX, name, "png") for name in names}
     deadline = time.monotonic() + timeout
@@ -504,9 +504,9 @@ def cold_and_rerun(
     put_objects(stack, {SOURCE_PREFIX + name: data for name, data in new_bytes.items()}, "image/jpeg")
     for name, data in new_bytes.items():
         (folder / name.split("/")[-1]).write_bytes(data)
-    outputs = output_images(stack.s3(), collection)
-    deleted = [output_key(OUTPUT_PREFIX, name, "png") for name in names[k : 2 * k]]
     s3 = stack.s3()
+    outputs = output_images(s3, collection)
+    deleted = [output_key(OUTPUT_PREFIX, name, "png") for name in names[k : 2 * k]]
     for key in deleted:
         s3.delete_object(Bucket=BUCKET, Key=key)
         s3.delete_object(Bucket=BUCKET, Key=sidecar_key(key))
