@@ -90,9 +90,12 @@ def test_production_definitions_load_offline_without_workflow_id() -> None:
     assert out.stdout.split()[-2:] == ["None", "AUTORETOUCH_WORKFLOW_ID"]
 
 
-def test_dg_list_defs_lists_every_kind_of_definition() -> None:
-    """Issue 14: `dg list defs` (the README's command) on this dg project, offline, only the bucket set."""
-    env = {**SHOP, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "HOME": str(REPO)}
+def test_dg_list_defs_lists_every_kind_of_definition(tmp_path: Path) -> None:
+    """Issue 14: `dg list defs` (the README's command) on this dg project, offline, only the bucket set.
+
+    HOME is a fresh directory: dg writes its telemetry under ~/.dagster, which must land neither in the
+    developer's home nor in the repository."""
+    env = {**SHOP, "PATH": "/usr/bin:/bin", "HTTPS_PROXY": "http://127.0.0.1:9", "HOME": str(tmp_path)}
     dg_cli = Path(sys.executable).with_name("dg")
     out = subprocess.run(
         [str(dg_cli), "list", "defs", "--json"],
