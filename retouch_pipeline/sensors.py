@@ -7,7 +7,8 @@ this sensor
 1. reads the `autoretouch_execution` and `retouched_image` materializations recorded since its cursor
    (incremental: O(new events), not O(history)) and keeps a map partition -> execution of those without a
    result;
-2. considers only entries whose recording run has finished (a running step is still downloading them itself);
+2. considers only entries whose recording run has finished (a running step is still downloading them itself)
+   and, for an execution handed to the collection's next run (`processing.handover`), that run too;
 3. reads their statuses in ONE batched pass (executions list, E3), and
 4. requests `retouched_image` for the finished ones (COMPLETED: download; FAILED/PAYMENT_REQUIRED: the step
    records an explained failure) as runs over contiguous partition ranges, one collection per run (the
@@ -47,7 +48,7 @@ from retouch_pipeline.assets.common import (
     metadata_value,
     observation_metadata,
 )
-from retouch_pipeline.assets.presentation import UNCONFIRMED
+from retouch_pipeline.assets.presentation import HANDED_TO, UNCONFIRMED
 from retouch_pipeline.autoretouch import (
     AutoRetouchClient,
     AutoRetouchError,
@@ -93,6 +94,7 @@ class PendingCursor(SensorCursor):
     after_execution: int | None = None
     after_retouched: int | None = None
     after_unconfirmed: int | None = None
+    after_handover: int | None = None
     pending: dict[str, PendingEntry] = Field(default_factory=dict)
     unconfirmed: dict[str, UnconfirmedEntry] = Field(default_factory=dict)
 
@@ -113,6 +115,21 @@ def _absorb_unconfirmed(instance: dg.DagsterInstance, cursor: PendingCursor) -> 
                 run_id=record.run_id,
                 storage_id=record.storage_id,
             )
+        if count >= MAX_EVENTS_PER_TICK:
+            break
+
+
+def _absorb_handovers(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
+    """Pending notes naming the run an execution was handed to (`processing.handover`): the entry waits for
+    that run to end, not for the run that recorded the execution."""
+    for count, record in enumerate(
+        iter_materializations(instance, RETOUCHED, cursor.after_handover, observations=True), 1
+    ):
+        cursor.after_handover = record.storage_id
+        meta = observation_metadata(record)
+        entry = cursor.pending.get(record.partition_key or "")
+        if entry and entry.execution_id == metadata_value(meta, "execution_id"):
+            entry.run_id = str(metadata_value(meta, HANDED_TO) or record.run_id)
         if count >= MAX_EVENTS_PER_TICK:
             break
 
@@ -138,6 +155,7 @@ def _absorb_events(instance: dg.DagsterInstance, cursor: PendingCursor) -> None:
         entry = cursor.pending.get(record.partition_key or "")
         if entry and entry.execution_id == metadata_value(materialization_metadata(record), "execution_id"):
             del cursor.pending[record.partition_key or ""]
+    _absorb_handovers(instance, cursor)
 
 
 def _finished_runs(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:

@@ -26,9 +26,17 @@ from retouch_pipeline.processing.item import WorkItem
 OWNERS = ["team:catalog-data"]
 """Dagster owners of every asset (an email or `team:<name>`); shown on the asset pages and filterable."""
 SHOWN_FAILURES = 50
+HANDED_TO = "handed_to"
+"""Metadata of a pending note: the run that took the execution over (the pending sensor waits for its end)."""
 
 
-def pending_sentence(status: str, created_at: str | None) -> str:
+def pending_sentence(status: str, created_at: str | None, handed_to: str | None = None) -> str:
+    if handed_to:
+        return (
+            f"Still {status} at AutoRetouch when this run handed it to run {handed_to}, the next run of its "
+            "collection, which downloads the result when it completes (no new charge; should that run not "
+            "deliver it, the pending-executions sensor does)."
+        )
     if status == "IN_QA":
         return (
             f"Waiting for AutoRetouch's quality review (IN_QA) since {created_at or 'creation'}. Nothing to "
@@ -78,7 +86,8 @@ def failure_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
 def pending_observation(item: WorkItem, execution_link: str | None) -> dg.AssetObservation:
     """`retouched_image`'s note for a partition whose execution is still IN_QA (or processing)."""
     status = item.pending_status or "UNKNOWN"
-    sentence = pending_sentence(status, item.execution_created_at)
+    sentence = pending_sentence(status, item.execution_created_at, item.handed_to)
+    handed_to = {HANDED_TO: dg.MetadataValue.dagster_run(item.handed_to)} if item.handed_to else {}
     return dg.AssetObservation(
         asset_key=RETOUCHED,
         partition=item.partition_key,
@@ -88,6 +97,7 @@ def pending_observation(item: WorkItem, execution_link: str | None) -> dg.AssetO
             "failure_class": "qa_pending" if status == "IN_QA" else "processing",
             "message": dg.MetadataValue.text(sentence),
             "execution_status": status,
+            **handed_to,
             **_common(item, execution_link),
         },
         tags=collection_tags(item.collection),

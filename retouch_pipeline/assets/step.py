@@ -30,6 +30,7 @@ from retouch_pipeline.assets.presentation import (
 )
 from retouch_pipeline.assets.records import EventLogRecords, ledger_of
 from retouch_pipeline.autoretouch import AutoRetouchClient
+from retouch_pipeline.catalog.requests import COLLECTION_TAG
 from retouch_pipeline.processing.events import (
     CreateUnconfirmed,
     Delivered,
@@ -39,6 +40,7 @@ from retouch_pipeline.processing.events import (
     StillPending,
     Uploaded,
 )
+from retouch_pipeline.processing.handover import S3HandOver
 from retouch_pipeline.processing.item import WorkItem
 from retouch_pipeline.processing.orchestrator import Stages, process
 from retouch_pipeline.processing.step import Step
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 BACKFILL_TAG = "dagster/backfill"
+LIMITED_BY = (COLLECTION_TAG, BACKFILL_TAG)
+"""The tags deploy/dagster.yaml limits runs by, per value: a run hands over only within its own limit."""
+SUCCESSORS_LOOKED_AT = 10
 Context = dg.AssetExecutionContext | dg.OpExecutionContext
 
 
@@ -77,7 +82,30 @@ def build_step(
         catalog=catalog,
         records=EventLogRecords(instance, ledger_of(catalog, s3), context.run_id),
         log=context.log,
+        handover=handover_of(instance, context.run, catalog, s3),
     )
+
+
+def handover_of(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, catalog: CatalogResource, s3: S3Client
+) -> S3HandOver | None:
+    """The run's hand-over to the next run under the same run limit: its collection's, else its backfill's
+    (deploy/dagster.yaml limits runs per value of these tags); None for a run under neither. The successor
+    is the oldest queued run that delivers (selects `retouched_image`): the run queue starts it first."""
+    limited_by = next(({tag: run.tags[tag]} for tag in LIMITED_BY if tag in run.tags), None)
+    if limited_by is None:
+        return None
+    queued = dg.RunsFilter(tags=limited_by, statuses=[dg.DagsterRunStatus.QUEUED])
+
+    def oldest_queued() -> str | None:
+        for record in instance.get_run_records(filters=queued, limit=SUCCESSORS_LOOKED_AT, ascending=True):
+            selection = record.dagster_run.asset_selection
+            if selection is None or RETOUCHED in selection:
+                return record.dagster_run.run_id
+        return None
+
+    bucket, prefix = catalog.output_bucket, catalog.output_prefix_normalized()
+    return S3HandOver(s3, bucket, prefix, run.run_id, oldest_queued)
 
 
 def batch_created_at(instance: dg.DagsterInstance, backfill_id: str | None, run_id: str) -> datetime:

@@ -122,6 +122,8 @@ class WorkItem:
     execution_created_at: str | None = None
     batch_id: str | None = None
     pending_status: str | None = None
+    handed_to: str | None = None
+    """The run its pending execution was handed to (`handover`): that run delivers it."""
     unconfirmed: Unconfirmed | None = None
     output: OutputFacts | None = None
     failure: Failure | None = None

@@ -88,19 +88,21 @@ def process(
     that ended so.
 
     `restore`: images whose output is to be written again from their recorded execution (no new charge);
-    delivered while AutoRetouch works on the executions just created for `items`.
+    delivered while AutoRetouch works on the executions just created for `items`. Images handed to the run
+    (`handover`) are delivered in the same wait and reported like the step's own.
     """
     if items and (stages.upload or stages.create):
         yield from upload_and_create(step, items, stages, pool)
     if restore:
         from_records(step, restore)
         yield from wait_and_deliver(step, restore, pool)
+    adopted: list[WorkItem] = []  # handed to this run by the collection's previous run (`handover`)
     if stages.deliver:
         if not stages.create:
             from_records(step, items)
         yield from deliver_adopted(step, items)  # results already in S3 (sidecar matches): not written again
-        yield from wait_and_deliver(step, [i for i in items if i.state is not State.DELIVERED], pool)
-    for item in [*items, *restore]:
+        yield from wait_and_deliver(step, [i for i in items if i.state is not State.DELIVERED], pool, adopted)
+    for item in [*items, *restore, *adopted]:
         if item.failed:
             yield Failed(item)
         elif item.state is State.PENDING:

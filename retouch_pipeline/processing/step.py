@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from retouch_pipeline.autoretouch import AutoRetouchClient, Workflow
+from retouch_pipeline.processing.handover import HandOver
 from retouch_pipeline.processing.list_positions import ListPositions
 from retouch_pipeline.processing.records import PurchaseRecords
 
@@ -88,6 +89,9 @@ class Step:
     """Creates whose answer was lost and whose execution is not listed yet (left to the pending sensor)."""
     list_positions: ListPositions = field(default_factory=ListPositions, repr=False, compare=False)
     """Where the step's executions stand in the executions list (its status passes read only those pages)."""
+    handover: HandOver | None = field(default=None, repr=False, compare=False)
+    """Where the step hands its last executions to its collection's next run, and takes those handed to it;
+    None: it waits for all of its own."""
     _counting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, what: Literal["created", "reused", "retried", "unconfirmed"]) -> None:

@@ -1,8 +1,12 @@
-"""Stage 3, wait: batched status passes until nothing of the step processes or `max_wait_seconds` ran out;
-each result is delivered (`deliver.write_output`, on the step's pool) as soon as its execution completes.
+"""Stage 3, wait: batched status passes until nothing of the step processes, `max_wait_seconds` ran out or
+the step handed its last executions to its collection's next run (`handover`); each result is delivered
+(`deliver.write_output`, on the step's pool) as soon as its execution completes.
 
 Why a step stops waiting: IN_QA is a human review that can take hours. What is left pending when the step
-ends is finished by the pending-executions sensor, without a new charge.
+ends is finished by the pending-executions sensor (or the run it was handed to), without a new charge.
+Executions handed to this step are waited for and delivered beside its own (`_Wait.adopt`); one of them that
+ended FAILED is left to the pending-executions sensor, which records the failure on a run of its own
+partition (this run's outcome is its own images').
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from datetime import datetime
 
 from retouch_pipeline.autoretouch import AutoRetouchError, ExecutionStatus, WorkflowExecution
-from retouch_pipeline.processing.deliver import write_output
+from retouch_pipeline.processing.deliver import from_records, write_output
 from retouch_pipeline.processing.events import Delivered
 from retouch_pipeline.processing.failures import (
     ExecutionFailed,
@@ -20,9 +25,11 @@ from retouch_pipeline.processing.failures import (
     Failure,
     UnexpectedError,
 )
+from retouch_pipeline.processing.handover import HAND_OVER_AT
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, parse_time, read_statuses
 from retouch_pipeline.processing.step import Step
+from retouch_pipeline.processing.validate import new_item
 
 # Status passes once nothing of the step waits in AutoRetouch's queue (every pending execution ACTIVE): the
 # results are seconds away, and a full pass interval would add up to that much to the end of every run (half
@@ -39,15 +46,22 @@ QUEUED_PAUSE_FACTOR = 2.0
 _ENDED = {ExecutionStatus.FAILED: ExecutionFailed, ExecutionStatus.PAYMENT_REQUIRED: ExecutionPaymentRequired}
 
 
-def wait_and_deliver(step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Delivered]:
-    """Status passes and deliveries until done or out of time; what is left becomes PENDING."""
-    waiting = _Wait(step, items, pool)
+def wait_and_deliver(
+    step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor, adopted: list[WorkItem] | None = None
+) -> Iterator[Delivered]:
+    """Status passes and deliveries until done, out of time or handed over; what is left becomes PENDING.
+
+    `adopted`: when given, the step takes the executions handed to its run, and appends their items here.
+    """
+    waiting = _Wait(step, items, pool, adopted)
+    waiting.adopt()
     while waiting.pending:
         waiting.status_pass()
         yield from waiting.drain(block=False)
-        if not waiting.processing() or time.monotonic() >= waiting.deadline:
+        if not waiting.processing() or time.monotonic() >= waiting.deadline or waiting.hand_over():
             break
         yield from waiting.pause()
+        waiting.adopt()
     yield from waiting.drain(block=True)
     waiting.leave_pending()
 
@@ -55,19 +69,70 @@ def wait_and_deliver(step: Step, items: Sequence[WorkItem], pool: ThreadPoolExec
 class _Wait:
     """One wait: executions still pending (id -> their items), deliveries in flight, the last statuses."""
 
-    def __init__(self, step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor) -> None:
-        self.step, self.pool = step, pool
+    def __init__(
+        self, step: Step, items: Sequence[WorkItem], pool: ThreadPoolExecutor, adopted: list[WorkItem] | None
+    ) -> None:
+        self.step, self.pool, self.adopted = step, pool, adopted
+        self.mine = frozenset(i.partition_key for i in items)
+        self.seen = set(self.mine)
         self.pending: dict[str, list[WorkItem]] = {}
-        for item in items:
-            if not item.failed and item.execution_id:
-                self.pending.setdefault(item.execution_id, []).append(item)
-        self.oldest = oldest_of(i.execution_created_at for i in items)
-        self.created = {e: parse_time(group[0].execution_created_at) for e, group in self.pending.items()}
+        self.created: dict[str, datetime | None] = {}
+        self.oldest: datetime | None = None
+        self._add(items)
         self.deadline = time.monotonic() + step.settings.max_wait_seconds
         self.deliveries: dict[Future[OutputFacts], tuple[WorkItem, WorkflowExecution]] = {}
         self.last: dict[str, WorkflowExecution] = {}
         self.passes = self.fast_passes = 0
         self.finished_last_pass = True
+
+    def _add(self, items: Sequence[WorkItem]) -> None:
+        for item in items:
+            if not item.failed and item.execution_id:
+                self.pending.setdefault(item.execution_id, []).append(item)
+                self.created.setdefault(item.execution_id, parse_time(item.execution_created_at))
+        oldest = oldest_of(i.execution_created_at for i in items)
+        self.oldest = min((t for t in (self.oldest, oldest) if t is not None), default=None)
+
+    def adopt(self) -> None:
+        """The executions handed to this run since the last look, rebuilt from their records (no purchase)."""
+        if self.adopted is None or self.step.handover is None:
+            return
+        try:
+            keys = [k for k in self.step.handover.received() if k not in self.seen]
+        except Exception as exc:  # the records stay; the pending-executions sensor is the fallback
+            self.step.log.warning(f"Reading the hand-overs to this run failed ({exc}); trying next pass.")
+            return
+        items = [new_item(k, self.step.catalog) for k in dict.fromkeys(keys)]
+        self.seen.update(i.partition_key for i in items)
+        from_records(self.step, items)
+        for item in items:
+            if item.failed:  # no recorded execution: left to the pending-executions sensor
+                self.step.log.warning(f"Handed-over {item.partition_key} not adopted: {item.failure}")
+        adopted = [i for i in items if not i.failed]
+        self.adopted.extend(adopted)
+        self._add(adopted)
+        if adopted:
+            self.step.log.info(f"Took over {len(adopted)} image(s) handed to this run.")
+
+    def hand_over(self) -> bool:
+        """Hand the pending executions to the collection's queued run, when few are left and one is queued."""
+        handover = self.step.handover
+        count = sum(len(group) for group in self.pending.values())
+        if handover is None or count > HAND_OVER_AT:
+            return False
+        try:
+            successor = handover.successor()
+            if successor is None:
+                return False
+            items = [i for group in self.pending.values() for i in group]
+            handover.send(successor, [i.partition_key for i in items])
+        except Exception as exc:  # keep waiting: a hand-over is a shortcut, never needed
+            self.step.log.warning(f"Hand-over failed ({exc}); waiting for the executions in this run.")
+            return False
+        for item in items:
+            item.handed_to = successor
+        self.step.log.info(f"{count} image(s) handed to run {successor}, queued behind this one.")
+        return True
 
     def status_pass(self) -> None:
         """One batched read; completed executions go to delivery, failed ones fail their items."""
@@ -95,6 +160,8 @@ class _Wait:
             elif execution.status in _ENDED:
                 failure = _ENDED[execution.status]
                 for item in self.pending.pop(execution_id):
+                    if item.partition_key not in self.mine:
+                        continue  # handed over: the pending sensor records the failure on its partition
                     item.fail(
                         failure(
                             f"{execution_id} ended {execution.status.value}; re-materialize to retry it "
@@ -108,16 +175,24 @@ class _Wait:
         working = PENDING_STATUSES - {ExecutionStatus.IN_QA}
         return [e for e in self.pending if e not in self.last or self.last[e].status in working]
 
-    def pause(self) -> Iterator[Delivered]:
-        """Until the next pass: deliveries drained as they finish. Short once nothing waits in the queue."""
-        known = {self.last[e].status for e in self.processing() if e in self.last}
+    def next_pause(self) -> float:
+        """Seconds to the next pass: short once every execution the step waits for is known to be processed
+        (a pass that did not find some of them says nothing of those: they may still wait in the queue, and
+        a short pass spent on them is missing at the real end); longer while all of them wait in the queue."""
+        processing = self.processing()
+        known = {self.last[e].status for e in processing if e in self.last}
         queued = ExecutionStatus.CREATED in known
         pause = self.step.settings.poll_interval_seconds
         if queued and ExecutionStatus.ACTIVE not in known and not self.finished_last_pass:
             pause *= QUEUED_PAUSE_FACTOR
-        if not queued and self.fast_passes < MAX_FINAL_PASSES:  # all of them are being processed now
+        all_active = not queued and all(e in self.last for e in processing)
+        if all_active and self.fast_passes < MAX_FINAL_PASSES:
             pause, self.fast_passes = min(pause, FINAL_POLL_SECONDS), self.fast_passes + 1
-        next_pass = time.monotonic() + min(pause, max(0.0, self.deadline - time.monotonic()))
+        return min(pause, max(0.0, self.deadline - time.monotonic()))
+
+    def pause(self) -> Iterator[Delivered]:
+        """Until the next pass: deliveries drained as they finish."""
+        next_pass = time.monotonic() + self.next_pause()
         while self.deliveries and time.monotonic() < next_pass:
             wait(list(self.deliveries), timeout=next_pass - time.monotonic(), return_when=FIRST_COMPLETED)
             yield from self.drain(block=False)
@@ -150,7 +225,9 @@ class _Wait:
                 item.advance(State.PENDING)
         if self.pending:
             statuses = {e: (self.last[e].status.value if e in self.last else "unknown") for e in self.pending}
+            handed_to = next(iter(self.pending.values()))[0].handed_to
+            finisher = f"run {handed_to}" if handed_to else "the pending-executions sensor"
             self.step.log.info(
                 f"{sum(len(v) for v in self.pending.values())} image(s) still pending after {self.passes} "
-                f"status pass(es) ({statuses}); the pending-executions sensor will finish them."
+                f"status pass(es) ({statuses}); {finisher} will finish them."
             )

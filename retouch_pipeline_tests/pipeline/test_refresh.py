@@ -63,15 +63,16 @@ def _run_backfills(stack: Stack) -> list[tuple[frozenset[dg.AssetKey], list[str]
             list(execute_backfill_iteration(workspace, logging.getLogger("test")))
     out = []
     registered = list(stack.instance.get_dynamic_partitions("catalog_images"))
-    for run in stack.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])):
-        if run.run_id in seen:
-            continue
+    queued = stack.instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    planned = [run for run in queued if run.run_id not in seen]
+    for run in planned:  # each planned (queued) run is executed as a run of its own, one after another
+        stack.instance.delete_run(run.run_id)  # (none is left queued: nothing to hand executions over to)
+    for run in planned:
         start = run.tags["dagster/asset_partition_range_start"]
         end = run.tags["dagster/asset_partition_range_end"]
         selection = frozenset(run.asset_selection or ())
         tags = {k: v for k, v in run.tags.items() if not k.startswith("dagster/asset_partition_range")}
         result = stack.run_range(start, end, selection, tags=tags)
-        stack.instance.delete_run(run.run_id)  # the planned (queued) run was executed as `result`
         out.append((selection, registered[registered.index(start) : registered.index(end) + 1], result))
     return out
 

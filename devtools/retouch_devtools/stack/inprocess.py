@@ -35,6 +35,8 @@ from retouch_pipeline.resources import AutoRetouchResource, CatalogResource
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+IN_PROCESS_JOB = "__ephemeral_asset_job__"
+"""The job name `dg.materialize` gives its runs; the stack's runs keep it."""
 
 
 def on_terminal(
@@ -80,16 +82,17 @@ def materialize_range(
     selection: Iterable[dg.AssetKey],
     tags: dict[str, str],
     raise_on_error: bool = False,
+    run_id: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One run of the pipeline's assets over the partition range in `tags`, as a multi_run backfill
-    runs it."""
-    return dg.materialize(
-        [catalog_pipeline, autoretouch_costs],
-        instance=instance,
+    runs it (`dg.materialize`'s job, built here so that a test can name the run: `run_id`)."""
+    defs = dg.Definitions(
+        jobs=[dg.define_asset_job(IN_PROCESS_JOB, selection=list(selection))],
+        assets=[catalog_pipeline, autoretouch_costs],
         resources=resources,
-        selection=list(selection),
-        raise_on_error=raise_on_error,
-        tags=tags,
+    )
+    return defs.resolve_job_def(IN_PROCESS_JOB).execute_in_process(
+        instance=instance, raise_on_error=raise_on_error, tags=tags, run_id=run_id
     )
 
 
@@ -146,6 +149,7 @@ class InProcessStack:
         selection: Sequence[dg.AssetKey] = PIPELINE_KEYS,
         raise_on_error: bool = False,
         tags: dict[str, str] | None = None,
+        run_id: str | None = None,
         **overrides: Any,
     ) -> dg.ExecuteInProcessResult:
         """One run over a contiguous range of registered partitions, as a multi_run backfill launches it."""
@@ -153,7 +157,8 @@ class InProcessStack:
         positions = sorted(registered.index(k) for k in partition_keys)
         assert positions == list(range(positions[0], positions[-1] + 1)), "not a contiguous range"
         tags = {RANGE_START: registered[positions[0]], RANGE_END: registered[positions[-1]], **(tags or {})}
-        return materialize_range(self.instance, self.resources(**overrides), selection, tags, raise_on_error)
+        resources = self.resources(**overrides)
+        return materialize_range(self.instance, resources, selection, tags, raise_on_error, run_id)
 
     def run_range(
         self,
