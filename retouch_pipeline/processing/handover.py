@@ -14,7 +14,8 @@ The protocol (docs/durability.md, "Hand-over"):
 1. once at most `HAND_OVER_AT` of its executions are pending, a step asks for the oldest queued run of its
    collection (of its backfill, without a collection tag); none: it keeps waiting;
 2. it writes one record, `<output prefix>/.retouch-pipeline/state/handovers/<successor>/<own run>.json`,
-   naming the partitions, then leaves them PENDING with `handed_to` in their notes, and ends;
+   naming the partitions (and where their executions stand in the executions list, `Handed`), then leaves
+   them PENDING with `handed_to` in their notes, and ends;
 3. the successor reads the records addressed to it before each status pass of its wait, rebuilds the items
    from their recorded executions (nothing is bought: the execution ids come from the event log), waits for
    them beside its own and delivers them; it deletes each record it took.
@@ -27,7 +28,8 @@ started, failed, or handed the partition on).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from retouch_pipeline.state_objects import state_prefix
@@ -48,13 +50,23 @@ class HandOver(Protocol):
         """The run to hand over to: the oldest queued run of the step's collection, or None."""
         ...
 
-    def send(self, successor: str, partition_keys: Sequence[str]) -> None:
+    def send(self, successor: str, handed: Handed) -> None:
         """Record that `successor` takes over these partitions (before the step leaves them pending)."""
         ...
 
-    def received(self) -> list[str]:
-        """Partitions handed to this step's run since the last call (each record is read once)."""
+    def received(self) -> Handed:
+        """What was handed to this step's run since the last call (each record is read once)."""
         ...
+
+
+@dataclass
+class Handed:
+    """Partitions handed over, and where their executions stand in an oldest-first executions list
+    (`ListPositions`: without them the successor would page back to executions created long before its own,
+    on every status pass)."""
+
+    partitions: list[str] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
 
 
 class S3HandOver:
@@ -76,16 +88,17 @@ class S3HandOver:
         found = self.find_successor()
         return found if found != self.run_id else None
 
-    def send(self, successor: str, partition_keys: Sequence[str]) -> None:
-        body = json.dumps({"from_run": self.run_id, "partitions": list(partition_keys)})
+    def send(self, successor: str, handed: Handed) -> None:
+        body = json.dumps({"from_run": self.run_id, **asdict(handed)})
         key = f"{self.prefix}{successor}/{self.run_id}.json"
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body.encode(), ContentType="application/json")
 
-    def received(self) -> list[str]:
+    def received(self) -> Handed:
         listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{self.run_id}/")
-        keys: list[str] = []
+        handed = Handed()
         for entry in listed.get("Contents", []):
-            body = self.s3.get_object(Bucket=self.bucket, Key=entry["Key"])["Body"].read()
-            keys += [str(k) for k in json.loads(body).get("partitions", [])]
+            record = json.loads(self.s3.get_object(Bucket=self.bucket, Key=entry["Key"])["Body"].read())
+            handed.partitions += [str(k) for k in record.get("partitions", [])]
+            handed.positions.update({str(e): int(p) for e, p in record.get("positions", {}).items()})
             self.s3.delete_object(Bucket=self.bucket, Key=entry["Key"])
-        return keys
+        return handed

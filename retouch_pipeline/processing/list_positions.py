@@ -54,6 +54,16 @@ class ListPositions:
         with self._lock:
             self._creating = True
 
+    def of(self, execution_ids: Collection[str]) -> dict[str, int]:
+        """The remembered positions of some executions (handed to another step with them)."""
+        with self._lock:
+            return {e: self.positions[e] for e in execution_ids if e in self.positions}
+
+    def remember(self, positions: Mapping[str, int]) -> None:
+        """Positions another step found (a hand-over): checked like any remembered one when read."""
+        with self._lock:
+            self.positions.update(positions)
+
     def read(
         self,
         client: AutoRetouchClient,

@@ -25,7 +25,7 @@ from retouch_pipeline.processing.failures import (
     Failure,
     UnexpectedError,
 )
-from retouch_pipeline.processing.handover import HAND_OVER_AT
+from retouch_pipeline.processing.handover import HAND_OVER_AT, Handed
 from retouch_pipeline.processing.item import OutputFacts, State, WorkItem
 from retouch_pipeline.processing.statuses import PENDING_STATUSES, oldest_of, parse_time, read_statuses
 from retouch_pipeline.processing.step import Step
@@ -98,10 +98,12 @@ class _Wait:
         if self.adopted is None or self.step.handover is None:
             return
         try:
-            keys = [k for k in self.step.handover.received() if k not in self.seen]
+            handed = self.step.handover.received()
         except Exception as exc:  # the records stay; the pending-executions sensor is the fallback
             self.step.log.warning(f"Reading the hand-overs to this run failed ({exc}); trying next pass.")
             return
+        self.step.list_positions.remember(handed.positions)
+        keys = [k for k in handed.partitions if k not in self.seen]
         items = [new_item(k, self.step.catalog) for k in dict.fromkeys(keys)]
         self.seen.update(i.partition_key for i in items)
         from_records(self.step, items)
@@ -125,7 +127,8 @@ class _Wait:
             if successor is None:
                 return False
             items = [i for group in self.pending.values() for i in group]
-            handover.send(successor, [i.partition_key for i in items])
+            positions = self.step.list_positions.of(self.pending)
+            handover.send(successor, Handed([i.partition_key for i in items], positions))
         except Exception as exc:  # keep waiting: a hand-over is a shortcut, never needed
             self.step.log.warning(f"Hand-over failed ({exc}); waiting for the executions in this run.")
             return False

@@ -89,6 +89,28 @@ def test_a_step_reads_only_the_page_its_executions_are_on(
         assert found == set(ours) and pages >= 5
 
 
+def test_positions_handed_to_another_step_spare_it_the_search(
+    sandbox_factory: Factory, make_image: Callable[..., bytes]
+) -> None:
+    # a hand-over (processing/handover.py): the executions were created long before the successor's own
+    with catalog(sandbox_factory, make_image, list_lag=0.0) as cat:
+        cat.create(50)  # earlier runs' executions: pages 0-2
+        handing = ListPositions()
+        handing.measure_floor(cat.client, cat.workflow)
+        theirs = cat.create(3)
+        assert cat.statuses(theirs, handing) == (set(theirs), 1)
+        cat.create(200)  # the runs since: 10 more pages
+        successor = ListPositions()
+        successor.measure_floor(cat.client, cat.workflow)
+        found, pages = cat.statuses(theirs, successor)  # without the memory: back from the end
+        assert found == set(theirs) and pages >= 10
+        taking = ListPositions()
+        taking.measure_floor(cat.client, cat.workflow)
+        taking.remember(handing.of(theirs))
+        assert handing.of(theirs) == {e: 50 + i for i, e in enumerate(theirs)}
+        assert cat.statuses(theirs, taking) == (set(theirs), 1)
+
+
 def test_executions_not_listed_yet_are_looked_for_only_beyond_where_the_list_ended(
     sandbox_factory: Factory, make_image: Callable[..., bytes]
 ) -> None:
