@@ -12,6 +12,7 @@ partition (this run's outcome is its own images').
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from datetime import datetime
@@ -43,6 +44,13 @@ MAX_FINAL_PASSES = 10
 # pass reads the executions list back to the step's oldest, which is many pages when other runs created
 # hundreds since (the service caps a page at 20 executions in the strict sandbox).
 QUEUED_PAUSE_FACTOR = 2.0
+# The same longer pause while a step still has many executions (more than a hand-over takes) and at least
+# this share of them waits in the queue: when AutoRetouch starts any waiting execution, a run's executions
+# start a few at a time among everyone's, spread over many pages, and a pass every `poll_interval_seconds`
+# read several pages for each result it found. Results then reach S3 up to one longer pause after they are
+# ready, in the middle of a run only: with few executions left a step polls as before, so its end is not
+# later.
+MOSTLY_QUEUED = 0.75
 _ENDED = {ExecutionStatus.FAILED: ExecutionFailed, ExecutionStatus.PAYMENT_REQUIRED: ExecutionPaymentRequired}
 
 
@@ -183,15 +191,22 @@ class _Wait:
         (a pass that did not find some of them says nothing of those: they may still wait in the queue, and
         a short pass spent on them is missing at the real end); longer while all of them wait in the queue."""
         processing = self.processing()
-        known = {self.last[e].status for e in processing if e in self.last}
-        queued = ExecutionStatus.CREATED in known
+        known = Counter(self.last[e].status for e in processing if e in self.last)
+        queued = known[ExecutionStatus.CREATED] > 0
         pause = self.step.settings.poll_interval_seconds
-        if queued and ExecutionStatus.ACTIVE not in known and not self.finished_last_pass:
+        stalled = queued and not known[ExecutionStatus.ACTIVE] and not self.finished_last_pass
+        if stalled or self._mostly_queued(known):
             pause *= QUEUED_PAUSE_FACTOR
         all_active = not queued and all(e in self.last for e in processing)
         if all_active and self.fast_passes < MAX_FINAL_PASSES:
             pause, self.fast_passes = min(pause, FINAL_POLL_SECONDS), self.fast_passes + 1
         return min(pause, max(0.0, self.deadline - time.monotonic()))
+
+    def _mostly_queued(self, known: Counter[ExecutionStatus]) -> bool:
+        """Many executions left and few of them processed now: a pass finds few results for its pages."""
+        created, active = known[ExecutionStatus.CREATED], known[ExecutionStatus.ACTIVE]
+        many = sum(len(group) for group in self.pending.values()) > HAND_OVER_AT
+        return many and created >= MOSTLY_QUEUED * (created + active)
 
     def pause(self) -> Iterator[Delivered]:
         """Until the next pass: deliveries drained as they finish."""

@@ -21,7 +21,7 @@ from retouch_pipeline.assets import RETOUCHED, catalog_pipeline
 from retouch_pipeline.autoretouch import ExecutionStatus
 from retouch_pipeline.catalog.requests import COLLECTION_TAG, requested_partition_keys
 from retouch_pipeline.partitions import catalog_images
-from retouch_pipeline.processing.wait import FINAL_POLL_SECONDS, _Wait
+from retouch_pipeline.processing.wait import FINAL_POLL_SECONDS, QUEUED_PAUSE_FACTOR, _Wait
 from retouch_pipeline.sensors import build_pending_sensor
 from retouch_pipeline.state_objects import state_prefix
 
@@ -160,7 +160,7 @@ def test_a_run_without_a_queued_successor_waits_for_its_own(
 def _wait_with(last: dict[str, ExecutionStatus], pending: list[str]) -> _Wait:
     settings = SimpleNamespace(poll_interval_seconds=5.0, max_wait_seconds=600.0)
     waiting = _Wait(SimpleNamespace(settings=settings, handover=None), [], None, None)  # type: ignore[arg-type]
-    waiting.pending = {e: [] for e in pending}
+    waiting.pending = {e: [SimpleNamespace(partition_key=e)] for e in pending}  # type: ignore[misc]
     waiting.last = {e: SimpleNamespace(status=s) for e, s in last.items()}  # type: ignore[misc]
     return waiting
 
@@ -172,3 +172,19 @@ def test_a_pass_that_did_not_find_every_execution_is_not_a_final_one() -> None:
     assert waiting.next_pause() == 5.0 and waiting.fast_passes == 0
     waiting.last["e2"] = SimpleNamespace(status=ExecutionStatus.ACTIVE)  # type: ignore[assignment]
     assert waiting.next_pause() == FINAL_POLL_SECONDS and waiting.fast_passes == 1
+
+
+def test_a_step_with_many_executions_mostly_queued_reads_less_often_until_few_are_left() -> None:
+    # a service starting any waiting execution: 3 of the step's 40 are processed, the rest queued among
+    # everyone's; a pass every 5 s read several pages per result. With few left it polls as before.
+    statuses = {f"e{i}": ExecutionStatus.ACTIVE if i < 3 else ExecutionStatus.CREATED for i in range(40)}
+    waiting = _wait_with(statuses, list(statuses))
+    waiting.finished_last_pass = True
+    assert waiting.next_pause() == 5.0 * QUEUED_PAUSE_FACTOR
+    few = {e: s for e, s in list(statuses.items())[:2] + list(statuses.items())[-14:]}
+    waiting = _wait_with(few, list(few))
+    waiting.finished_last_pass = True
+    assert waiting.next_pause() == 5.0
+    half = {f"e{i}": ExecutionStatus.ACTIVE if i < 20 else ExecutionStatus.CREATED for i in range(40)}
+    waiting = _wait_with(half, list(half))
+    assert waiting.next_pause() == 5.0
