@@ -33,9 +33,9 @@ HANDED_TO = "handed_to"
 def pending_sentence(status: str, created_at: str | None, handed_to: str | None = None) -> str:
     if handed_to:
         return (
-            f"Still {status} at AutoRetouch when this run handed it to run {handed_to}, the next run of its "
-            "collection, which downloads the result when it completes (no new charge; should that run not "
-            "deliver it, the pending-executions sensor does)."
+            f"Still {status} at AutoRetouch when this run handed it to run {handed_to}, queued behind it "
+            "(same collection or backfill), which downloads the result when it completes (no new charge; "
+            "should that run not deliver it, the pending-executions sensor does)."
         )
     if status == "IN_QA":
         return (
